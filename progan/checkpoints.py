@@ -1,0 +1,188 @@
+"""Checkpoints: the training state of a run, and generator-only files for sampling.
+
+A training checkpoint is one file that holds everything needed to continue exactly: G, D,
+G_ema, both optimizers, the loss scalers, images shown, counters, the whole training config
+and the dataset's fingerprint. The run's randomness is derived from (seed, step), so the step
+counter restores every random stream on any number of processes (see progan/training.py).
+
+Files hold only tensors, numbers, strings, lists and dicts, are loaded with
+`torch.load(weights_only=True)` (a crafted file cannot run code), and are written atomically:
+`checkpoint-<images>.pt` first, then the `latest.json` pointer, so a kill at any moment leaves
+the previous checkpoint intact and findable.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from progan.config import ModelConfig
+from progan.fileio import atomic_output, atomic_write_text
+
+FORMAT_NAME = "progan-checkpoint"
+FORMAT_VERSION = 1
+TRAINING_KIND = "training"
+GENERATOR_KIND = "generator"
+LATEST_POINTER = "latest.json"
+CHECKPOINT_GLOB = "checkpoint-*.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint path or file that cannot be used; the message is one line for the user."""
+
+
+# -- writing --------------------------------------------------------------------------------
+def checkpoint_name(images_shown: int) -> str:
+    return f"checkpoint-{images_shown:010d}.pt"
+
+
+def save_training_checkpoint(run_dir: str | Path, state: dict, keep: int = 3) -> Path:
+    """Write `state` as the run's newest checkpoint, point latest.json at it, prune old ones."""
+    run_dir = Path(run_dir)
+    state = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "kind": TRAINING_KIND, **state}
+    path = run_dir / checkpoint_name(int(state["images_shown"]))
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)
+    pointer = {"checkpoint": path.name, "images_shown": int(state["images_shown"])}
+    atomic_write_text(run_dir / LATEST_POINTER, json.dumps(pointer) + "\n")
+    _prune(run_dir, keep=keep, protect=path)
+    return path
+
+
+def export_generator(checkpoint: dict, out_path: str | Path) -> Path:
+    """Write a generator-only file (EMA weights + model config + where training stood)."""
+    exported = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "kind": GENERATOR_KIND,
+        "model_config": checkpoint["model_config"],
+        "resolution": checkpoint["resolution"],
+        "alpha": checkpoint["alpha"],
+        "images_shown": checkpoint["images_shown"],
+        "generator_ema": checkpoint["generator_ema"],
+    }
+    out_path = Path(out_path)
+    with atomic_output(out_path) as tmp:
+        torch.save(exported, tmp)
+    return out_path
+
+
+def _prune(run_dir: Path, keep: int, protect: Path) -> None:
+    existing = sorted(run_dir.glob(CHECKPOINT_GLOB))
+    for old in existing[:-keep] if keep > 0 else existing:
+        if old != protect:
+            old.unlink(missing_ok=True)
+
+
+# -- finding and reading --------------------------------------------------------------------
+def find_latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The run's newest complete checkpoint, or None when it has none."""
+    run_dir = Path(run_dir)
+    pointer = run_dir / LATEST_POINTER
+    try:
+        name = json.loads(pointer.read_text())["checkpoint"]
+        candidate = run_dir / Path(name).name
+        if candidate.is_file():
+            return candidate
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no pointer or a damaged one: fall back to the files themselves
+    candidates = sorted(run_dir.glob(CHECKPOINT_GLOB))
+    return candidates[-1] if candidates else None
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """A run folder means its latest checkpoint; a file means itself."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist")
+    if path.is_dir():
+        latest = find_latest_checkpoint(path)
+        if latest is None:
+            raise CheckpointError(f"{path} holds no checkpoint (no {CHECKPOINT_GLOB} files)")
+        return latest
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load and check a progan file (training checkpoint or exported generator)."""
+    path = resolve_checkpoint_path(path)
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise CheckpointError(
+            f"{path} was refused: it holds objects other than tensors and plain data "
+            f"({first_line[:120]}); it may not be a progan checkpoint, or it may be unsafe"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt: {_short(exc)})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path} is not a progan checkpoint")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {version}; this progan reads version "
+            f"{FORMAT_VERSION} (use the progan release that wrote it)"
+        )
+    return data
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else type(exc).__name__
+
+
+# -- generators for sampling ----------------------------------------------------------------
+@dataclass(frozen=True)
+class GeneratorInfo:
+    model_config: ModelConfig
+    resolution: int         # the resolution training had reached
+    alpha: float            # its fade weight there (1.0 when stable)
+    images_shown: int
+    ema: bool               # True when the weights are the EMA generator's
+    path: Path              # the file that was loaded
+    run_dir: Path | None    # the run folder, for a training checkpoint
+
+
+def load_generator(
+    path: str | Path, device: str | torch.device = "cpu", ema: bool = True
+) -> tuple[torch.nn.Module, GeneratorInfo]:
+    """A ready (eval-mode) generator and its info from a run folder, checkpoint or export."""
+    from progan.networks import Generator
+
+    resolved = resolve_checkpoint_path(path)
+    data = load_checkpoint(resolved)
+    if data.get("kind") == GENERATOR_KIND and not ema:
+        raise CheckpointError(f"{resolved} is an exported generator: it holds the EMA weights only")
+    key = "generator_ema" if ema else "generator"
+    try:
+        config = ModelConfig.from_dict(data["model_config"])
+        generator = Generator(config)
+        generator.load_state_dict(data[key])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{resolved} does not match this progan's generator ({_short(exc)})") from None
+    generator.eval().requires_grad_(False).to(device)
+    info = GeneratorInfo(
+        model_config=config,
+        resolution=int(data["resolution"]),
+        alpha=float(data["alpha"]),
+        images_shown=int(data["images_shown"]),
+        ema=ema,
+        path=resolved,
+        run_dir=resolved.parent if data.get("kind") == TRAINING_KIND else None,
+    )
+    return generator, info
+
+
+def describe(data: dict[str, Any]) -> str:
+    """One line about a loaded checkpoint, for logs."""
+    return (
+        f"{data.get('kind')} checkpoint at {data['images_shown'] / 1000:.1f} kimg, "
+        f"{data['resolution']}x{data['resolution']} alpha {data['alpha']:.3f}"
+    )

@@ -1,0 +1,113 @@
+"""Network architecture configuration (ModelConfig).
+
+Only the architecture lives here; the training configuration is kept elsewhere. A ModelConfig
+is frozen and validated once, in ``__post_init__``; make a changed copy with
+``dataclasses.replace(cfg, resolution=256)``, which validates again. It round-trips through
+``to_dict``/``to_json`` so a checkpoint can rebuild its networks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+MIN_RESOLUTION = 4
+MAX_RESOLUTION = 1024
+
+# "small": same architecture as the paper, narrow enough to train visibly on 2 CPU cores.
+# Channels: 4..32 -> 128, 64 -> 64, 128 -> 32, 256 -> 16, 512 -> 8, 1024 -> 4.
+_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "small": {"latent_size": 128, "fmap_base": 2048, "fmap_max": 128},
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of G and D; defaults are the paper's 1024x1024 networks."""
+
+    resolution: int = 1024  # final (largest) output resolution, power of two in 4..1024
+    num_channels: int = 3  # image channels (3 RGB, 1 grayscale)
+    latent_size: int = 512
+    fmap_base: int = 8192  # channels at a stage: min(fmap_base / 2**stage, fmap_max)
+    fmap_max: int = 512
+    mbstd_group_size: int = 4  # <= 1 turns minibatch stddev off, as in the paper's code
+    leaky_slope: float = 0.2
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # --- validation ---------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ValueError (one line) if any field is out of range or of the wrong type."""
+        for name in ("resolution", "num_channels", "latent_size", "fmap_base", "fmap_max",
+                     "mbstd_group_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"ModelConfig.{name} must be an int, got {value!r}")
+        r = self.resolution
+        if not (MIN_RESOLUTION <= r <= MAX_RESOLUTION) or r & (r - 1):
+            raise ValueError(
+                f"ModelConfig.resolution must be a power of two in {MIN_RESOLUTION}..{MAX_RESOLUTION}, got {r}")
+        for name in ("num_channels", "latent_size", "fmap_base", "fmap_max"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.mbstd_group_size < 0:
+            raise ValueError(f"ModelConfig.mbstd_group_size must be >= 0 (<= 1 disables it), got {self.mbstd_group_size}")
+        slope = self.leaky_slope
+        if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not (0.0 <= slope < 1.0):
+            raise ValueError(f"ModelConfig.leaky_slope must be a number in [0, 1), got {slope!r}")
+        if self.channels(r) < 1:
+            raise ValueError(
+                f"ModelConfig: fmap_base={self.fmap_base} leaves 0 channels at {r}x{r}; "
+                f"need fmap_base >= {r // 2}")
+
+    # --- derived quantities -------------------------------------------------------------
+    def stage_channels(self, stage: int) -> int:
+        """The paper's nf(stage) = int(min(fmap_base / 2**stage, fmap_max)); stage 0 is D's dense layer."""
+        return int(min(self.fmap_base / 2.0**stage, self.fmap_max))
+
+    def channels(self, res: int) -> int:
+        """Feature maps of the blocks working at res x res (paper: nf(log2(res) - 1))."""
+        if res < 1 or res & (res - 1):
+            raise ValueError(f"resolution must be a power of two, got {res}")
+        return self.stage_channels(int(math.log2(res)) - 1)
+
+    @property
+    def resolutions(self) -> list[int]:
+        """[4, 8, ..., resolution]."""
+        return [2**k for k in range(2, int(math.log2(self.resolution)) + 1)]
+
+    # --- presets and serialisation ------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str, resolution: int) -> "ModelConfig":
+        """'paper' (latent 512, fmap_base 8192, fmap_max 512) or 'small' (latent 128,
+        fmap_base 2048, fmap_max 128: the same architecture, about 16x fewer FLOPs)."""
+        if name not in _PRESETS:
+            raise ValueError(f"unknown ModelConfig preset {name!r}; choose one of {sorted(_PRESETS)}")
+        return cls(resolution=resolution, **_PRESETS[name])
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """Build from a dict; missing keys take the defaults, unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"ModelConfig.from_dict: unknown keys {unknown}; known keys are {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"ModelConfig.from_json expects a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data)

@@ -1,0 +1,206 @@
+"""From command-line flags to a validated run: which config, which checkpoint, which folder.
+
+All checks happen here, before any process group, network or data loader exists, so a bad
+flag or a mismatched run folder costs the user one line and no work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from progan import checkpoints
+from progan.cli import CommandLineError
+from progan.schedule import KIMG, parse_table
+from progan.train_config import PRESETS, TrainConfig, load_config_file, preset_defaults
+
+CONFIG_FILE = "config.json"
+
+# flag name -> TrainConfig field, for flags that map one to one
+SIMPLE_FLAGS = (
+    "data", "out", "mixed_precision", "seed", "workers", "max_batch_per_device", "mirror",
+    "reset_optimizer", "tick_kimg", "snapshot_ticks", "checkpoint_minutes", "keep_checkpoints",
+    "metric_kimg", "metric_images", "inception",
+)
+SCHEDULE_FLAGS = ("fade_kimg", "stable_kimg", "total_kimg", "base_lr")
+
+
+def _world_size() -> int:
+    """Processes of this launch, known from the launcher's environment before any init."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@dataclass
+class RunPlan:
+    config: TrainConfig
+    resume: dict | None         # the loaded checkpoint to continue from
+    resume_path: Path | None
+    world_size: int
+
+    def describe(self) -> str:
+        from progan.schedule import state_at
+
+        lines = [self.config.to_json().rstrip(), "", "schedule:"]
+        for phase in self.config.schedule.phases():
+            st = state_at(self.config.schedule, phase.start_images)
+            lines.append(
+                f"  {phase.index:2d} {phase.kind:6s} {phase.resolution:4d}x{phase.resolution:<4d} "
+                f"{phase.start_images / KIMG:9.1f} .. {phase.end_images / KIMG:9.1f} kimg  "
+                f"batch {st.batch_size:4d}  lr {st.learning_rate:g}")
+        lines.append(f"total: {self.config.schedule.total_images / KIMG:.1f} kimg on {self.world_size} process(es)")
+        if self.resume_path:
+            lines.append(f"resume from: {self.resume_path} ({self.resume['images_shown'] / KIMG:.1f} kimg)")
+        return "\n".join(lines)
+
+    def train(self, accelerator) -> int:
+        from progan.training import Trainer
+
+        run_dir = Path(self.config.out)
+        if accelerator.is_main_process:
+            from progan.fileio import atomic_write_text
+
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / CONFIG_FILE, self.config.to_json())
+        accelerator.wait_for_everyone()
+        trainer = Trainer(self.config, accelerator, resume=self.resume, log=accelerator.print)
+        self.resume = None  # the trainer holds what it needs; free the CPU copy
+        if trainer.images_shown:
+            trainer.truncate_stats()
+            accelerator.print(f"resumed from {self.resume_path} at {trainer.images_shown / KIMG:.1f} kimg, "
+                              f"{trainer.state.resolution}x{trainer.state.resolution} alpha {trainer.state.alpha:.3f}")
+        trainer.run()
+        return 0
+
+
+def prepare_run(args: dict) -> RunPlan:
+    """Turn parsed flags (only those given) into a RunPlan, or raise CommandLineError."""
+    from progan.data import DatasetError
+    from progan.training import TrainingError, validate_setup
+
+    world_size = _world_size()
+    resume_path, resume = _find_resume(args)
+    try:
+        if resume is not None:
+            saved = TrainConfig.from_dict(resume["config"])
+            config = _apply_flags(saved.to_dict(), args)
+            diffs = config.semantic_differences(saved)
+            if diffs:
+                raise CommandLineError(
+                    f"the run at {resume_path} was trained with other values of {', '.join(diffs)}; "
+                    f"leave those flags out to resume, or start a new --out")
+        else:
+            config = _apply_flags(_base_config(args), args)
+            _check_existing_run(config)
+        validate_setup(config, world_size)
+        if resume is not None:
+            _check_same_dataset(config, resume)
+    except (DatasetError, TrainingError, checkpoints.CheckpointError) as exc:
+        raise CommandLineError(str(exc)) from None
+    except (ValueError, TypeError) as exc:
+        raise CommandLineError(f"invalid configuration: {exc}") from None
+    return RunPlan(config=config, resume=resume, resume_path=resume_path, world_size=world_size)
+
+
+def _find_resume(args: dict) -> tuple[Path | None, dict | None]:
+    which = args.get("resume")
+    if which is None:
+        return None, None
+    if which == "auto":
+        if "out" not in args:
+            raise CommandLineError("--resume auto needs --out (the run folder to continue)")
+        path = checkpoints.find_latest_checkpoint(args["out"]) if Path(args["out"]).is_dir() else None
+        if path is None:
+            return None, None  # nothing to resume yet: start the run
+    else:
+        try:
+            path = checkpoints.resolve_checkpoint_path(which)
+        except checkpoints.CheckpointError as exc:
+            raise CommandLineError(f"--resume: {exc}") from None
+    try:
+        data = checkpoints.load_checkpoint(path)
+    except checkpoints.CheckpointError as exc:
+        raise CommandLineError(f"--resume: {exc}") from None
+    if data.get("kind") != checkpoints.TRAINING_KIND:
+        raise CommandLineError(f"--resume: {path} is an exported generator, not a training checkpoint")
+    args.setdefault("out", str(path.parent))
+    return path, data
+
+
+def _base_config(args: dict) -> dict:
+    """The preset's or file's config as a dict, with data/out filled in."""
+    from progan.data import read_metadata
+
+    for flag in ("data", "out"):
+        if flag not in args:
+            raise CommandLineError(f"--{flag} is required (see train.py --help)")
+    source = args.get("config", "paper")
+    if source in PRESETS:
+        resolution = args.get("resolution")
+        if resolution is None:
+            resolution = max(int(r) for r in read_metadata(args["data"])["resolutions"])
+        defaults = preset_defaults(source, resolution)
+        config = TrainConfig(data=args["data"], out=args["out"], **defaults)
+        return config.to_dict()
+    if source.endswith(".json") or Path(source).is_file():
+        return load_config_file(source)
+    raise CommandLineError(f"--config: {source!r} is neither a preset ({', '.join(PRESETS)}) nor a JSON file")
+
+
+def _apply_flags(base: dict, args: dict) -> TrainConfig:
+    config = dict(base)
+    config["model"] = dict(base["model"])
+    config["schedule"] = dict(base["schedule"])
+    for name in SIMPLE_FLAGS:
+        if name in args:
+            config[name] = args[name]
+    for name in SCHEDULE_FLAGS:
+        if name in args:
+            config["schedule"][name] = args[name]
+    if "resolution" in args:
+        config["model"]["resolution"] = args["resolution"]
+        config["schedule"]["max_resolution"] = args["resolution"]
+    if "batch" in args:
+        table = {int(k): v for k, v in config["schedule"]["batch"].items()}
+        table.update(parse_table(args["batch"], int, "--batch"))
+        config["schedule"]["batch"] = table
+    if "lr" in args:
+        table = {int(k): v for k, v in config["schedule"]["lr"].items()}
+        table.update(parse_table(args["lr"], float, "--lr"))
+        config["schedule"]["lr"] = table
+    if "metrics" in args:
+        config["metrics"] = [m.strip() for m in args["metrics"].split(",") if m.strip()]
+    return TrainConfig.from_dict(config)
+
+
+def _check_existing_run(config: TrainConfig) -> None:
+    """A new run must not silently overwrite or mix with another run in the same folder."""
+    run_dir = Path(config.out)
+    if not run_dir.is_dir():
+        return
+    latest = checkpoints.find_latest_checkpoint(run_dir)
+    if latest is not None:
+        raise CommandLineError(
+            f"{run_dir} already holds a run (latest {latest.name}); pass --resume auto to continue it, "
+            f"or choose another --out")
+    saved_path = run_dir / CONFIG_FILE
+    if saved_path.is_file():
+        try:
+            saved = TrainConfig.from_json(saved_path.read_text())
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+            return  # an unreadable config with no checkpoint: nothing of value to protect
+        diffs = config.semantic_differences(saved)
+        if diffs:
+            raise CommandLineError(
+                f"{run_dir} holds a run with other values of {', '.join(diffs)}; choose another --out")
+
+
+def _check_same_dataset(config: TrainConfig, resume: dict) -> None:
+    from progan.data import dataset_fingerprint
+
+    found = dataset_fingerprint(config.data)
+    if found != resume["dataset_fingerprint"]:
+        raise CommandLineError(
+            f"{config.data} is not the database this run was trained on (fingerprint {found}, "
+            f"the run's {resume['dataset_fingerprint']}); pass --data with the original database")

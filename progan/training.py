@@ -1,0 +1,669 @@
+"""The training loop: progressive growing on WGAN-GP, one code path from one CPU to many GPUs.
+
+Design choices (and why):
+
+* **Data parallel without DistributedDataParallel.** Every process builds identical networks
+  from the same seed, computes gradients on its slice of the global batch, and the gradients
+  are averaged with one all-reduce of a single flat buffer per network and step (as NVIDIA's
+  StyleGAN3 code does). This is correct for growing networks (blocks unused at the current
+  resolution simply have no gradient, on every rank alike), for the three D passes of a
+  WGAN-GP step and for the double backward of the penalty, and it needs no re-wrapping at each
+  growth step. accelerate starts the processes, picks the devices and provides the gather
+  and reduce used for statistics.
+* **Randomness is a function of (seed, step).** Each step draws its latents, penalty mixing
+  weights and mirror flips for the *global* batch from a generator seeded with (seed, step),
+  and each process takes its slice; the data order is a seeded permutation per epoch indexed
+  by images shown. So a resumed run continues bit-for-bit (on CPU), two processes compute
+  what one process computes with the same global batch, and a run can be resumed on a
+  different number of processes.
+* **Non-finite updates are never applied.** After the all-reduce every rank holds the same
+  gradients, so all ranks take the same skip decision; fp16 uses a dynamic loss scale
+  that halves on overflow.
+* **Upkeep on ticks.** Losses are summed on the device and read once per tick; logging, sample
+  grids and checkpoints run on the main process between steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from progan import checkpoints
+from progan.data import MultiResolutionDataset, dataset_fingerprint, read_metadata
+from progan.ema import update_ema
+from progan.fileio import atomic_write_text
+from progan.images import make_grid, save_png, to_uint8
+from progan.losses import critic_loss, drift_penalty, generator_loss, gradient_penalty
+from progan.networks import Discriminator, Generator
+from progan.progress import format_duration
+from progan.schedule import KIMG, TrainingState, state_at
+from progan.train_config import TrainConfig
+
+
+class TrainingError(ValueError):
+    """A problem with the run's setup; the message is one line for the user."""
+
+
+# -- seeded randomness ------------------------------------------------------------------------
+_STREAM_STEP = 1
+_STREAM_DATA = 2
+_STREAM_GRID = 3
+
+
+def derived_seed(seed: int, stream: int, counter: int) -> int:
+    """A well-mixed 63-bit seed for (run seed, stream, counter): SplitMix64 of their combination."""
+    x = (seed * 0x9E3779B97F4A7C15 + stream * 0xBF58476D1CE4E5B9 + counter * 0x94D049BB133111EB) & (2**64 - 1)
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
+    return (x ^ (x >> 31)) & (2**63 - 1)
+
+
+def seeded_generator(seed: int, stream: int, counter: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derived_seed(seed, stream, counter))
+
+
+class DataOrder:
+    """Which image indices the global batch starting at `images_shown` holds.
+
+    Epoch e is a seeded permutation of the dataset; image number k of the run is entry
+    k % N of epoch k // N. Stateless apart from a one-epoch cache.
+    """
+
+    def __init__(self, seed: int, num_images: int) -> None:
+        self.seed = seed
+        self.num_images = num_images
+        self._epoch = -1
+        self._permutation = np.empty(0, dtype=np.int64)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            gen = seeded_generator(self.seed, _STREAM_DATA, epoch)
+            self._permutation = torch.randperm(self.num_images, generator=gen).numpy()
+            self._epoch = epoch
+        return self._permutation
+
+    def indices(self, images_shown: int, count: int) -> np.ndarray:
+        out = np.empty(count, dtype=np.int64)
+        filled = 0
+        while filled < count:
+            epoch, offset = divmod(images_shown + filled, self.num_images)
+            take = min(count - filled, self.num_images - offset)
+            out[filled : filled + take] = self.permutation(epoch)[offset : offset + take]
+            filled += take
+        return out
+
+
+@dataclass
+class StepInputs:
+    """The random inputs of one step for this process's slice of the global batch."""
+
+    latents_d: torch.Tensor     # [n, latent]  for the fakes the critic sees
+    mix_weights: torch.Tensor   # [n]          gradient-penalty interpolation weights
+    flips: torch.Tensor         # [n] bool     mirror augmentation of the reals
+    latents_g: torch.Tensor     # [n, latent]  for the generator step
+
+
+def step_inputs(seed: int, step: int, global_batch: int, latent_size: int, lo: int, hi: int) -> StepInputs:
+    gen = seeded_generator(seed, _STREAM_STEP, step)
+    latents_d = torch.randn(global_batch, latent_size, generator=gen)
+    mix = torch.rand(global_batch, generator=gen)
+    flips = torch.rand(global_batch, generator=gen) < 0.5
+    latents_g = torch.randn(global_batch, latent_size, generator=gen)
+    return StepInputs(latents_d[lo:hi], mix[lo:hi], flips[lo:hi], latents_g[lo:hi])
+
+
+# -- data ------------------------------------------------------------------------------------
+class _BatchReader(torch.utils.data.Dataset):
+    """Lets a DataLoader hand whole index lists to `get_batch` (decoded in its workers)."""
+
+    def __init__(self, dataset: MultiResolutionDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, indices):
+        return self.dataset.get_batch(indices)
+
+    def __getitem__(self, index):
+        return self.dataset[index]
+
+
+class _IndexBatches(torch.utils.data.Sampler):
+    """This process's index lists for consecutive steps of one phase (fixed batch size)."""
+
+    def __init__(self, order: DataOrder, start_images: int, global_batch: int, lo: int, hi: int) -> None:
+        self.order, self.start, self.global_batch, self.lo, self.hi = order, start_images, global_batch, lo, hi
+
+    def __iter__(self):
+        images = self.start
+        while True:
+            yield self.order.indices(images, self.global_batch)[self.lo : self.hi].tolist()
+            images += self.global_batch
+
+    def __len__(self) -> int:  # pragma: no cover - infinite; DataLoader only asks for len() in repr
+        return 2**62
+
+
+class RealImages:
+    """Local batches of uint8 reals for one phase: from memory when the level fits, else a DataLoader."""
+
+    def __init__(self, data_path: str, resolution: int, order: DataOrder, start_images: int,
+                 global_batch: int, lo: int, hi: int, workers: int) -> None:
+        self.dataset = MultiResolutionDataset(data_path, resolution)
+        self.order, self.global_batch, self.lo, self.hi = order, global_batch, lo, hi
+        self.images = start_images
+        self._iterator = None
+        if not self.dataset.in_memory:
+            loader = torch.utils.data.DataLoader(
+                _BatchReader(self.dataset),
+                batch_sampler=_IndexBatches(order, start_images, global_batch, lo, hi),
+                collate_fn=_identity,
+                num_workers=workers,
+                pin_memory=torch.cuda.is_available(),
+                prefetch_factor=4 if workers > 0 else None,
+                persistent_workers=False,
+            )
+            self._iterator = iter(loader)
+
+    def next(self) -> torch.Tensor:
+        """uint8 [n, C, R, R] for the next step."""
+        if self._iterator is not None:
+            batch = next(self._iterator)
+        else:
+            batch = self.dataset.get_batch(self.order.indices(self.images, self.global_batch)[self.lo : self.hi])
+        self.images += self.global_batch
+        return batch
+
+
+def _identity(batch):
+    return batch
+
+
+def fade_reals(reals: torch.Tensor, alpha: float) -> torch.Tensor:
+    """During a fade, blend reals with their 2x-blurred version as the networks blend: lerp(up(down(x)), x, alpha)."""
+    if alpha >= 1.0:
+        return reals
+    blurred = F.interpolate(F.avg_pool2d(reals, 2), scale_factor=2, mode="nearest")
+    return torch.lerp(blurred, reals, alpha)
+
+
+# -- mixed precision -------------------------------------------------------------------------
+class LossScale:
+    """Dynamic loss scale for fp16: halve on overflow, double after `growth_interval` clean steps."""
+
+    def __init__(self, enabled: bool, init_scale: float = 2.0**14, growth_interval: int = 1000) -> None:
+        self.enabled = enabled
+        self.scale = init_scale if enabled else 1.0
+        self.growth_interval = growth_interval
+        self.good_steps = 0
+
+    def update(self, finite: bool) -> None:
+        if not self.enabled:
+            return
+        if not finite:
+            self.scale = max(self.scale / 2.0, 1.0)
+            self.good_steps = 0
+        else:
+            self.good_steps += 1
+            if self.good_steps >= self.growth_interval:
+                self.scale = min(self.scale * 2.0, 2.0**24)
+                self.good_steps = 0
+
+    def state_dict(self) -> dict:
+        return {"enabled": self.enabled, "scale": self.scale, "good_steps": self.good_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.enabled and state.get("enabled"):
+            self.scale = float(state["scale"])
+            self.good_steps = int(state["good_steps"])
+
+
+# -- gradient exchange -----------------------------------------------------------------------
+class GradientSync:
+    """Averages gradients over processes through one flat buffer, and shares control flags.
+
+    The flags (stop requested, checkpoint due) ride along in the same all-reduce, so every
+    process learns them at the same step with no extra collective.
+    """
+
+    NUM_FLAGS = 2
+
+    def __init__(self, world_size: int) -> None:
+        self.world_size = world_size
+
+    def reduce(self, params: list[torch.nn.Parameter], scale: float, flags: list[float] | None = None):
+        """Average (and unscale) the grads in place; returns (all finite?, summed flags)."""
+        grads = [p.grad for p in params if p.grad is not None]
+        device = grads[0].device if grads else torch.device("cpu")
+        flag_values = torch.tensor(flags or [0.0] * self.NUM_FLAGS, dtype=torch.float32, device=device)
+        if not grads:
+            return True, flag_values.tolist()
+        flat = torch.cat([g.reshape(-1).float() for g in grads] + [flag_values])
+        if self.world_size > 1:
+            torch.distributed.all_reduce(flat)
+        flat_grads = flat[: -self.NUM_FLAGS]
+        flat_grads.mul_(1.0 / (scale * self.world_size))
+        finite = bool(torch.isfinite(flat_grads).all())
+        offset = 0
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat_grads[offset : offset + n].view_as(g))
+            offset += n
+        return finite, flat[-self.NUM_FLAGS :].tolist()
+
+
+# -- the trainer -----------------------------------------------------------------------------
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (a second Ctrl-C aborts)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+        self._previous = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. inside some test runners)
+                pass
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, accelerator, resume: dict | None = None, log=print) -> None:
+        self.config = config
+        self.accelerator = accelerator
+        self.log = log
+        self.device = accelerator.device
+        self.rank = accelerator.process_index
+        self.world_size = accelerator.num_processes
+        self.is_main = accelerator.is_main_process
+        self.run_dir = Path(config.out)
+        self.sync = GradientSync(self.world_size)
+        self.stop = StopRequest()
+
+        metadata = read_metadata(config.data)
+        self.num_images = int(metadata["count"]) if "count" in metadata else len(
+            MultiResolutionDataset(config.data, config.schedule.start_resolution))
+        self.fingerprint = dataset_fingerprint(config.data)
+        self.order = DataOrder(config.seed, self.num_images)
+
+        torch.manual_seed(derived_seed(config.seed, 0, 0))  # identical initial weights on every rank
+        model = config.model
+        self.G = Generator(model).to(self.device)
+        self.D = Discriminator(model).to(self.device)
+        self.G_ema = Generator(model).to(self.device).eval().requires_grad_(False)
+        self.G_ema.load_state_dict(self.G.state_dict())
+
+        fp16 = config.mixed_precision == "fp16"
+        self.scale_d, self.scale_g = LossScale(fp16), LossScale(fp16)
+        self.autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision)
+
+        self.images_shown = 0
+        self.step = 0
+        self.skipped_d = 0
+        self.skipped_g = 0
+        self.training_seconds = 0.0
+        self.ticks = 0
+        optimizer_states, saved_optimizer_phase = None, None
+        if resume is not None:
+            optimizer_states, saved_optimizer_phase = self._load(resume)
+
+        self.state = state_at(config.schedule, self.images_shown)
+        self._new_optimizers(self.state)
+        # A checkpoint taken right at a phase edge holds the old phase's optimizer state,
+        # which the uninterrupted run would have reset at that edge: do the same here.
+        if optimizer_states is not None and (
+            self.optimizer_phase == saved_optimizer_phase or not config.reset_optimizer
+        ):
+            self.opt_g.load_state_dict(optimizer_states[0])
+            self.opt_d.load_state_dict(optimizer_states[1])
+            self._set_learning_rate(self.state.learning_rate)
+        self.reals = self._real_images(self.state)
+        self.grid_latents = torch.randn(
+            64, model.latent_size, generator=seeded_generator(config.seed, _STREAM_GRID, 0))
+        self._reset_tick_stats()
+
+    # -- setup helpers ---------------------------------------------------------------------
+    def _adam(self, module: torch.nn.Module, lr: float) -> torch.optim.Adam:
+        c = self.config
+        return torch.optim.Adam(module.parameters(), lr=lr, betas=(c.adam_beta1, c.adam_beta2), eps=c.adam_eps)
+
+    def _new_optimizers(self, state: TrainingState) -> None:
+        """Fresh Adam state at each phase start (the paper's default), or only the new learning rate."""
+        if self.config.reset_optimizer or not hasattr(self, "opt_g"):
+            self.opt_g = self._adam(self.G, state.learning_rate)
+            self.opt_d = self._adam(self.D, state.learning_rate)
+        else:
+            self._set_learning_rate(state.learning_rate)
+        self.optimizer_phase = state.phase.index
+
+    def _set_learning_rate(self, lr: float) -> None:
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    def _slice(self, global_batch: int) -> tuple[int, int]:
+        local = global_batch // self.world_size
+        return self.rank * local, (self.rank + 1) * local
+
+    def _real_images(self, state: TrainingState) -> RealImages:
+        lo, hi = self._slice(state.batch_size)
+        return RealImages(self.config.data, state.resolution, self.order, self.images_shown,
+                          state.batch_size, lo, hi, self.config.workers)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def _load(self, data: dict):
+        """Restore everything from a loaded training checkpoint (checked by progan.setup_run)."""
+        self.G.load_state_dict(data["generator"])
+        self.D.load_state_dict(data["discriminator"])
+        self.G_ema.load_state_dict(data["generator_ema"])
+        self.scale_d.load_state_dict(data["loss_scale_d"])
+        self.scale_g.load_state_dict(data["loss_scale_g"])
+        counters = data["counters"]
+        self.images_shown = int(data["images_shown"])
+        self.step = int(counters["step"])
+        self.skipped_d = int(counters["skipped_d"])
+        self.skipped_g = int(counters["skipped_g"])
+        self.training_seconds = float(counters["training_seconds"])
+        self.ticks = int(counters["ticks"])
+        if self.world_size != int(counters.get("world_size", self.world_size)):
+            self.log(f"note: resuming a {counters['world_size']}-process run on {self.world_size} processes "
+                     f"(the run continues, but not bit-for-bit)")
+        return (data["optimizer_g"], data["optimizer_d"]), int(counters["optimizer_phase"])
+
+    def checkpoint_state(self) -> dict:
+        return {
+            "config": self.config.to_dict(),
+            "model_config": self.config.model.to_dict(),
+            "images_shown": self.images_shown,
+            "resolution": self.state.resolution,
+            "alpha": self.state.alpha,
+            "generator": self.G.state_dict(),
+            "discriminator": self.D.state_dict(),
+            "generator_ema": self.G_ema.state_dict(),
+            "optimizer_g": self.opt_g.state_dict(),
+            "optimizer_d": self.opt_d.state_dict(),
+            "loss_scale_d": self.scale_d.state_dict(),
+            "loss_scale_g": self.scale_g.state_dict(),
+            "counters": {
+                "step": self.step, "skipped_d": self.skipped_d, "skipped_g": self.skipped_g,
+                "training_seconds": self.training_seconds, "ticks": self.ticks,
+                "world_size": self.world_size, "optimizer_phase": self.optimizer_phase,
+            },
+            "dataset_fingerprint": self.fingerprint,
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        path = None
+        if self.is_main:
+            path = checkpoints.save_training_checkpoint(
+                self.run_dir, self.checkpoint_state(), keep=self.config.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+        self._last_checkpoint_time = time.monotonic()
+        return path
+
+    # -- one step --------------------------------------------------------------------------
+    def _micro_slices(self, n: int) -> list[slice]:
+        cap = self.config.max_batch_per_device or n
+        return [slice(i, min(i + cap, n)) for i in range(0, n, cap)]
+
+    def train_step(self, flags: list[float]) -> list[float]:
+        """One D step then one G step then the EMA update; returns the flags summed over processes."""
+        st = self.state
+        res, alpha = st.resolution, st.alpha
+        lo, hi = self._slice(st.batch_size)
+        inputs = step_inputs(self.config.seed, self.step, st.batch_size, self.config.model.latent_size, lo, hi)
+        reals = self.reals.next().to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
+        flips = inputs.flips.to(self.device)
+        if self.config.mirror:
+            reals = torch.where(flips[:, None, None, None], reals.flip(3), reals)
+        reals = fade_reals(reals, alpha)
+        n = reals.shape[0]
+        micro = self._micro_slices(n)
+
+        # Critic: D(fake) - D(real) + lambda * penalty + drift.
+        self.G.requires_grad_(False)
+        self.D.requires_grad_(True)
+        latents_d = inputs.latents_d.to(self.device)
+        mix = inputs.mix_weights.to(self.device)
+        scale = self.scale_d.scale
+        for part in micro:
+            weight = (part.stop - part.start) / n
+            with torch.no_grad(), self._autocast():
+                fakes = self.G(latents_d[part], resolution=res, alpha=alpha)
+            with self._autocast():
+                real_scores = self.D(reals[part], resolution=res, alpha=alpha).float()
+                fake_scores = self.D(fakes, resolution=res, alpha=alpha).float()
+                penalty = gradient_penalty(
+                    self.D, reals[part], fakes.float(), res, alpha, weight=self.config.gp_weight,
+                    target=self.config.gp_target, loss_scale=scale if self.scale_d.enabled else None,
+                    mix_weights=mix[part])
+            drift = drift_penalty(real_scores, weight=self.config.drift_weight)
+            wasserstein = critic_loss(real_scores, fake_scores)
+            loss = wasserstein + penalty + drift
+            (loss * (weight * scale)).backward()
+            self._tick_sums += torch.stack([loss.detach(), wasserstein.detach(), penalty.detach(),
+                                            real_scores.detach().mean(), fake_scores.detach().mean(),
+                                            torch.zeros((), device=self.device)]) * weight
+        finite, flags = self.sync.reduce(list(self.D.parameters()), scale, flags)
+        self.scale_d.update(finite)
+        if finite:
+            self.opt_d.step()
+        else:
+            self.skipped_d += 1
+        self.opt_d.zero_grad(set_to_none=True)
+
+        # Generator: -D(G(z)).
+        self.D.requires_grad_(False)
+        self.G.requires_grad_(True)
+        latents_g = inputs.latents_g.to(self.device)
+        scale = self.scale_g.scale
+        for part in micro:
+            weight = (part.stop - part.start) / n
+            with self._autocast():
+                scores = self.D(self.G(latents_g[part], resolution=res, alpha=alpha), resolution=res, alpha=alpha)
+            loss = generator_loss(scores.float())
+            (loss * (weight * scale)).backward()
+            self._tick_sums[5] += loss.detach() * weight
+        finite, _ = self.sync.reduce(list(self.G.parameters()), scale)
+        self.scale_g.update(finite)
+        if finite:
+            self.opt_g.step()
+        else:
+            self.skipped_g += 1
+        self.opt_g.zero_grad(set_to_none=True)
+        self.D.requires_grad_(True)
+
+        update_ema(self.G_ema, self.G, beta=self.config.ema_beta)
+        self.images_shown += st.batch_size
+        self.step += 1
+        self._tick_steps += 1
+        return flags
+
+    def _enter_state(self, new_state: TrainingState) -> None:
+        """Switch phase when the schedule says so: new loader, new batch size, new learning rate."""
+        old = self.state
+        self.state = new_state
+        if new_state.phase.index == old.phase.index:
+            return
+        self._new_optimizers(new_state)
+        if new_state.resolution != old.resolution or new_state.batch_size != old.batch_size:
+            self.reals = self._real_images(new_state)
+        if self.is_main:
+            p = new_state.phase
+            self.log(f"phase {p.index}: {p.kind} {p.resolution}x{p.resolution} from {p.start_images / KIMG:.1f} kimg, "
+                     f"batch {new_state.batch_size}, lr {new_state.learning_rate:g}")
+
+    # -- upkeep ----------------------------------------------------------------------------
+    def _reset_tick_stats(self) -> None:
+        self._tick_sums = torch.zeros(6, device=self.device)
+        self._tick_steps = 0
+        self._tick_start_time = time.monotonic()
+        self._tick_start_images = self.images_shown
+
+    def tick(self) -> dict:
+        """Gather statistics, write the log line and stats.jsonl; returns the stats."""
+        self.ticks += 1
+        sums = self.accelerator.reduce(self._tick_sums.clone(), reduction="mean")
+        steps = max(self._tick_steps, 1)
+        loss_d, wdist, gp, real_score, fake_score, loss_g = (sums / steps).tolist()
+        seconds = time.monotonic() - self._tick_start_time
+        images = self.images_shown - self._tick_start_images
+        self.training_seconds += seconds
+        rate = images / seconds if seconds > 0 else 0.0
+        remaining = max(self.config.schedule.total_images - self.images_shown, 0)
+        st = state_at(self.config.schedule, self.images_shown)
+        stats = {
+            "tick": self.ticks, "kimg": round(self.images_shown / KIMG, 3), "images_shown": self.images_shown,
+            "resolution": st.resolution, "alpha": round(st.alpha, 5), "phase": st.phase.kind,
+            "batch": st.batch_size, "lr": st.learning_rate, "images_per_s": round(rate, 2),
+            "sec_per_kimg": round(KIMG / rate, 3) if rate > 0 else None,
+            "eta_s": round(remaining / rate) if rate > 0 else None,
+            "loss_d": loss_d, "loss_g": loss_g, "wasserstein": wdist, "gradient_penalty": gp,
+            "score_real": real_score, "score_fake": fake_score,
+            "skipped_d": self.skipped_d, "skipped_g": self.skipped_g,
+            "loss_scale": self.scale_d.scale, "training_s": round(self.training_seconds, 1),
+            "processes": self.world_size,
+        }
+        if self.is_main:
+            eta = format_duration(stats["eta_s"]) if stats["eta_s"] is not None else "?"
+            self.log(
+                f"tick {self.ticks:<4d} kimg {stats['kimg']:<9.1f} res {st.resolution:<4d} alpha {st.alpha:.3f}  "
+                f"{rate:7.1f} img/s  {stats['sec_per_kimg'] or 0:6.2f} s/kimg  ETA {eta:>9}  "
+                f"D {loss_d:+.3f}  G {loss_g:+.3f}  gp {gp:.3f}  skipped {self.skipped_d}/{self.skipped_g}")
+            with open(self.run_dir / "stats.jsonl", "a") as f:
+                f.write(json.dumps(stats) + "\n")
+            if getattr(self.accelerator, "trackers", None):
+                self.accelerator.log({k: v for k, v in stats.items() if isinstance(v, (int, float))},
+                                     step=self.images_shown // KIMG)
+        self._reset_tick_stats()
+        return stats
+
+    @torch.no_grad()
+    def save_sample_grid(self) -> Path | None:
+        """A grid from the EMA generator at fixed latents, at the current resolution and alpha."""
+        if not self.is_main:
+            return None
+        res, alpha = self.state.resolution, self.state.alpha
+        side = max(2, min(8, 2048 // res))
+        latents = self.grid_latents[: side * side].to(self.device)
+        images = [self.G_ema(chunk, resolution=res, alpha=alpha).float().cpu()
+                  for chunk in latents.split(max(self.state.batch_size, 4))]
+        grid = make_grid(to_uint8(torch.cat(images)), rows=side, cols=side)
+        path = self.run_dir / f"samples-{self.images_shown:010d}.png"
+        save_png(grid, path)
+        save_png(grid, self.run_dir / "samples-latest.png")
+        return path
+
+    def truncate_stats(self) -> None:
+        """After a resume, drop log lines from work the checkpoint does not hold."""
+        path = self.run_dir / "stats.jsonl"
+        if not self.is_main or not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["images_shown"] <= self.images_shown:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self) -> str:
+        """Train to the end of the schedule or until stopped; returns 'finished' or 'stopped'."""
+        c = self.config
+        total = c.schedule.total_images
+        tick_images = max(1, round(c.tick_kimg * KIMG))
+        next_tick = (self.images_shown // tick_images + 1) * tick_images
+        self._last_checkpoint_time = time.monotonic()
+        self.stop.install()
+        outcome = "finished"
+        try:
+            while self.images_shown < total:
+                self._enter_state(state_at(c.schedule, self.images_shown))
+                checkpoint_due = (time.monotonic() - self._last_checkpoint_time) / 60 >= c.checkpoint_minutes
+                flags = self.train_step([float(self.stop.requested), float(checkpoint_due and self.is_main)])
+                stop_now, save_now = flags[0] > 0, flags[1] > 0
+                if self.images_shown >= next_tick or self.images_shown >= total or stop_now:
+                    self.tick()
+                    next_tick = (self.images_shown // tick_images + 1) * tick_images
+                    if self.ticks % c.snapshot_ticks == 0 and self.images_shown < total and not stop_now:
+                        self.save_sample_grid()
+                        save_now = True
+                if stop_now:
+                    outcome = "stopped"
+                    break
+                if save_now:
+                    self.save_checkpoint()
+        finally:
+            self.stop.uninstall()
+        self.state = state_at(c.schedule, self.images_shown)
+        self.save_sample_grid()
+        path = self.save_checkpoint()
+        if self.is_main:
+            how = f"stopped by {self.stop.signal_name}" if outcome == "stopped" else "finished"
+            self.log(f"{how} at {self.images_shown / KIMG:.1f} kimg; checkpoint {path}")
+        return outcome
+
+
+# -- checks before any work ------------------------------------------------------------------
+def validate_setup(config: TrainConfig, world_size: int) -> None:
+    """Raise TrainingError (one line) for any setup problem before training starts."""
+    metadata = read_metadata(config.data)
+    available = sorted(int(r) for r in metadata["resolutions"])
+    needed = config.schedule.resolutions
+    top = max(available)
+    if config.model.resolution > top:
+        raise TrainingError(
+            f"--resolution {config.model.resolution} is above the database's largest level {top}x{top}; "
+            f"train at {top} or rebuild {config.data} with --max-res {config.model.resolution}")
+    missing = [r for r in needed if r not in available]
+    if missing:
+        raise TrainingError(
+            f"{config.data} lacks the resolution(s) {', '.join(map(str, missing))} the schedule needs "
+            f"(it has {', '.join(map(str, available))}); rebuild it with --min-res {min(needed)}")
+    group = config.model.mbstd_group_size
+    for res in needed:
+        batch = config.schedule.batch_size(res)
+        if batch % world_size:
+            raise TrainingError(
+                f"batch size {batch} at {res}x{res} does not divide over {world_size} processes; "
+                f"set --batch so every size is a multiple of {world_size}")
+        local = batch // world_size
+        micro = min(local, config.max_batch_per_device or local)
+        if local % micro:
+            raise TrainingError(
+                f"--max-batch-per-device {config.max_batch_per_device} does not divide the per-process batch "
+                f"{local} at {res}x{res}; choose a divisor")
+        if group > 1 and micro % min(group, micro):
+            raise TrainingError(
+                f"the per-device batch {micro} at {res}x{res} is not divisible by the minibatch-stddev "
+                f"group size {group}; use batch sizes that are multiples of {group * world_size}")

@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Train a progressive GAN.
+
+    python train.py --data DATA.lmdb --out checkpoints/RUN [--config paper|small|FILE.json] ...
+    accelerate launch --multi_gpu --num_processes 8 train.py ...     # same flags
+    python train.py --out checkpoints/RUN --resume auto                # continue a run
+
+Run `python train.py --help` for every flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from progan.cli import CommandLineError, OneLineErrorParser, fail
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineErrorParser(
+        prog="train.py",
+        description="Progressive growing of GANs (Karras et al. 2018) on WGAN-GP. Flags left out "
+        "take the preset's value; when resuming they take the run's own.",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--data", help="LMDB made by `python -m data_prep build`")
+    p.add_argument("--out", help="run folder (config, stats.jsonl, sample grids, checkpoints)")
+    p.add_argument("--resolution", type=int, help="final resolution (default: the database's largest)")
+    p.add_argument("--config", help="paper (default) | small | FILE.json (e.g. another run's config.json)")
+    p.add_argument("--fade-kimg", type=float, help="thousands of images per fade-in")
+    p.add_argument("--stable-kimg", type=float, help="thousands of images per stable phase")
+    p.add_argument("--total-kimg", type=float, help="stop after this many thousand images (default: end of schedule)")
+    p.add_argument("--batch", help="global batch sizes per resolution, e.g. 4:128,8:128,32:64")
+    p.add_argument("--lr", help="learning rates per resolution, e.g. 1024:0.0015")
+    p.add_argument("--base-lr", type=float, help="learning rate of resolutions not in --lr")
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), help="autocast dtype (default no)")
+    p.add_argument("--seed", type=int, help="seed of all randomness (default 0)")
+    p.add_argument("--resume", help="auto (the run folder's latest checkpoint, if any) | PATH to a checkpoint")
+    p.add_argument("--workers", type=int, help="data loader processes for levels not held in memory")
+    p.add_argument("--max-batch-per-device", type=int, help="split larger batches and accumulate gradients")
+    p.add_argument("--no-mirror", dest="mirror", action="store_false", help="no horizontal flips of reals")
+    p.add_argument("--no-reset-optimizer", dest="reset_optimizer", action="store_false",
+                   help="keep Adam state across phases (the paper resets it)")
+    p.add_argument("--tick-kimg", type=float, help="log line and stats every this many kimg")
+    p.add_argument("--snapshot-ticks", type=int, help="sample grid and checkpoint every this many ticks")
+    p.add_argument("--checkpoint-minutes", type=float, help="also checkpoint at least this often")
+    p.add_argument("--keep-checkpoints", type=int, help="how many checkpoints to keep")
+    p.add_argument("--metrics", help="comma list of swd, msssim, fid, evaluated during training")
+    p.add_argument("--metric-kimg", type=float, help="evaluate --metrics every this many kimg")
+    p.add_argument("--metric-images", type=int, help="generated images per evaluation")
+    p.add_argument("--inception", help="Inception-v3 weights file for --metrics fid")
+    p.add_argument("--dry-run", action="store_true", help="validate, print the config and schedule, and exit")
+    return p
+
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    try:
+        return run(args)
+    except CommandLineError as exc:
+        return fail(str(exc), prog="train.py")
+
+
+def run(args: dict) -> int:
+    from progan.setup_run import prepare_run
+
+    plan = prepare_run(args)
+    if args.get("dry_run"):
+        print(plan.describe())
+        return 0
+
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()
+    return plan.train(accelerator)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
