@@ -13,6 +13,7 @@ _LAZY = {
     "Discriminator": "progan.networks",
     "MultiResolutionDataset": "progan.data",
     "load_generator": "progan.checkpoints",
+    "seeds_to_images": "progan.sampling",
 }
 
 __all__ = sorted(_LAZY)

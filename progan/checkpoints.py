@@ -122,6 +122,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt: {_short(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - garbage bytes make the weights-only unpickler raise
+        # KeyError, IndexError, struct.error, ...: any of them means the file is unreadable.
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt: "
+                              f"{type(exc).__name__} {_short(exc)})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path} is not a progan checkpoint")
     version = data.get("format_version")
@@ -165,14 +169,15 @@ def load_generator(
         config = ModelConfig.from_dict(data["model_config"])
         generator = Generator(config)
         generator.load_state_dict(data[key])
+        stage = int(data["resolution"]), float(data["alpha"]), int(data["images_shown"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{resolved} does not match this progan's generator ({_short(exc)})") from None
     generator.eval().requires_grad_(False).to(device)
     info = GeneratorInfo(
         model_config=config,
-        resolution=int(data["resolution"]),
-        alpha=float(data["alpha"]),
-        images_shown=int(data["images_shown"]),
+        resolution=stage[0],
+        alpha=stage[1],
+        images_shown=stage[2],
         ema=ema,
         path=resolved,
         run_dir=resolved.parent if data.get("kind") == TRAINING_KIND else None,

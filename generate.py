@@ -1,0 +1,291 @@
+#!/usr/bin/env python3
+"""Images from a trained progressive GAN: one PNG per seed, grids, looping latent walks.
+
+    python generate.py CHECKPOINT --out DIR --seeds 0-63              # seed0000.png ... seed0063.png
+    python generate.py CHECKPOINT --out DIR --grid 8x8 --seed 100     # grid.png of seeds 100..163
+    python generate.py CHECKPOINT --out DIR --walk --frames 240       # walk-seed0000.gif
+    python generate.py export CHECKPOINT OUT.pt                       # generator-only file to share
+
+CHECKPOINT is a run folder (its latest checkpoint), a training checkpoint or an exported
+generator; the network is rebuilt from the config stored inside it. Run with --help for all flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from progan.cli import CommandLineError, OneLineErrorParser, fail
+
+PROG = "generate.py"
+DEFAULT_NUM_IMAGES = 16
+FROZEN_WALK_FRACTION = 4  # a blur wider than frames/4 leaves under a third of the slowest motion
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineErrorParser(
+        prog=PROG,
+        description="Sample a trained ProGAN. CHECKPOINT is a run folder (its latest checkpoint), a "
+        "training checkpoint or an exported generator. The latent of seed S is drawn on the CPU from S "
+        "alone, so a seed gives the same image on any device and batch size. "
+        f"To write a generator-only file to share: {PROG} export CHECKPOINT OUT.pt",
+        epilog="Seeds: --seeds 0-63 | --seeds 3,7,42 | --num N --seed S (seeds S..S+N-1). Without them: "
+        f"{DEFAULT_NUM_IMAGES} images, the grid's ROWS*COLS, or 1 walk, from --seed (default 0). "
+        "Outputs: one seedNNNN.png per seed; with --grid only grid.png (the same seeds without --grid "
+        "give its cells as separate files); with --walk one walk-seedNNNN.gif/.webp per seed, or with "
+        "--grid too one walk-grid.gif/.webp whose cell i walks from seed i. Existing files are replaced.",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="run folder, training checkpoint or exported generator")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--seeds", metavar="LIST", help="seeds and ranges: 0-63, 3,7,42 or 0-3,10")
+    which.add_argument("--num", type=int, metavar="N", help="N consecutive seeds starting at --seed")
+    p.add_argument("--seed", type=int, metavar="S", help="first seed for --num or the defaults (default 0)")
+    p.add_argument("--grid", metavar="RxC", help="one ROWSxCOLS grid of the first ROWS*COLS seeds, e.g. 8x8")
+    p.add_argument("--walk", action="store_true", help="a looping latent walk animation instead of still images")
+    p.add_argument("--frames", type=int, default=240, metavar="N", help="walk length in frames (default 240)")
+    p.add_argument("--fps", type=float, default=30.0, help="walk frames per second (default 30; GIF at most 50)")
+    p.add_argument("--smoothing", type=float, default=1.0, metavar="SECONDS",
+                   help="walk smoothness: Gaussian blur of the latents over time, in seconds "
+                   "(sigma = smoothing*fps frames; default 1.0 as in the paper; 0 = jumps)")
+    p.add_argument("--format", choices=("gif", "webp"), default="gif", help="walk file format (default gif)")
+    p.add_argument("--resolution", type=int, metavar="R",
+                   help="sample the stable output of a lower trained stage (default: where training stood, "
+                   "with its fade weight)")
+    p.add_argument("--no-ema", dest="ema", action="store_false",
+                   help="use the raw generator, not the EMA one (training checkpoints only)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto (default) = cuda if available, else cpu")
+    p.add_argument("--batch", type=int, default=32, metavar="N", help="images per forward pass (default 32)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="fp32 (default) or bf16 autocast (faster on recent GPUs; images differ slightly)")
+    return p
+
+
+def build_export_parser() -> argparse.ArgumentParser:
+    p = OneLineErrorParser(
+        prog=f"{PROG} export",
+        description="Write a generator-only file: the EMA weights, the model config and where training "
+        "stood. It is all `generate.py` and `progan.load_generator` need, and loads safely (weights only).",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="run folder, training checkpoint or exported generator")
+    p.add_argument("out", metavar="OUT.pt", help="file to write (replaced atomically if it exists)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    exporting = bool(argv) and argv[0] == "export"
+    prog = f"{PROG} export" if exporting else PROG
+    try:
+        if exporting:
+            return run_export(build_export_parser().parse_args(argv[1:]))
+        return run_sampling(build_parser().parse_args(argv))
+    except CommandLineError as exc:
+        return fail(str(exc), prog=prog)
+    except KeyboardInterrupt:
+        return fail("interrupted (files already written are complete; none is half-written)", prog=prog, code=130)
+
+
+# -- export ---------------------------------------------------------------------------------
+def run_export(args: argparse.Namespace) -> int:
+    from progan.checkpoints import CheckpointError
+    from progan.sampling import export
+
+    try:
+        path = export(args.checkpoint, args.out)
+    except CheckpointError as exc:
+        raise CommandLineError(str(exc)) from None
+    except (FileExistsError, NotADirectoryError):
+        raise CommandLineError(f"cannot write {args.out}: part of its folder path is a file") from None
+    except OSError as exc:
+        raise CommandLineError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+    print(f"exported the EMA generator of {args.checkpoint} to {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+# -- sampling -------------------------------------------------------------------------------
+def run_sampling(args: argparse.Namespace) -> int:
+    import torch
+
+    from progan.checkpoints import CheckpointError, load_generator
+    from progan.sampling import sampling_stage
+
+    grid = _parse_grid(args.grid)
+    seeds = _choose_seeds(args, grid)
+    _check_numbers(args)
+    device = _choose_device(args.device)
+    try:
+        generator, info = load_generator(args.checkpoint, device=device, ema=args.ema)
+        resolution, alpha = sampling_stage(info, args.resolution)
+    except (CheckpointError, ValueError) as exc:
+        raise CommandLineError(str(exc)) from None
+    out_dir = _prepare_out_dir(Path(args.out))  # after the checks, so a bad run leaves no folder
+    autocast_dtype = torch.bfloat16 if args.precision == "bf16" else None
+    print(f"{PROG}: {info.path} ({'EMA' if info.ema else 'raw'} generator, {info.images_shown / 1000:.1f} kimg) "
+          f"at {resolution}x{resolution}, alpha {alpha:.3f}, on {device}", file=sys.stderr)
+    job = dict(generator=generator, seeds=seeds, resolution=resolution, alpha=alpha, batch_size=args.batch,
+               autocast_dtype=autocast_dtype, latent_size=info.model_config.latent_size)
+    try:
+        if args.walk:
+            written = _write_walks(args, out_dir, grid, **job)
+        elif grid:
+            written = [_write_grid(out_dir, grid, **job)]
+        else:
+            written = _write_images(out_dir, **job)
+    except OSError as exc:
+        raise CommandLineError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
+    print(_summary(written, out_dir))
+    return 0
+
+
+def _parse_grid(text: str | None) -> tuple[int, int] | None:
+    from progan.sampling import parse_grid
+
+    if text is None:
+        return None
+    try:
+        return parse_grid(text)
+    except ValueError as exc:
+        raise CommandLineError(f"--grid: {exc}") from None
+
+
+def _choose_seeds(args: argparse.Namespace, grid: tuple[int, int] | None) -> list[int]:
+    """The seeds asked for; with --grid, the first ROWS*COLS of them."""
+    from progan.sampling import parse_seeds, seed_range
+
+    if args.seeds is not None and args.seed is not None:
+        raise CommandLineError("--seed goes with --num (or the defaults); --seeds lists every seed itself")
+    cells = grid[0] * grid[1] if grid else None
+    try:
+        if args.seeds is not None:
+            seeds = parse_seeds(args.seeds)
+        else:
+            default_count = cells or (1 if args.walk else DEFAULT_NUM_IMAGES)
+            seeds = seed_range(args.seed or 0, args.num if args.num is not None else default_count)
+    except ValueError as exc:
+        raise CommandLineError(f"--seeds: {exc}" if args.seeds is not None else str(exc)) from None
+    if cells is not None:
+        if len(seeds) < cells:
+            raise CommandLineError(f"--grid {args.grid} needs {cells} seeds, got {len(seeds)}")
+        if len(seeds) > cells:
+            print(f"{PROG}: note: --grid {args.grid} uses the first {cells} of {len(seeds)} seeds", file=sys.stderr)
+        seeds = seeds[:cells]
+    return seeds
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    from progan.animation import check_animation_options
+
+    if args.batch < 1:
+        raise CommandLineError(f"--batch must be at least 1, got {args.batch}")
+    if not args.walk:
+        return
+    if args.frames < 1:
+        raise CommandLineError(f"--frames must be at least 1, got {args.frames}")
+    if not args.smoothing >= 0:
+        raise CommandLineError(f"--smoothing must be 0 or more, got {args.smoothing}")
+    try:
+        check_animation_options(args.format, args.fps)
+    except ValueError as exc:
+        raise CommandLineError(str(exc)) from None
+    sigma_frames = args.smoothing * args.fps
+    if sigma_frames > args.frames / FROZEN_WALK_FRACTION:
+        # The wrap-around blur then averages nearly the whole loop: every frame is about the same.
+        print(f"{PROG}: note: --smoothing {args.smoothing:g} s is {sigma_frames:g} frames, long for a "
+              f"{args.frames}-frame walk, which will barely move; use more --frames or less --smoothing",
+              file=sys.stderr)
+
+
+def _choose_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CommandLineError("--device cuda: no CUDA device is available to this torch; use --device cpu")
+    return name
+
+
+def _prepare_out_dir(out_dir: Path) -> Path:
+    """Create the folder and prove it writable before any work, so failures come first."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except FileExistsError:
+        raise CommandLineError(f"--out {out_dir} is a file, not a folder") from None
+    except OSError as exc:
+        raise CommandLineError(f"--out {out_dir} is not writable: {exc.strerror or exc}") from None
+    return out_dir
+
+
+def _images_by_seed(seeds: list[int], **job):
+    """Yield (seed, uint8 image) a batch at a time, with a progress bar and images/s at the end."""
+    from progan.progress import Progress
+    from progan.sampling import seeds_to_images
+
+    batch_size = job["batch_size"]
+    with Progress(len(seeds), desc="generate", unit="img") as progress:
+        for start in range(0, len(seeds), batch_size):
+            chunk = seeds[start:start + batch_size]
+            yield from zip(chunk, seeds_to_images(seeds=chunk, **job))
+            progress.update(len(chunk))
+
+
+def _write_images(out_dir: Path, seeds: list[int], **job) -> list[Path]:
+    from progan.images import save_png
+
+    written = []
+    for seed, image in _images_by_seed(seeds, **job):
+        written.append(out_dir / seed_file_name(seed, "png"))
+        save_png(image, written[-1])
+    return written
+
+
+def _write_grid(out_dir: Path, grid: tuple[int, int], seeds: list[int], **job) -> Path:
+    import numpy as np
+
+    from progan.images import make_grid, save_png
+
+    images = np.stack([image for _, image in _images_by_seed(seeds, **job)])
+    path = out_dir / "grid.png"
+    save_png(make_grid(images, rows=grid[0], cols=grid[1]), path)
+    return path
+
+
+def _write_walks(args, out_dir: Path, grid: tuple[int, int] | None, seeds: list[int], **job) -> list[Path]:
+    from progan.animation import write_animation
+    from progan.progress import Progress
+    from progan.sampling import walk_frames
+
+    walk_options = dict(frames=args.frames, smoothing=args.smoothing, fps=args.fps, **job)
+    # A grid animates all its seeds together; otherwise every seed gets its own walk.
+    groups = [(seeds, "walk-grid")] if grid else [([seed], seed_file_name(seed, None, "walk-")) for seed in seeds]
+    written = []
+    with Progress(args.frames * len(groups), desc="walk", unit="frame") as progress:
+        for group, stem in groups:
+            frames = walk_frames(seeds=group, rows=grid[0] if grid else None, cols=grid[1] if grid else None,
+                                 on_frame=progress.update, **walk_options)
+            path = out_dir / f"{stem}.{args.format}"
+            write_animation(frames, path, fps=args.fps, fmt=args.format)
+            written.append(path)
+    return written
+
+
+def seed_file_name(seed: int, suffix: str | None, prefix: str = "") -> str:
+    """seed0042.png (at least four digits, so names sort by seed up to 9999)."""
+    stem = f"{prefix}seed{seed:04d}"
+    return f"{stem}.{suffix}" if suffix else stem
+
+
+def _summary(written: list[Path], out_dir: Path) -> str:
+    if len(written) == 1:
+        return f"wrote {written[0]}"
+    return f"wrote {len(written)} files to {out_dir} ({written[0].name} .. {written[-1].name})"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""Images from a trained generator: seeds to latents to pictures, and looping latent walks.
+
+Reproducibility rule: the latent of seed `s` is `randn(latent_size)` drawn on the CPU from
+`torch.Generator().manual_seed(s)` alone. It does not depend on the device, the batch size or
+the other seeds asked for, so `seed0042.png` is the same face (within float tolerance) however
+and wherever it is made, from the training checkpoint or from its exported generator.
+
+Latent walks follow the paper's videos (Karras et al. 2018, `generate_interpolation_video`):
+a [frames, latent] sequence of independent Gaussian latents is blurred along time with a
+Gaussian of `smoothing * fps` frames, wrapping around so the last frame leads smoothly back
+to the first, and each frame is rescaled to the latent's expected norm sqrt(latent_size) (the
+blur shrinks it). The paper rescales by one global RMS instead; the generator pixel-normalises
+its input, so the images are the same either way.
+
+    >>> G, info = progan.load_generator("checkpoints/run", device="cuda")
+    >>> images = seeds_to_images(G, [0, 1, 2], resolution=info.resolution, alpha=info.alpha)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections import Counter
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from progan.checkpoints import GeneratorInfo
+from progan.config import ModelConfig
+
+MAX_SEED = 2**32 - 1  # the range numpy and most tools accept; keeps file names short
+MAX_SEEDS = 10_000_000  # a typo like 0-4294967295 should fail fast, not fill memory
+_SEED_ITEM = re.compile(r"^([0-9]+)(?:-([0-9]+))?$")
+
+
+# -- seeds ----------------------------------------------------------------------------------
+def parse_seeds(text: str) -> list[int]:
+    """'0-63', '3,7,42' or a mix ('0-3,10') -> a list of seeds in the order given.
+
+    Raises ValueError (one line) for anything else: empty items, negative or too-large seeds,
+    descending ranges, or a seed given twice (its image would just be written twice).
+    """
+    seeds: list[int] = []
+    for item in text.split(","):
+        item = item.strip()
+        match = _SEED_ITEM.match(item)
+        if not match:
+            raise ValueError(f"bad seed list {text!r}: {item!r} is not a seed (N) or a range (A-B); "
+                             "example: 0-63 or 3,7,42")
+        first = int(match.group(1))
+        last = int(match.group(2)) if match.group(2) is not None else first
+        if last < first:
+            raise ValueError(f"bad seed list {text!r}: range {item} runs backwards")
+        if last > MAX_SEED:
+            raise ValueError(f"bad seed list {text!r}: seeds must be at most {MAX_SEED}")
+        if len(seeds) + (last - first + 1) > MAX_SEEDS:
+            raise ValueError(f"bad seed list {text!r}: more than {MAX_SEEDS} seeds in one run")
+        seeds.extend(range(first, last + 1))
+    repeated = [seed for seed, times in Counter(seeds).items() if times > 1]
+    if repeated:
+        shown = ", ".join(map(str, sorted(repeated)[:5]))
+        raise ValueError(f"bad seed list {text!r}: seed {shown} given more than once")
+    return seeds
+
+
+def seed_range(first: int, count: int) -> list[int]:
+    """`count` consecutive seeds from `first` (what --num N --seed S means)."""
+    if count < 1:
+        raise ValueError(f"need at least one seed, got {count}")
+    if not 0 <= first or first + count - 1 > MAX_SEED:
+        raise ValueError(f"seeds {first}..{first + count - 1} fall outside 0..{MAX_SEED}")
+    return list(range(first, first + count))
+
+
+def latent_for_seed(seed: int, latent_size: int) -> torch.Tensor:
+    """The latent of `seed`: [latent_size] float32, drawn on the CPU from this seed alone."""
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    return torch.randn(latent_size, generator=generator)
+
+
+def latents_for_seeds(seeds: Sequence[int], latent_size: int) -> torch.Tensor:
+    """[len(seeds), latent_size] on the CPU, row i being `latent_for_seed(seeds[i])`."""
+    return torch.stack([latent_for_seed(s, latent_size) for s in seeds])
+
+
+# -- which stage to sample ------------------------------------------------------------------
+def sampling_stage(info: GeneratorInfo, resolution: int | None = None) -> tuple[int, float]:
+    """(resolution, alpha) to sample at.
+
+    None: where training stood (its resolution and fade weight). A lower trained resolution:
+    that stage's stable output (alpha 1), which training finished before growing. The current
+    resolution asked for explicitly keeps the current alpha (a stage still fading in has no
+    stable output yet). Anything else raises ValueError with the choices.
+    """
+    if not _possible_stage(info.model_config, info.resolution, info.alpha):
+        final = info.model_config.resolution
+        raise ValueError(f"{info.path} records an impossible stage ({info.resolution}x{info.resolution}, "
+                         f"alpha {info.alpha}) for a {final}x{final} model")
+    trained = [r for r in info.model_config.resolutions if r <= info.resolution]
+    if resolution is None or resolution == info.resolution:
+        return info.resolution, info.alpha
+    if resolution in trained:
+        return resolution, 1.0
+    choices = ", ".join(map(str, trained))
+    if resolution > info.resolution and resolution in info.model_config.resolutions:
+        raise ValueError(f"resolution {resolution} is above the {info.resolution}x{info.resolution} this "
+                         f"checkpoint has trained to; choose one of {choices}")
+    raise ValueError(f"resolution {resolution} is not one this generator has; choose one of {choices}")
+
+
+def _possible_stage(config: ModelConfig, resolution: int, alpha: float) -> bool:
+    fading_at_4 = resolution == 4 and alpha != 1.0  # nothing below 4x4 to fade from
+    return resolution in config.resolutions and 0.0 <= alpha <= 1.0 and not fading_at_4
+
+
+# -- running the generator ------------------------------------------------------------------
+def _device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None or dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def iter_image_batches(
+    generator: torch.nn.Module,
+    latents: torch.Tensor,
+    resolution: int,
+    alpha: float = 1.0,
+    batch_size: int = 32,
+    autocast_dtype: torch.dtype | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield float32 CPU images [B, C, R, R] in [-1, 1] (about), `batch_size` latents at a time.
+
+    Streams, so thousands of images never sit in memory at once. Latents are moved to the
+    generator's device here; drawing them stays the caller's business (on the CPU, from seeds).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = _device_of(generator)
+    for chunk in latents.split(batch_size):
+        # Entered per batch, not around the yield: a suspended generator would otherwise leave
+        # no_grad and autocast switched on in the caller's code. no_grad rather than
+        # inference_mode so the images are ordinary tensors the caller may use any way.
+        with torch.no_grad(), _autocast(device, autocast_dtype):
+            images = generator(chunk.to(device), resolution=resolution, alpha=alpha)
+        yield images.float().cpu()
+
+
+def synthesize(generator, latents, resolution, alpha=1.0, batch_size=32, autocast_dtype=None) -> torch.Tensor:
+    """All images of `latents` as one float32 CPU tensor [N, C, R, R] (see iter_image_batches)."""
+    return torch.cat(list(iter_image_batches(generator, latents, resolution, alpha, batch_size, autocast_dtype)))
+
+
+def seeds_to_images(
+    generator: torch.nn.Module,
+    seeds: Sequence[int],
+    resolution: int,
+    alpha: float = 1.0,
+    batch_size: int = 32,
+    autocast_dtype: torch.dtype | None = None,
+    latent_size: int | None = None,
+) -> np.ndarray:
+    """Seeds -> uint8 images [N, R, R, C], the same for a seed on any device or batch size."""
+    from progan.images import to_uint8
+
+    if len(seeds) == 0:
+        raise ValueError("seeds_to_images needs at least one seed")
+    latent_size = latent_size or _latent_size(generator)
+    latents = latents_for_seeds(seeds, latent_size)
+    batches = iter_image_batches(generator, latents, resolution, alpha, batch_size, autocast_dtype)
+    return np.concatenate([to_uint8(batch) for batch in batches])
+
+
+def _latent_size(generator: torch.nn.Module) -> int:
+    for name in ("cfg", "config", "model_config"):
+        size = getattr(getattr(generator, name, None), "latent_size", None)
+        if size is not None:
+            return int(size)
+    raise ValueError("cannot tell the generator's latent size; pass latent_size=")
+
+
+# -- latent walks ---------------------------------------------------------------------------
+def walk_latents(
+    seed: int, frames: int, latent_size: int, smoothing: float = 1.0, fps: float = 30.0
+) -> torch.Tensor:
+    """A looping latent walk [frames, latent_size] (float32, CPU), determined by its arguments.
+
+    `smoothing` is the blur's standard deviation in seconds (the paper's smoothing_sec, 1.0),
+    so sigma = smoothing * fps frames; 0 gives independent latents (a slideshow).
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    if frames < 1:
+        raise ValueError(f"a walk needs at least one frame, got {frames}")
+    if smoothing < 0 or fps <= 0:
+        raise ValueError(f"need smoothing >= 0 and fps > 0, got smoothing={smoothing}, fps={fps}")
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    raw = torch.randn(frames, latent_size, generator=generator, dtype=torch.float64).numpy()
+    sigma = smoothing * fps
+    # mode="wrap" treats time as a circle: the walk's end blends into its start, so it loops.
+    smooth = gaussian_filter1d(raw, sigma, axis=0, mode="wrap") if sigma > 0 else raw
+    norms = np.linalg.norm(smooth, axis=1, keepdims=True)
+    smooth = smooth / np.maximum(norms, 1e-12) * math.sqrt(latent_size)
+    return torch.from_numpy(smooth).float()
+
+
+def walk_frames(
+    generator: torch.nn.Module,
+    seeds: Sequence[int],
+    frames: int,
+    resolution: int,
+    alpha: float = 1.0,
+    smoothing: float = 1.0,
+    fps: float = 30.0,
+    rows: int | None = None,
+    cols: int | None = None,
+    batch_size: int = 32,
+    autocast_dtype: torch.dtype | None = None,
+    on_frame: Callable[[int], None] | None = None,
+    latent_size: int | None = None,
+) -> Iterator[np.ndarray]:
+    """Yield the walk's frames as uint8 [H, W, C]: one walk per seed, tiled rows x cols.
+
+    One seed gives one walk at full size; several give a grid of walks, cell i walking from
+    seeds[i]. `on_frame(n)` is called after each frame (for progress).
+    """
+    from progan.images import make_grid, to_uint8
+
+    latent_size = latent_size or _latent_size(generator)
+    # [frames, walks, latent]: every cell's latent for one frame sits together, so a frame's
+    # cells run as one batch.
+    paths = torch.stack([walk_latents(s, frames, latent_size, smoothing, fps) for s in seeds], dim=1)
+    frames_per_batch = max(1, batch_size // len(seeds))
+    for start in range(0, frames, frames_per_batch):
+        chunk = paths[start:start + frames_per_batch]
+        flat = chunk.reshape(-1, latent_size)
+        images = to_uint8(synthesize(generator, flat, resolution, alpha, batch_size, autocast_dtype))
+        for frame_cells in images.reshape(len(chunk), len(seeds), *images.shape[1:]):
+            yield frame_cells[0] if len(seeds) == 1 else make_grid(frame_cells, rows=rows, cols=cols)
+            if on_frame is not None:
+                on_frame(1)
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    """'8x8' or '2x4' (rows x columns) -> (rows, cols); ValueError otherwise."""
+    match = re.fullmatch(r"\s*([0-9]+)\s*[xX]\s*([0-9]+)\s*", text)
+    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
+        raise ValueError(f"bad grid {text!r}: expected ROWSxCOLS with both at least 1, e.g. 8x8")
+    return int(match.group(1)), int(match.group(2))
+
+
+# -- exporting ------------------------------------------------------------------------------
+def export(source: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+    """Write the generator-only file of `source` (run folder, checkpoint or export) to `out_path`.
+
+    The EMA weights are checked against the model config first, so a file that is written
+    always loads. Raises CheckpointError (one line) for anything unusable.
+    """
+    from progan.checkpoints import (CheckpointError, export_generator, load_checkpoint,
+                                    resolve_checkpoint_path)
+
+    resolved = resolve_checkpoint_path(source)
+    out_path = Path(out_path)
+    if out_path.is_dir():
+        raise CheckpointError(f"{out_path} is a folder; give the file to write, e.g. {out_path / 'generator.pt'}")
+    if out_path.exists() and out_path.resolve() == resolved.resolve():
+        raise CheckpointError(f"{out_path} is the checkpoint being exported; write the export elsewhere")
+    data = load_checkpoint(resolved)
+    _check_generator_weights(data, resolved)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    return export_generator(data, out_path)
+
+
+def _check_generator_weights(data: dict, path: Path) -> None:
+    from progan.checkpoints import CheckpointError
+    from progan.networks import Generator
+
+    try:
+        config = ModelConfig.from_dict(data["model_config"])
+        Generator(config).load_state_dict(data["generator_ema"])
+        resolution, alpha, _ = int(data["resolution"]), float(data["alpha"]), int(data["images_shown"])
+        if not _possible_stage(config, resolution, alpha):
+            raise ValueError(f"impossible stage {resolution}x{resolution}, alpha {alpha}")
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} holds no usable EMA generator ({detail})") from None
