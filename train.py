@@ -70,11 +70,7 @@ def run(args: dict) -> int:
     if args.get("dry_run"):
         print(plan.describe())
         return 0
-
-    from accelerate import Accelerator
-
-    accelerator = Accelerator()
-    return plan.train(accelerator)
+    return plan.train()
 
 
 if __name__ == "__main__":

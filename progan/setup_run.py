@@ -54,10 +54,12 @@ class RunPlan:
             lines.append(f"resume from: {self.resume_path} ({self.resume['images_shown'] / KIMG:.1f} kimg)")
         return "\n".join(lines)
 
-    def train(self, accelerator) -> int:
+    def train(self) -> int:
+        """Start (or join) the process group and train; returns the exit code."""
         from progan.training import Trainer
 
         run_dir = Path(self.config.out)
+        accelerator = make_accelerator(run_dir)
         if accelerator.is_main_process:
             from progan.fileio import atomic_write_text
 
@@ -71,7 +73,28 @@ class RunPlan:
             accelerator.print(f"resumed from {self.resume_path} at {trainer.images_shown / KIMG:.1f} kimg, "
                               f"{trainer.state.resolution}x{trainer.state.resolution} alpha {trainer.state.alpha:.3f}")
         trainer.run()
+        accelerator.end_training()
         return 0
+
+
+def make_accelerator(run_dir: Path):
+    """accelerate picks the devices and the process group; TensorBoard logs when it is installed."""
+    import importlib.util
+
+    import torch
+    from accelerate import Accelerator
+
+    # accelerate forms a multi-process CPU group (gloo) only when told it is on the CPU; on a
+    # machine with no accelerator say so, so `accelerate launch --multi_gpu --num_processes N`
+    # (or torchrun) trains N CPU processes instead of N unconnected copies.
+    has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    kwargs = {"cpu": not has_accelerator}
+    if importlib.util.find_spec("tensorboard") is not None:
+        kwargs.update(log_with="tensorboard", project_dir=str(run_dir))
+    accelerator = Accelerator(**kwargs)
+    if "log_with" in kwargs:
+        accelerator.init_trackers("tensorboard")
+    return accelerator
 
 
 def prepare_run(args: dict) -> RunPlan:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 from contextlib import nullcontext
@@ -38,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from progan import checkpoints
-from progan.data import MultiResolutionDataset, dataset_fingerprint, read_metadata
+from progan.data import DEFAULT_MEMORY_BUDGET, MultiResolutionDataset, dataset_fingerprint, read_metadata
 from progan.ema import update_ema
 from progan.fileio import atomic_write_text
 from progan.images import make_grid, save_png, to_uint8
@@ -112,13 +113,14 @@ class StepInputs:
     latents_g: torch.Tensor     # [n, latent]  for the generator step
 
 
-def step_inputs(seed: int, step: int, global_batch: int, latent_size: int, lo: int, hi: int) -> StepInputs:
+def step_inputs(seed: int, step: int, global_batch: int, latent_size: int, part: slice) -> StepInputs:
+    """Draw the step's random inputs for the whole global batch and keep this process's `part`."""
     gen = seeded_generator(seed, _STREAM_STEP, step)
     latents_d = torch.randn(global_batch, latent_size, generator=gen)
     mix = torch.rand(global_batch, generator=gen)
     flips = torch.rand(global_batch, generator=gen) < 0.5
     latents_g = torch.randn(global_batch, latent_size, generator=gen)
-    return StepInputs(latents_d[lo:hi], mix[lo:hi], flips[lo:hi], latents_g[lo:hi])
+    return StepInputs(latents_d[part], mix[part], flips[part], latents_g[part])
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -141,13 +143,13 @@ class _BatchReader(torch.utils.data.Dataset):
 class _IndexBatches(torch.utils.data.Sampler):
     """This process's index lists for consecutive steps of one phase (fixed batch size)."""
 
-    def __init__(self, order: DataOrder, start_images: int, global_batch: int, lo: int, hi: int) -> None:
-        self.order, self.start, self.global_batch, self.lo, self.hi = order, start_images, global_batch, lo, hi
+    def __init__(self, order: DataOrder, start_images: int, global_batch: int, part: slice) -> None:
+        self.order, self.start, self.global_batch, self.part = order, start_images, global_batch, part
 
     def __iter__(self):
         images = self.start
         while True:
-            yield self.order.indices(images, self.global_batch)[self.lo : self.hi].tolist()
+            yield self.order.indices(images, self.global_batch)[self.part].tolist()
             images += self.global_batch
 
     def __len__(self) -> int:  # pragma: no cover - infinite; DataLoader only asks for len() in repr
@@ -158,15 +160,15 @@ class RealImages:
     """Local batches of uint8 reals for one phase: from memory when the level fits, else a DataLoader."""
 
     def __init__(self, data_path: str, resolution: int, order: DataOrder, start_images: int,
-                 global_batch: int, lo: int, hi: int, workers: int) -> None:
-        self.dataset = MultiResolutionDataset(data_path, resolution)
-        self.order, self.global_batch, self.lo, self.hi = order, global_batch, lo, hi
+                 global_batch: int, part: slice, workers: int, memory_budget: int) -> None:
+        self.dataset = MultiResolutionDataset(data_path, resolution, memory_budget_bytes=memory_budget)
+        self.order, self.global_batch, self.part = order, global_batch, part
         self.images = start_images
         self._iterator = None
         if not self.dataset.in_memory:
             loader = torch.utils.data.DataLoader(
                 _BatchReader(self.dataset),
-                batch_sampler=_IndexBatches(order, start_images, global_batch, lo, hi),
+                batch_sampler=_IndexBatches(order, start_images, global_batch, part),
                 collate_fn=_identity,
                 num_workers=workers,
                 pin_memory=torch.cuda.is_available(),
@@ -180,7 +182,7 @@ class RealImages:
         if self._iterator is not None:
             batch = next(self._iterator)
         else:
-            batch = self.dataset.get_batch(self.order.indices(self.images, self.global_batch)[self.lo : self.hi])
+            batch = self.dataset.get_batch(self.order.indices(self.images, self.global_batch)[self.part])
         self.images += self.global_batch
         return batch
 
@@ -301,6 +303,11 @@ class Trainer:
         self.is_main = accelerator.is_main_process
         self.run_dir = Path(config.out)
         self.sync = GradientSync(self.world_size)
+        # This process's share of every global batch. Strided, not contiguous: minibatch-stddev
+        # groups are strided too (sample n is in group n % (N / G), as in the paper's code), so
+        # every group of the global batch lands whole on one process, and N processes (or
+        # gradient-accumulation rounds) compute exactly the groups one process would.
+        self.part = slice(self.rank, None, self.world_size)
         self.stop = StopRequest()
 
         metadata = read_metadata(config.data)
@@ -364,14 +371,11 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = lr
 
-    def _slice(self, global_batch: int) -> tuple[int, int]:
-        local = global_batch // self.world_size
-        return self.rank * local, (self.rank + 1) * local
-
     def _real_images(self, state: TrainingState) -> RealImages:
-        lo, hi = self._slice(state.batch_size)
+        # Processes on one machine each hold their own copy of an in-memory level.
+        budget = DEFAULT_MEMORY_BUDGET // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         return RealImages(self.config.data, state.resolution, self.order, self.images_shown,
-                          state.batch_size, lo, hi, self.config.workers)
+                          state.batch_size, self.part, self.config.workers, budget)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -420,7 +424,18 @@ class Trainer:
             "dataset_fingerprint": self.fingerprint,
         }
 
+    def verify_replicas(self) -> None:
+        """Check that every process holds bit-identical networks (they must, after all-reduce)."""
+        if self.world_size == 1:
+            return
+        sums = [p.detach().double().sum() for m in (self.G, self.D, self.G_ema) for p in m.parameters()]
+        local = torch.stack(sums)[None]  # [1, P]
+        gathered = self.accelerator.gather(local)  # [world, P]
+        if not bool((gathered == gathered[:1]).all()):
+            raise RuntimeError("the processes' networks have diverged; this is a bug, please report it")
+
     def save_checkpoint(self) -> Path | None:
+        self.verify_replicas()
         path = None
         if self.is_main:
             path = checkpoints.save_training_checkpoint(
@@ -431,15 +446,14 @@ class Trainer:
 
     # -- one step --------------------------------------------------------------------------
     def _micro_slices(self, n: int) -> list[slice]:
-        cap = self.config.max_batch_per_device or n
-        return [slice(i, min(i + cap, n)) for i in range(0, n, cap)]
+        count = n // min(n, self.config.max_batch_per_device or n)  # validate_setup: divides
+        return [slice(i, None, count) for i in range(count)]
 
     def train_step(self, flags: list[float]) -> list[float]:
         """One D step then one G step then the EMA update; returns the flags summed over processes."""
         st = self.state
         res, alpha = st.resolution, st.alpha
-        lo, hi = self._slice(st.batch_size)
-        inputs = step_inputs(self.config.seed, self.step, st.batch_size, self.config.model.latent_size, lo, hi)
+        inputs = step_inputs(self.config.seed, self.step, st.batch_size, self.config.model.latent_size, self.part)
         reals = self.reals.next().to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
         flips = inputs.flips.to(self.device)
         if self.config.mirror:
@@ -455,7 +469,7 @@ class Trainer:
         mix = inputs.mix_weights.to(self.device)
         scale = self.scale_d.scale
         for part in micro:
-            weight = (part.stop - part.start) / n
+            weight = 1.0 / len(micro)
             with torch.no_grad(), self._autocast():
                 fakes = self.G(latents_d[part], resolution=res, alpha=alpha)
             with self._autocast():
@@ -486,7 +500,7 @@ class Trainer:
         latents_g = inputs.latents_g.to(self.device)
         scale = self.scale_g.scale
         for part in micro:
-            weight = (part.stop - part.start) / n
+            weight = 1.0 / len(micro)
             with self._autocast():
                 scores = self.D(self.G(latents_g[part], resolution=res, alpha=alpha), resolution=res, alpha=alpha)
             loss = generator_loss(scores.float())
@@ -630,7 +644,8 @@ class Trainer:
         path = self.save_checkpoint()
         if self.is_main:
             how = f"stopped by {self.stop.signal_name}" if outcome == "stopped" else "finished"
-            self.log(f"{how} at {self.images_shown / KIMG:.1f} kimg; checkpoint {path}")
+            replicas = f", {self.world_size} replicas identical" if self.world_size > 1 else ""
+            self.log(f"{how} at {self.images_shown / KIMG:.1f} kimg; checkpoint {path}{replicas}")
         return outcome
 
 

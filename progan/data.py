@@ -1,0 +1,643 @@
+"""The multi-resolution LMDB dataset: the one module that knows its keys, metadata and encodings.
+
+`data_prep build` writes databases through `DatasetWriter`; training reads them through
+`MultiResolutionDataset`. Keeping both here means writer and reader cannot disagree.
+
+A database is an LMDB environment folder (e.g. `faces.lmdb/`) holding:
+
+    meta                canonical JSON metadata (`read_metadata`); written last, so a database
+                        without it is an unfinished build
+    {R}-{i:08d}         image i at resolution R: RGB uint8 pixels in HWC order, encoded as
+                        metadata["encoding"] says (see ENCODINGS)
+    build/state         progress of an unfinished build (removed when the build finishes)
+    build/chunk/{n:08d} what chunk n of an unfinished build committed (removed likewise)
+
+Every level below the top is the 2x2 box average of the stored level above, in exact
+arithmetic, rounded half up (what PIL's `Image.reduce(2)` computes). So average-pooling a stored
+level and rounding gives exactly the next stored level, which is what the trainer's fade-in of
+real images assumes.
+
+torch is imported only where tensors are made, so `data_prep` workers stay light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import operator
+import os
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+import lmdb
+import numpy as np
+from PIL import Image
+
+FORMAT_NAME = "progan-multires-lmdb"
+FORMAT_VERSION = 1
+CHANNELS = 3
+PYRAMID_RULE = "2x2 box average of the stored level above, rounded half up"
+
+META_KEY = b"meta"
+STATE_KEY = b"build/state"
+CHUNK_PREFIX = b"build/chunk/"
+
+# name -> lossless. Numbers behind the default: bench/RESULTS.md, "Dataset build and reading".
+ENCODINGS = {"raw": True, "png": True, "webp": True, "jpeg": False}
+DEFAULT_ENCODING = "raw"
+
+MIN_RESOLUTION = 4
+MAX_RESOLUTION = 1024
+DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of RAM one level may take to be served from memory
+INITIAL_MAP_SIZE = 256 << 20  # the map starts here and doubles when full
+PAGE_OVERHEAD = 4096  # per value, for the estimate of the room a commit needs
+
+
+class DatasetError(ValueError):
+    """A dataset path that cannot be used; the message is one line naming the path."""
+
+
+class ImageRecord(NamedTuple):
+    """One source image, encoded at every level of a build (ascending resolution)."""
+
+    source: str  # path relative to the build's SOURCE folder
+    levels: list[bytes]
+    source_sha256: str  # of the source file's bytes
+
+
+# ----------------------------------------------------------------------------- keys and levels
+
+
+def image_key(resolution: int, index: int) -> bytes:
+    return b"%d-%08d" % (resolution, index)
+
+
+def chunk_key(number: int) -> bytes:
+    return CHUNK_PREFIX + b"%08d" % number
+
+
+def is_valid_resolution(resolution: int) -> bool:
+    return (
+        MIN_RESOLUTION <= resolution <= MAX_RESOLUTION and resolution & (resolution - 1) == 0
+    )
+
+
+def resolutions_between(min_res: int, max_res: int) -> list[int]:
+    """Ascending powers of two from min_res to max_res inclusive."""
+    for res in (min_res, max_res):
+        if not is_valid_resolution(res):
+            raise ValueError(
+                f"resolution {res} is not a power of two from {MIN_RESOLUTION} to {MAX_RESOLUTION}"
+            )
+    if min_res > max_res:
+        raise ValueError(f"min resolution {min_res} is above max resolution {max_res}")
+    return [1 << n for n in range(min_res.bit_length() - 1, max_res.bit_length())]
+
+
+def build_pyramid(top: Image.Image, min_res: int) -> list[Image.Image]:
+    """All levels from `top` (square RGB) down to min_res, ascending resolution.
+
+    Each level is made from the level above as stored (uint8), never from the original.
+    """
+    levels = [top]
+    while levels[-1].width > min_res:
+        levels.append(levels[-1].reduce(2))  # (a + b + c + d + 2) >> 2 per channel
+    return levels[::-1]
+
+
+# ----------------------------------------------------------------------------- encodings
+
+
+def encode_image(image: Image.Image, encoding: str) -> bytes:
+    """Encode an RGB image for storage."""
+    if encoding == "raw":
+        return image.tobytes()
+    buffer = io.BytesIO()
+    if encoding == "png":
+        image.save(buffer, format="PNG", compress_level=1)
+    elif encoding == "webp":
+        image.save(buffer, format="WEBP", lossless=True, quality=0, method=0)  # fastest lossless
+    elif encoding == "jpeg":
+        image.save(buffer, format="JPEG", quality=100, subsampling=0)
+    else:
+        raise ValueError(f"unknown encoding {encoding!r}; choose from {', '.join(ENCODINGS)}")
+    return buffer.getvalue()
+
+
+def decode_image(data, encoding: str, resolution: int) -> np.ndarray:
+    """Decode one stored record to uint8 [R, R, 3]; ValueError if it is not that."""
+    shape = (resolution, resolution, CHANNELS)
+    if encoding == "raw":
+        if len(data) != resolution * resolution * CHANNELS:
+            raise ValueError(f"holds {len(data)} bytes, expected {resolution * resolution * CHANNELS}")
+        return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            array = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
+    except Exception as error:  # PIL raises many types for bad data
+        raise ValueError(f"cannot be decoded as {encoding}: {error}") from None
+    if array.shape != shape:
+        raise ValueError(f"decodes to shape {array.shape}, expected {shape}")
+    return array
+
+
+# ----------------------------------------------------------------------------- metadata
+
+
+def canonical_json(value) -> bytes:
+    """The one serialisation used for records: stable bytes for equal values."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode("ascii")
+
+
+def _open_readonly(path) -> lmdb.Environment:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DatasetError(f"{path}: no such file or folder")
+    is_folder = os.path.isdir(path)
+    if is_folder and not os.path.exists(os.path.join(path, "data.mdb")):
+        raise DatasetError(f"{path}: not an LMDB database (no data.mdb inside)")
+    try:
+        # lock=False: reading needs no write access to the folder; builds never overlap reads.
+        return lmdb.open(
+            path, subdir=is_folder, readonly=True, lock=False, readahead=False, meminit=False
+        )
+    except lmdb.Error as error:
+        raise DatasetError(f"{path}: not an LMDB database ({error})") from None
+
+
+# py-lmdb refuses to open one environment twice in a process, yet a trainer holds several
+# levels (and reads metadata) of the same database at once: readers share one environment per
+# (database, process), counted, and closed with its last user.
+_SHARED_ENVS: dict[tuple[str, int], list] = {}  # (real path, pid) -> [environment, users]
+
+
+def _shared_key(path) -> tuple[str, int]:
+    return os.path.realpath(os.fspath(path)), os.getpid()
+
+
+def _acquire_env(path) -> lmdb.Environment:
+    key = _shared_key(path)
+    entry = _SHARED_ENVS.get(key)
+    if entry is None:
+        entry = _SHARED_ENVS[key] = [_open_readonly(path), 0]
+    entry[1] += 1
+    return entry[0]
+
+
+def _release_env(path) -> None:
+    key = _shared_key(path)
+    entry = _SHARED_ENVS.get(key)
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] <= 0:
+        del _SHARED_ENVS[key]
+        entry[0].close()
+
+
+@contextlib.contextmanager
+def _reading(path):
+    """A read-only environment for a one-off read: a shared one if open, else a temporary one."""
+    env = _acquire_env(path)
+    try:
+        yield env
+    finally:
+        _release_env(path)
+
+
+def _parse_metadata(path, record: bytes | None, unfinished: bool) -> dict:
+    if record is None:
+        if unfinished:
+            raise DatasetError(
+                f"{path}: unfinished build; rerun the same `python -m data_prep build` command to finish it"
+            )
+        raise DatasetError(f"{path}: not a progan dataset (no metadata record)")
+    try:
+        metadata = json.loads(record)
+    except ValueError:
+        raise DatasetError(f"{path}: metadata record is corrupt (not JSON)") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
+        raise DatasetError(f"{path}: not a progan dataset (metadata format is not {FORMAT_NAME})")
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DatasetError(
+            f"{path}: dataset format version {version}; this progan reads version {FORMAT_VERSION}"
+        )
+    return metadata
+
+
+def _read_metadata_record(path) -> tuple[bytes, dict]:
+    with _reading(path) as env, env.begin() as txn:
+        record = txn.get(META_KEY)
+        unfinished = txn.get(STATE_KEY) is not None
+    return record, _parse_metadata(path, record, unfinished)
+
+
+def read_metadata(path) -> dict:
+    """The metadata record of a finished database; DatasetError if there is none."""
+    return _read_metadata_record(path)[1]
+
+
+def dataset_fingerprint(path) -> str:
+    """16 hex digits identifying the database contents.
+
+    sha256 of the metadata record, which holds the build options, library versions and a sha256
+    over every source file's bytes (no timestamps), so it changes when the images change and is
+    identical for identical builds, resumed or not.
+    """
+    record, _ = _read_metadata_record(path)
+    return hashlib.sha256(record).hexdigest()[:16]
+
+
+def verify(path, on_record: Callable[[], None] | None = None) -> int:
+    """Decode every record at every level and check shapes and count; returns the record count.
+
+    Raises DatasetError naming the first bad key.
+    """
+    metadata = read_metadata(path)
+    count, encoding = metadata["count"], metadata["encoding"]
+    with _reading(path) as env:
+        with env.begin(buffers=True) as txn:
+            for resolution in metadata["resolutions"]:
+                for index in range(count):
+                    key = image_key(resolution, index)
+                    data = txn.get(key)
+                    if data is None:
+                        raise DatasetError(f"{path}: record {key.decode()} is missing")
+                    try:
+                        decode_image(data, encoding, resolution)
+                    except ValueError as error:
+                        raise DatasetError(f"{path}: record {key.decode()} {error}") from None
+                    if on_record is not None:
+                        on_record()
+            expected = 1 + count * len(metadata["resolutions"])
+            found = txn.stat()["entries"]
+    if found != expected:
+        raise DatasetError(f"{path}: holds {found} records, expected {expected} (stray keys)")
+    return count * len(metadata["resolutions"])
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+class MultiResolutionDataset:
+    """Images of one resolution from a database, as uint8 tensors [3, R, R].
+
+    Map-style (works with torch DataLoader). The LMDB is opened lazily in each process, so the
+    object pickles cleanly and works in DataLoader workers under fork and spawn. When the whole
+    level fits `memory_budget_bytes` (`in_memory`), it is decoded once into one array (on first
+    use, or `preload()`; preload before forking workers to share it) and `get_batch` indexes it.
+    `mirror=True` flips each image horizontally with probability 1/2 (torch's RNG, which
+    DataLoader seeds per worker).
+    """
+
+    def __init__(
+        self,
+        path,
+        resolution: int,
+        mirror: bool = False,
+        memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
+    ) -> None:
+        self.path = os.fspath(path)
+        metadata = read_metadata(self.path)
+        available = metadata["resolutions"]
+        if resolution not in available:
+            raise DatasetError(
+                f"{self.path}: no {resolution}x{resolution} images; "
+                f"available resolutions: {', '.join(map(str, available))}"
+            )
+        self.resolution = resolution
+        self.mirror = mirror
+        self.encoding = metadata["encoding"]
+        self.length = metadata["count"]
+        self.level_bytes = self.length * CHANNELS * resolution * resolution
+        self.in_memory = self.level_bytes <= (memory_budget_bytes or 0)
+        self._env = None
+        self._env_pid = None
+        self._level = None  # [N, 3, R, R] uint8 once loaded
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index):
+        torch = _torch()
+        index = self._check_index(index)
+        if self.in_memory:
+            image = self._loaded_level()[index].copy()
+        else:
+            with self._environment().begin(buffers=True) as txn:
+                image = self._read_chw(txn, index)
+        if self.mirror and bool(torch.rand(()) < 0.5):
+            image = image[:, :, ::-1].copy()
+        return torch.from_numpy(image)
+
+    def get_batch(self, indices: Sequence[int] | np.ndarray):
+        """uint8 tensor [N, 3, R, R] of the given images: the fast path for training."""
+        torch = _torch()
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if self.in_memory:
+            batch = self._loaded_level()[indices]  # IndexError when out of range
+        else:
+            batch = np.empty((len(indices), CHANNELS, self.resolution, self.resolution), np.uint8)
+            with self._environment().begin(buffers=True) as txn:
+                for slot, index in enumerate(indices):
+                    batch[slot] = self._read_chw(txn, self._check_index(int(index)))
+        if self.mirror and len(batch):
+            flip = (torch.rand(len(batch)) < 0.5).numpy()
+            batch[flip] = batch[flip][..., ::-1]
+        return torch.from_numpy(batch)
+
+    def preload(self) -> None:
+        """Load the level into memory now (only when `in_memory`)."""
+        if self.in_memory:
+            self._loaded_level()
+
+    def close(self) -> None:
+        if self._env is not None and self._env_pid == os.getpid():
+            _release_env(self.path)
+        self._env = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: nothing left to release
+            pass
+
+    def __getstate__(self) -> dict:
+        # The environment is per process and the level is reloaded where needed.
+        state = self.__dict__.copy()
+        state.update(_env=None, _env_pid=None, _level=None)
+        return state
+
+    def __repr__(self) -> str:
+        return (
+            f"MultiResolutionDataset({self.path!r}, resolution={self.resolution}, "
+            f"images={self.length}, encoding={self.encoding!r}, in_memory={self.in_memory})"
+        )
+
+    def _check_index(self, index) -> int:
+        index = operator.index(index)
+        if index < 0:
+            index += self.length
+        if not 0 <= index < self.length:
+            raise IndexError(f"index out of range for {self.length} images")
+        return index
+
+    def _environment(self) -> lmdb.Environment:
+        # An LMDB environment must not cross fork(): reopen in every new process.
+        if self._env is None or self._env_pid != os.getpid():
+            self._env = _acquire_env(self.path)
+            self._env_pid = os.getpid()
+        return self._env
+
+    def _read_chw(self, txn, index: int) -> np.ndarray:
+        key = image_key(self.resolution, index)
+        data = txn.get(key)
+        if data is None:
+            raise DatasetError(
+                f"{self.path}: record {key.decode()} is missing; run `python -m data_prep verify {self.path}`"
+            )
+        try:
+            hwc = decode_image(data, self.encoding, self.resolution)
+        except ValueError as error:
+            raise DatasetError(f"{self.path}: record {key.decode()} {error}") from None
+        return np.ascontiguousarray(hwc.transpose(2, 0, 1))
+
+    def _loaded_level(self) -> np.ndarray:
+        if self._level is None:
+            level = np.empty((self.length, CHANNELS, self.resolution, self.resolution), np.uint8)
+            with self._environment().begin(buffers=True) as txn:
+                for index in range(self.length):
+                    level[index] = self._read_chw(txn, index)
+            self._level = level
+        return self._level
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+class DatasetWriter:
+    """Writes a database in committed chunks so an interrupted build can resume.
+
+    Each `commit_chunk` is one LMDB transaction holding the chunk's images, a record of its
+    sources and skipped files, and the updated progress; a kill at any point leaves the last
+    committed chunk as the resume point. `finish` turns the chunk records into the metadata
+    record in one final transaction. The map starts at `initial_map_size` and doubles whenever
+    it is full, so no large reservation is made up front. One writer per folder (flock).
+    """
+
+    def __init__(self, path, initial_map_size: int = INITIAL_MAP_SIZE) -> None:
+        self.path = Path(path)
+        _check_output_folder(self.path)
+        self.created_folder = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        data_file = self.path / "data.mdb"
+        existing = data_file.stat().st_size if data_file.exists() else 0
+        self.env, self._lock_file = None, None
+        try:
+            # metasync=False keeps every commit atomic and consistent, only skipping one fsync.
+            self.env = lmdb.open(
+                str(self.path), map_size=max(initial_map_size, existing), metasync=False,
+                readahead=False, meminit=False,
+            )
+            self._lock_file = _lock_exclusively(data_file)
+            with self.env.begin() as txn:
+                self.finished_metadata = _json_or_none(txn.get(META_KEY))
+                self.state = _json_or_none(txn.get(STATE_KEY))
+                foreign = self.finished_metadata is None and self.state is None and txn.stat()["entries"]
+        except lmdb.Error as error:
+            self.close()
+            raise DatasetError(f"{self.path}: cannot open as an LMDB database ({error})") from None
+        except BaseException:
+            self.close()
+            raise
+        if foreign:
+            self.close()
+            raise DatasetError(f"{self.path}: holds an LMDB database that is not a progan build; choose another output path")
+
+    @property
+    def map_size(self) -> int:
+        return self.env.info()["map_size"]
+
+    def start(self, plan: dict) -> None:
+        """Record the plan of a new build. plan needs "resolutions" and "encoding"."""
+        state = {"plan": plan, "next_file": 0, "next_index": 0, "chunks": 0}
+        self._write(lambda txn: txn.put(STATE_KEY, canonical_json(state)))
+        self.state = state
+
+    def commit_chunk(
+        self,
+        end_file: int,
+        images: Sequence[ImageRecord],
+        skipped: Sequence[tuple[str, str]],
+        before_commit: Callable[[], None] | None = None,
+    ) -> None:
+        """Commit files state["next_file"]..end_file: their images and (path, reason) skips."""
+        state = self.state
+        resolutions = state["plan"]["resolutions"]
+        first_index = state["next_index"]
+        record = {
+            "first_file": state["next_file"],
+            "end_file": end_file,
+            "first_index": first_index,
+            "sources": [image.source for image in images],
+            "source_sha256": [image.source_sha256 for image in images],
+            "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
+        }
+        new_state = dict(
+            state, next_file=end_file, next_index=first_index + len(images), chunks=state["chunks"] + 1
+        )
+
+        def write(txn):
+            for offset, image in enumerate(images):
+                if len(image.levels) != len(resolutions):
+                    raise ValueError(f"{image.source}: {len(image.levels)} levels, expected {len(resolutions)}")
+                for resolution, data in zip(resolutions, image.levels):
+                    txn.put(image_key(resolution, first_index + offset), data)
+            txn.put(chunk_key(state["chunks"]), canonical_json(record))
+            txn.put(STATE_KEY, canonical_json(new_state))
+            if before_commit is not None:
+                before_commit()
+
+        self._make_room(sum(len(data) + 2 * PAGE_OVERHEAD for image in images for data in image.levels))
+        self._write(write)
+        self.state = new_state
+
+    def finish(self) -> dict:
+        """Write the metadata record and drop the build records; returns the metadata."""
+        result = {}
+
+        def write(txn):
+            chunks = _read_chunk_records(txn, self.state["chunks"])
+            metadata = _assemble_metadata(self.state["plan"], chunks)
+            txn.put(META_KEY, canonical_json(metadata))
+            for number in range(len(chunks)):
+                txn.delete(chunk_key(number))
+            txn.delete(STATE_KEY)
+            result["metadata"] = metadata
+
+        self._write(write)
+        self.finished_metadata, self.state = result["metadata"], None
+        return self.finished_metadata
+
+    def chunk_records(self) -> list[dict]:
+        """What each committed chunk of the unfinished build recorded, in order."""
+        with self.env.begin() as txn:
+            return _read_chunk_records(txn, self.state["chunks"])
+
+    def abandon(self) -> None:
+        """Remove the database files (a build that produced nothing)."""
+        self.close()
+        for name in ("data.mdb", "lock.mdb"):
+            (self.path / name).unlink(missing_ok=True)
+        if self.created_folder and not any(self.path.iterdir()):
+            self.path.rmdir()
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()
+            self.env = None
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _make_room(self, incoming: int) -> None:
+        """Double the map ahead of a write that would not fit (saves redoing a full chunk)."""
+        info, page_size = self.env.info(), self.env.stat()["psize"]
+        used = (info["last_pgno"] + 1) * page_size
+        size = info["map_size"]
+        while used + incoming > size:
+            size *= 2
+        if size != info["map_size"]:
+            self.env.set_mapsize(size)
+
+    def _write(self, fill: Callable) -> None:
+        """Run `fill(txn)` in one write transaction, growing the map until it fits."""
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    fill(txn)
+                return
+            except lmdb.MapFullError:
+                self.env.set_mapsize(self.map_size * 2)
+
+
+def _check_output_folder(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise DatasetError(f"{path}: exists and is not a folder; choose another output path")
+    if path.is_dir() and not (path / "data.mdb").exists():
+        if any(name.name != "lock.mdb" for name in path.iterdir()):
+            raise DatasetError(f"{path}: folder is not empty and holds no database; choose another output path")
+
+
+def _lock_exclusively(data_file: Path):
+    try:
+        import fcntl
+    except ImportError:  # Windows: LMDB's own writer lock still serialises transactions
+        return None
+    handle = open(data_file, "rb")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise DatasetError(f"{data_file.parent}: another build is writing this database") from None
+    return handle
+
+
+def _json_or_none(record: bytes | None):
+    return None if record is None else json.loads(bytes(record))
+
+
+def _read_chunk_records(txn, count: int) -> list[dict]:
+    chunks = []
+    for number in range(count):
+        record = txn.get(chunk_key(number))
+        if record is None:
+            raise DatasetError(f"build record {chunk_key(number).decode()} is missing")
+        chunk = json.loads(bytes(record))
+        previous = chunks[-1] if chunks else {"end_file": 0, "first_index": 0, "sources": []}
+        if chunk["first_file"] != previous["end_file"] or chunk["first_index"] != previous[
+            "first_index"
+        ] + len(previous["sources"]):
+            raise DatasetError(f"build record {chunk_key(number).decode()} does not follow the one before")
+        chunks.append(chunk)
+    return chunks
+
+
+def _assemble_metadata(plan: dict, chunks: list[dict]) -> dict:
+    sources = [source for chunk in chunks for source in chunk["sources"]]
+    source_digest = hashlib.sha256()
+    for chunk in chunks:
+        for digest in chunk["source_sha256"]:
+            source_digest.update(bytes.fromhex(digest))
+    encoding = plan["encoding"]
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "resolutions": plan["resolutions"],
+        "count": len(sources),
+        "channels": CHANNELS,
+        "pixel_layout": "HWC",
+        "encoding": encoding,
+        "lossless": ENCODINGS[encoding],
+        "key_format": "{resolution}-{index:08d}",
+        "pyramid": PYRAMID_RULE,
+        "build": plan,
+        "source_sha256": source_digest.hexdigest(),
+        "sources": sources,
+        "skipped": [skip for chunk in chunks for skip in chunk["skipped"]],
+    }

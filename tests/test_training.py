@@ -1,0 +1,266 @@
+"""Training: exact resume (also after SIGTERM mid-fade), two processes == one, accumulation,
+skipped non-finite steps, mixed precision, the fade of reals, and run-folder outputs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import REPO, run_cli
+from progan import checkpoints
+from progan.schedule import state_at
+from progan.setup_run import prepare_run
+from progan.training import DataOrder, Trainer, fade_reals, step_inputs
+
+# 16 images per step: 4x4 stable for 4 steps, fade into 8x8 over 8 steps, then stable 8x8.
+TINY = ["--config", "small", "--resolution", "8", "--stable-kimg", "0.064", "--fade-kimg", "0.128",
+        "--batch", "4:16,8:16", "--tick-kimg", "0.032", "--snapshot-ticks", "2", "--workers", "0"]
+
+
+def train_cli(data, out, *extra, check=True, timeout=300):
+    return run_cli(["train.py", "--data", str(data), "--out", str(out), *TINY, *extra], check=check, timeout=timeout)
+
+
+def final_state(run_dir):
+    return checkpoints.load_checkpoint(run_dir)
+
+
+def assert_same_training_state(a, b, exact=True):
+    assert a["images_shown"] == b["images_shown"]
+    for key in ("generator", "discriminator", "generator_ema"):
+        for name, tensor in a[key].items():
+            if exact:
+                assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs"
+            else:  # float rounding differs with the reduction order; compare each tensor's norm
+                other = b[key][name]
+                relative = ((tensor - other).norm() / other.norm().clamp_min(1e-12)).item()
+                assert relative < 1e-3, f"{key}.{name} differs by {relative:.2e} (relative L2)"
+    if exact:
+        for key in ("optimizer_g", "optimizer_d"):
+            for index, state in a[key]["state"].items():
+                for field, value in state.items():
+                    assert torch.equal(torch.as_tensor(value), torch.as_tensor(b[key]["state"][index][field]))
+
+
+# -- pieces ---------------------------------------------------------------------------------
+def test_data_order_is_a_fresh_permutation_each_epoch():
+    order = DataOrder(seed=3, num_images=10)
+    first, second = order.indices(0, 10), order.indices(10, 10)
+    assert sorted(first) == list(range(10)) and sorted(second) == list(range(10))
+    assert not np.array_equal(first, second)
+    across = order.indices(7, 6)  # crosses the epoch edge
+    assert list(across) == list(first[7:]) + list(second[:3])
+    assert np.array_equal(DataOrder(seed=3, num_images=10).indices(13, 4), second[3:7])
+
+
+def test_step_inputs_are_slices_of_the_global_batch():
+    whole = step_inputs(seed=5, step=9, global_batch=8, latent_size=4, part=slice(None))
+    part = step_inputs(seed=5, step=9, global_batch=8, latent_size=4, part=slice(1, None, 2))
+    assert torch.equal(part.latents_d, whole.latents_d[1::2]) and torch.equal(part.flips, whole.flips[1::2])
+    other = step_inputs(seed=5, step=10, global_batch=8, latent_size=4, part=slice(None))
+    assert not torch.equal(other.latents_g, whole.latents_g)
+
+
+def test_fade_reals_blends_with_the_stored_lower_level(demo_lmdb):
+    from progan.data import MultiResolutionDataset
+
+    hi = MultiResolutionDataset(str(demo_lmdb), 16).get_batch(np.arange(8)).float() / 127.5 - 1
+    lo = MultiResolutionDataset(str(demo_lmdb), 8).get_batch(np.arange(8)).float() / 127.5 - 1
+    assert torch.equal(fade_reals(hi, 1.0), hi)
+    faded = fade_reals(hi, 0.0)
+    # The stored 8x8 level is the 16x16 level box-averaged (then rounded to uint8), so at alpha 0
+    # the reals are exactly the lower level, upsampled, up to half a uint8 step.
+    assert (faded - F.interpolate(lo, scale_factor=2, mode="nearest")).abs().max() <= 0.5 / 127.5 + 1e-6
+    torch.testing.assert_close(fade_reals(hi, 0.25), 0.75 * faded + 0.25 * hi)
+
+
+# -- in-process trainer ---------------------------------------------------------------------
+def make_trainer(data, out, *extra, resume=False):
+    from accelerate import Accelerator
+    from train import build_parser
+
+    args = vars(build_parser().parse_args(["--data", str(data), "--out", str(out), *TINY, *extra]))
+    plan = prepare_run(args)
+    return Trainer(plan.config, Accelerator(cpu=True), resume=plan.resume, log=lambda *a: None)
+
+
+def test_gradient_accumulation_matches_the_whole_batch(demo_lmdb, tmp_path):
+    whole = make_trainer(demo_lmdb, tmp_path / "a")
+    split = make_trainer(demo_lmdb, tmp_path / "b", "--max-batch-per-device", "4")
+    for trainer in (whole, split):
+        # Plain SGD makes the update linear in the gradient, so the comparison sees the
+        # accumulated gradients themselves. (Adam's first step is lr * sign(g): a float-rounding
+        # difference in a gradient that is ~0 would flip a sign and hide what is tested.)
+        trainer.opt_g = torch.optim.SGD(trainer.G.parameters(), lr=0.01)
+        trainer.opt_d = torch.optim.SGD(trainer.D.parameters(), lr=0.01)
+        for _ in range(3):
+            trainer.train_step([0.0, 0.0])
+    for (name, a), b in zip(whole.G.state_dict().items(), split.G.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    for (name, a), b in zip(whole.D.state_dict().items(), split.D.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_non_finite_steps_are_skipped_and_counted(demo_lmdb, tmp_path, monkeypatch):
+    import progan.training as training
+
+    trainer = make_trainer(demo_lmdb, tmp_path / "run")
+    trainer.train_step([0.0, 0.0])
+    before_d = {k: v.clone() for k, v in trainer.D.state_dict().items()}
+    before_g = {k: v.clone() for k, v in trainer.G.state_dict().items()}
+    real_critic_loss = training.critic_loss
+    monkeypatch.setattr(training, "critic_loss", lambda r, f: real_critic_loss(r, f) * float("nan"))
+    trainer.train_step([0.0, 0.0])
+    assert trainer.skipped_d == 1 and trainer.skipped_g == 0
+    assert all(torch.equal(v, trainer.D.state_dict()[k]) for k, v in before_d.items())  # D untouched
+    assert any(not torch.equal(v, trainer.G.state_dict()[k]) for k, v in before_g.items())  # G stepped
+    assert all(torch.isfinite(v).all() for v in trainer.D.state_dict().values())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_steps_give_finite_losses(demo_lmdb, tmp_path, precision):
+    trainer = make_trainer(demo_lmdb, tmp_path / precision, "--mixed-precision", precision)
+    trainer.images_shown = 100  # mid-fade into 8x8: both paths and the penalty are exercised
+    trainer._enter_state(state_at(trainer.config.schedule, trainer.images_shown))
+    for _ in range(3):
+        trainer.train_step([0.0, 0.0])
+    sums = trainer._tick_sums
+    assert torch.isfinite(sums).all() and sums.abs().sum() > 0
+    assert trainer.skipped_d + trainer.skipped_g < 6
+    assert all(torch.isfinite(p).all() for p in trainer.G.parameters())
+
+
+# -- whole runs through the CLI -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def reference_run(demo_lmdb, tmp_path_factory):
+    """An uninterrupted run of 16 steps: 4x4, the whole fade into 8x8, 4 stable 8x8 steps."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    train_cli(demo_lmdb, out, "--total-kimg", "0.256")
+    return out
+
+
+@pytest.mark.slow
+def test_run_folder_outputs(reference_run):
+    config = json.loads((reference_run / "config.json").read_text())
+    assert config["model"]["resolution"] == 8 and config["schedule"]["fade_kimg"] == 0.128
+    stats = [json.loads(line) for line in (reference_run / "stats.jsonl").read_text().splitlines()]
+    assert [s["images_shown"] for s in stats] == list(range(32, 257, 32))
+    assert [s["resolution"] for s in stats][:2] == [4, 8] and 0 < stats[2]["alpha"] < 1
+    assert all(np.isfinite([s["loss_d"], s["loss_g"]]).all() for s in stats)
+    grid = reference_run / "samples-latest.png"
+    from PIL import Image
+
+    with Image.open(grid) as image:
+        assert image.size == (8 * 8, 8 * 8)  # 8x8 grid of 8x8 samples at the final resolution
+    data = final_state(reference_run)
+    assert data["resolution"] == 8 and data["alpha"] == 1.0 and data["counters"]["step"] == 16
+
+
+@pytest.mark.slow
+def test_resume_mid_fade_continues_exactly(demo_lmdb, reference_run, tmp_path):
+    out = tmp_path / "run"
+    train_cli(demo_lmdb, out, "--total-kimg", "0.128")  # stops 4 steps into the 8-step fade
+    midway = final_state(out)
+    assert state_at_checkpoint(midway) == (8, 0.5)
+    train_cli(demo_lmdb, out, "--total-kimg", "0.256", "--resume", "auto")
+    assert_same_training_state(final_state(out), final_state(reference_run))
+    stats = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
+    assert [s["images_shown"] for s in stats] == list(range(32, 257, 32))  # no gap, no duplicate
+
+
+def state_at_checkpoint(data):
+    return data["resolution"], data["alpha"]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_resume_is_exact(demo_lmdb, reference_run, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "train.py", "--data", str(demo_lmdb), "--out", str(out), *TINY, "--total-kimg", "0.256"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    stats = out / "stats.jsonl"
+    while time.monotonic() < deadline and not (stats.exists() and stats.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    saved = final_state(out)
+    if saved["images_shown"] < 256:  # the signal landed before the end, as intended
+        assert "stopped by SIGTERM" in output
+    train_cli(demo_lmdb, out, "--total-kimg", "0.256", "--resume", "auto")
+    assert_same_training_state(final_state(out), final_state(reference_run))
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(demo_lmdb, reference_run, tmp_path):
+    out = tmp_path / "run"
+    # `--multi_gpu` starts the processes (torchrun); with no GPU, progan runs them on the CPU
+    # over gloo. (accelerate's own `--cpu` flag starts only one process unless MPI is set up.)
+    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    proc = run_cli([*launch, "train.py", "--data", str(demo_lmdb), "--out", str(out), *TINY,
+                    "--total-kimg", "0.256"], timeout=400, env={"OMP_NUM_THREADS": "1"})
+    assert "replicas identical" in proc.stdout + proc.stderr
+    assert_same_training_state(final_state(out), final_state(reference_run), exact=False)
+
+
+# -- bad input ------------------------------------------------------------------------------
+def run_main(capsys, *argv):
+    from train import main
+
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    run_main.stdout = captured.out
+    return code, captured.err.strip()
+
+
+def test_setup_errors_are_one_line(demo_lmdb, tmp_path, capsys, monkeypatch):
+    base = ["--data", demo_lmdb, "--out", tmp_path / "run", "--config", "small", "--dry-run"]
+    code, err = run_main(capsys, *base, "--resolution", "32")
+    assert code == 2 and "above the database's largest level 16x16" in err and len(err.splitlines()) == 1
+    code, err = run_main(capsys, *base, "--batch", "4:6")
+    assert code == 2 and "minibatch-stddev group size 4" in err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, err = run_main(capsys, *base, "--batch", "4:12")
+    assert code == 2 and "per-device batch 6" in err
+    code, err = run_main(capsys, *base, "--batch", "4:9")
+    assert code == 2 and "does not divide over 2 processes" in err
+    monkeypatch.delenv("WORLD_SIZE")
+    code, err = run_main(capsys, "--data", tmp_path / "missing.lmdb", "--out", tmp_path / "r", "--dry-run")
+    assert code == 2 and "missing.lmdb" in err and len(err.splitlines()) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(capsys, *base, "--mixed-precision", "fp8")
+    assert exit_info.value.code == 2 and "--mixed-precision: invalid choice: 'fp8'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(capsys, *base, "--colour", "blue")
+    assert exit_info.value.code == 2 and "unrecognized arguments: --colour" in capsys.readouterr().err
+
+
+def test_dry_run_prints_config_and_schedule(demo_lmdb, tmp_path, capsys):
+    code = run_main(capsys, "--data", demo_lmdb, "--out", tmp_path / "run", *TINY, "--dry-run")[0]
+    assert code == 0 and not (tmp_path / "run").exists()  # a dry run writes nothing
+    config = json.loads(run_main.stdout.split("\n\nschedule:")[0])
+    assert config["schedule"]["batch"]["4"] == 16 and config["schedule"]["batch"]["8"] == 16
+    assert config["model"]["resolution"] == 8 and config["model"]["latent_size"] == 128  # small preset
+    assert "fade      8x8" in run_main.stdout and "total: 0.3 kimg" in run_main.stdout
+
+
+def test_existing_run_folder_is_protected(demo_lmdb, reference_run, tmp_path, capsys):
+    code, err = run_main(capsys, "--data", demo_lmdb, "--out", reference_run, *TINY)
+    assert code == 2 and "already holds a run" in err and "--resume auto" in err
+    code, err = run_main(capsys, "--data", demo_lmdb, "--out", reference_run, *TINY, "--resume", "auto",
+                         "--fade-kimg", "1")
+    assert code == 2 and "schedule.fade_kimg" in err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text((reference_run / "config.json").read_text())
+    code, err = run_main(capsys, "--data", demo_lmdb, "--out", other, *TINY, "--seed", "7")
+    assert code == 2 and "seed" in err
