@@ -178,12 +178,27 @@ def _shared_key(path) -> tuple[str, int]:
 
 
 def _acquire_env(path) -> lmdb.Environment:
+    _close_inherited_envs()
     key = _shared_key(path)
     entry = _SHARED_ENVS.get(key)
     if entry is None:
         entry = _SHARED_ENVS[key] = [_open_readonly(path), 0]
     entry[1] += 1
     return entry[0]
+
+
+def _close_inherited_envs() -> None:
+    """In a forked child, close the environments inherited from the parent.
+
+    LMDB handles must not cross fork(), and py-lmdb would refuse to reopen a database this
+    process seems to hold already. Closing read-only, lock-free handles touches only this
+    process's copies of the mapping and file descriptors; the parent keeps its own.
+    """
+    pid = os.getpid()
+    for key in [key for key in _SHARED_ENVS if key[1] != pid]:
+        env = _SHARED_ENVS.pop(key)[0]
+        with contextlib.suppress(lmdb.Error):
+            env.close()
 
 
 def _release_env(path) -> None:
@@ -461,7 +476,9 @@ class DatasetWriter:
             raise
         if foreign:
             self.close()
-            raise DatasetError(f"{self.path}: holds an LMDB database that is not a progan build; choose another output path")
+            raise DatasetError(
+                f"{self.path}: holds an LMDB database that is not a progan build; choose another output path"
+            )
 
     @property
     def map_size(self) -> int:

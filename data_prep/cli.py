@@ -1,0 +1,192 @@
+"""Command line of `python -m data_prep`: build, info, verify, preview, synth."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.build import BuildConfig, BuildError, build, default_workers, skip_summary
+from data_prep.decode import DEFAULT_MAX_PIXELS
+from data_prep.synth import FORMATS, synth
+from progan.data import (
+    DEFAULT_ENCODING,
+    ENCODINGS,
+    DatasetError,
+    MultiResolutionDataset,
+    is_valid_resolution,
+    read_metadata,
+    verify,
+)
+from progan.images import make_grid, save_png
+from progan.progress import Progress
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (BuildError, DatasetError, OSError) as error:  # OSError: unwritable output, full disk
+        print(f"data_prep {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        hint = "; rerun the same command to resume" if args.command == "build" else ""
+        print(f"\ndata_prep {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m data_prep",
+        description="Build and inspect multi-resolution LMDB datasets for progan.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("build", help="build a dataset from a folder of images",
+                            description="Build one LMDB holding every resolution from --min-res to --max-res. "
+                                        "Rerunning the same command resumes an interrupted build.")
+    p.add_argument("source", type=Path, metavar="SOURCE", help="folder of images, searched recursively")
+    p.add_argument("out", type=Path, metavar="OUT", help="database folder to create, e.g. faces.lmdb")
+    p.add_argument("--max-res", type=_resolution, required=True, help="top resolution: a power of two, 4..1024")
+    p.add_argument("--min-res", type=_resolution, default=4, help="lowest resolution (default 4)")
+    p.add_argument("--workers", type=_positive, default=None,
+                   help=f"decoding processes (default: all cores, here {default_workers()})")
+    p.add_argument("--crop", choices=("center", "none"), default="center",
+                   help="center: centre-crop to the shorter side (default); none: skip non-square images")
+    p.add_argument("--upscale", action="store_true",
+                   help="keep images smaller than --max-res by upscaling them (default: skip them)")
+    p.add_argument("--limit", type=_positive, default=None, help="stop after this many images")
+    p.add_argument("--encoding", choices=tuple(ENCODINGS), default=DEFAULT_ENCODING,
+                   help=f"how images are stored (default {DEFAULT_ENCODING}); raw, png and webp are "
+                        "lossless, jpeg (quality 100) is not")
+    p.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS,
+                   help="skip images with more pixels than this, as decompression bombs "
+                        f"(default {DEFAULT_MAX_PIXELS})")
+    p.set_defaults(run=_run_build)
+
+    p = commands.add_parser("info", help="print a dataset's metadata as JSON")
+    p.add_argument("dataset", type=Path, metavar="DATASET")
+    p.add_argument("--brief", action="store_true", help="replace the per-image source and skip lists by their lengths")
+    p.set_defaults(run=_run_info)
+
+    p = commands.add_parser("verify", help="decode every record at every level; check shapes and count")
+    p.add_argument("dataset", type=Path, metavar="DATASET")
+    p.set_defaults(run=_run_verify)
+
+    p = commands.add_parser("preview", help="write a grid of a dataset's images as PNG")
+    p.add_argument("dataset", type=Path, metavar="DATASET")
+    p.add_argument("--res", type=_resolution, required=True, help="which resolution to show")
+    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    p.add_argument("--count", type=_positive, default=64, help="images to show, from the first (default 64)")
+    p.set_defaults(run=_run_preview)
+
+    p = commands.add_parser("synth", help="draw a demo dataset of face-like pictures",
+                            description="Write procedurally drawn face-like pictures as image files.")
+    p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    p.add_argument("--count", type=_positive, default=1000, help="number of pictures (default 1000)")
+    p.add_argument("--size", type=_size, default=128, help="width and height in pixels (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="picture i depends only on (seed, i) (default 0)")
+    p.add_argument("--format", choices=tuple(FORMATS), default="png", help="file format (default png)")
+    p.add_argument("--workers", type=_positive, default=None, help="processes (default: all cores)")
+    p.set_defaults(run=_run_synth)
+    return parser
+
+
+def _resolution(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not is_valid_resolution(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a power of two from 4 to 1024")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+def _size(text: str) -> int:
+    value = _positive(text)
+    if value < 16:
+        raise argparse.ArgumentTypeError(f"{text!r} is too small for a face; use 16 or more")
+    return value
+
+
+def _run_build(args) -> int:
+    config = BuildConfig(
+        source=args.source, out=args.out, max_res=args.max_res, min_res=args.min_res,
+        workers=args.workers or default_workers(), crop=args.crop, upscale=args.upscale,
+        limit=args.limit, encoding=args.encoding, max_pixels=args.max_pixels,
+    )
+    report = build(config)
+    metadata = report.metadata
+    resolutions = metadata["resolutions"]
+    if report.already_complete:
+        print(f"{args.out} is already complete ({metadata['count']} images); nothing to do")
+        return 0
+    size = (args.out / "data.mdb").stat().st_size
+    print(
+        f"built {args.out}: {metadata['count']} images at {resolutions[0]}..{resolutions[-1]} px, "
+        f"{metadata['encoding']} encoding, {_bytes(size)} ({_bytes(size / metadata['count'] * 1000)} "
+        f"per 1000 images) in {report.seconds:.1f} s"
+    )
+    if metadata["skipped"]:
+        print(f"skipped {len(metadata['skipped'])} files: {skip_summary(metadata)} "
+              f"(listed in the metadata: python -m data_prep info {args.out})")
+    return 0
+
+
+def _bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
+def _run_info(args) -> int:
+    metadata = read_metadata(args.dataset)
+    if args.brief:
+        metadata = dict(metadata, sources=len(metadata["sources"]), skipped=len(metadata["skipped"]))
+    print(json.dumps(metadata, indent=2))
+    return 0
+
+
+def _run_verify(args) -> int:
+    metadata = read_metadata(args.dataset)
+    total = metadata["count"] * len(metadata["resolutions"])
+    with Progress(total, "verify", unit="rec") as progress:
+        checked = verify(args.dataset, on_record=progress.update)
+    print(f"{args.dataset}: ok, {checked} records ({metadata['count']} images x "
+          f"{len(metadata['resolutions'])} resolutions) decode to the right shapes")
+    return 0
+
+
+def _run_preview(args) -> int:
+    dataset = MultiResolutionDataset(args.dataset, args.res, memory_budget_bytes=0)
+    count = min(args.count, len(dataset))
+    batch = dataset.get_batch(np.arange(count)).numpy()
+    save_png(make_grid(batch.transpose(0, 2, 3, 1), padding=2), args.out)
+    print(f"wrote {args.out}: {count} images at {args.res}x{args.res}")
+    return 0
+
+
+def _run_synth(args) -> int:
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        raise BuildError(f"{args.out_dir}: exists and is not a folder")
+    with Progress(args.count, "synth", unit="img") as progress:
+        synth(args.out_dir, args.count, args.size, args.seed, args.format,
+              workers=args.workers or default_workers(), progress=progress)
+    print(f"wrote {args.count} face pictures of {args.size}x{args.size} to {args.out_dir}")
+    return 0
