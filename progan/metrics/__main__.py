@@ -1,0 +1,167 @@
+"""Command line: python -m progan.metrics swd|msssim|fid[,...] --real DATA.lmdb --fake CHECKPOINT
+
+Prints one JSON object on stdout (progress goes to stderr) and, when CHECKPOINT lies in a run
+folder, appends the same object as a line to the run's metrics.jsonl. --fake may also be an
+LMDB database (e.g. the real one: real-vs-real gives the metric's noise floor). Bad input is
+reported in one line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from progan.cli import OneLineErrorParser, fail
+from progan.metrics.common import MetricError
+from progan.metrics.evaluate import (
+    DEFAULT_NUM_IMAGES,
+    evaluate_metrics,
+    load_inception_once,
+    parse_metric_names,
+    unavailable_reason,
+)
+from progan.metrics.records import append_jsonl
+from progan.metrics.sources import DatasetSource, GeneratorSource
+
+PROG = "python -m progan.metrics"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineErrorParser(
+        prog=PROG,
+        description="Multi-scale SWD, MS-SSIM and FID of a generator (or a database) against a database.",
+        epilog="Defaults follow the paper: SWD on 16384 images, MS-SSIM on 10,000 pairs, FID on 50,000.")
+    p.add_argument("metric", help="swd, msssim or fid (or a comma list, e.g. swd,msssim)")
+    p.add_argument("--fake", required=True,
+                   help="checkpoint file, run folder (its latest checkpoint), exported generator, or an LMDB database")
+    p.add_argument("--real", help="the real images: a progan LMDB database (needed by swd and fid)")
+    p.add_argument("--num", type=int, help="images per metric (MS-SSIM uses num/2 pairs); default: the paper's")
+    p.add_argument("--resolution", type=int,
+                   help="resolution to compare at; default: the checkpoint's current one (a lower one "
+                        "box-averages the generated images down), or the --fake database's largest")
+    p.add_argument("--seed", type=int, default=0, help="picks latents, real subsets, patches, projections (default 0)")
+    p.add_argument("--inception", help="FID: Inception-v3 weights, pt_inception-2015-12-05-6726825d.pth (pytorch-fid)")
+    p.add_argument("--inception-unverified", action="store_true",
+                   help="FID: accept weights whose SHA-256 is not the expected file's (FID then not comparable)")
+    p.add_argument("--cache-dir", help="cache for real statistics (default: <run folder>/metric-cache for a "
+                                       "checkpoint in a run folder, otherwise none)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument("--no-log", action="store_true", help="do not append to the run's metrics.jsonl")
+    return p
+
+
+def _is_lmdb(path: Path) -> bool:
+    return path.is_dir() and (path / "data.mdb").exists()
+
+
+def _check_available(names: list[str], resolution: int, args) -> None:
+    for name in names:
+        reason = unavailable_reason(name, resolution, inception_path=args.inception)
+        if reason:
+            raise MetricError(reason)
+
+
+def _fake_source(args, names: list[str], device: torch.device):
+    """(source, resolution, provenance dict, run folder or None) for --fake."""
+    fake_path = Path(args.fake)
+    counts = [args.num or DEFAULT_NUM_IMAGES[name] for name in names]
+    if _is_lmdb(fake_path):
+        from progan.data import MultiResolutionDataset, read_metadata
+
+        resolution = args.resolution or max(read_metadata(fake_path)["resolutions"])
+        _check_available(names, resolution, args)
+        dataset = MultiResolutionDataset(fake_path, resolution)
+        source = DatasetSource(dataset, max(counts), seed=args.seed, side="fake", name=str(fake_path))
+        return source, resolution, {"fake": str(fake_path)}, None
+    from progan.checkpoints import load_generator
+
+    generator, info = load_generator(fake_path, device=device, ema=True)
+    resolution = args.resolution or info.resolution
+    if resolution > info.resolution:
+        raise MetricError(f"resolution {resolution} is above what the generator supports "
+                          f"({info.resolution}x{info.resolution} at this checkpoint)")
+    _check_available(names, resolution, args)
+    source = GeneratorSource(generator, info.model_config.latent_size, resolution=resolution,
+                             generator_resolution=info.resolution, alpha=info.alpha, seed=args.seed, device=device)
+    provenance = {"fake": str(getattr(info, "path", fake_path)), "generator_resolution": info.resolution,
+                  "alpha": info.alpha}
+    images_shown = getattr(info, "images_shown", None)
+    if images_shown is not None:
+        provenance["kimg"] = images_shown / 1000
+    return source, resolution, provenance, info.run_dir
+
+
+def run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    names = parse_metric_names(args.metric)
+    if not names:
+        raise MetricError("no metric given (swd, msssim or fid)")
+    if args.num is not None and args.num < 2:
+        raise MetricError(f"--num must be at least 2, got {args.num}")
+    if args.batch_size < 1:
+        raise MetricError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.real is None and any(name in ("swd", "fid") for name in names):
+        raise MetricError("swd and fid need --real DATA.lmdb")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if "fid" in names:
+        if args.inception is None:
+            raise MetricError("FID unavailable: no Inception weights given "
+                              "(--inception PATH to pt_inception-2015-12-05-6726825d.pth)")
+        _, sha256 = load_inception_once(args.inception, not args.inception_unverified, device)  # fail early
+    if args.real is not None:
+        from progan.data import read_metadata
+
+        read_metadata(args.real)  # a missing or broken database fails before the generator loads
+    source, resolution, provenance, run_dir = _fake_source(args, names, device)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else (run_dir / "metric-cache" if run_dir else None)
+    started = time.perf_counter()
+    results = evaluate_metrics(
+        names, source, args.real, resolution, args.num, cache_dir=cache_dir, seed=args.seed,
+        inception_path=args.inception, verify_inception=not args.inception_unverified, device=device,
+        batch_size=args.batch_size)
+    record = {
+        "metric": ",".join(names),
+        **results,
+        "resolution": resolution,
+        "num_images": {name: args.num or DEFAULT_NUM_IMAGES[name] for name in names},
+        "seed": args.seed,
+        "real": args.real,
+        **provenance,
+        "seconds": round(time.perf_counter() - started, 1),
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if "fid" in names:
+        record["inception_sha256"] = sha256
+    print(json.dumps(record), flush=True)
+    if run_dir is not None and not args.no_log:
+        append_jsonl(run_dir / "metrics.jsonl", record)
+    return 0
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input (one line, exit 2); anything else is a bug and keeps its traceback."""
+    from progan.checkpoints import CheckpointError
+    from progan.data import DatasetError
+
+    return MetricError, DatasetError, CheckpointError, OSError
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:
+        return fail("interrupted", PROG, code=130)
+    except _user_errors() as exc:
+        message = str(exc).strip().splitlines()
+        return fail(message[0] if message else type(exc).__name__, PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

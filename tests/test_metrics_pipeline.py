@@ -1,0 +1,359 @@
+"""evaluate_metrics (sharding, caching, sources), the training hook, and the command line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from progan.metrics import (
+    DatasetSource,
+    GeneratorSource,
+    MetricError,
+    append_jsonl,
+    evaluate_metrics,
+    ms_ssim,
+    parse_metric_names,
+    sliced_wasserstein_distance,
+    unavailable_reason,
+)
+from progan.metrics import cache as metric_cache
+from progan.metrics.__main__ import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny tensors gain nothing from threads; on a busy 2-core machine they only lose.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class TinyGenerator(nn.Module):
+    """Follows the generator contract: G(z, resolution=R, alpha=a) -> [N, 3, R, R] in about [-1, 1]."""
+
+    def __init__(self, latent_size: int = 8, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc = nn.Linear(latent_size, 3 * 8 * 8)
+        self.calls: list[tuple[int, float]] = []
+
+    def forward(self, z, resolution, alpha=1.0):
+        self.calls.append((resolution, alpha))
+        x = self.fc(z).view(-1, 3, 8, 8)
+        return torch.tanh(F.interpolate(x, size=resolution, mode="bilinear", align_corners=False))
+
+
+class TensorDataset:
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def get_batch(self, indices) -> torch.Tensor:
+        return self.images[torch.as_tensor(indices, dtype=torch.long)]
+
+
+def random_images(n: int, resolution: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, 4, 4, generator=g) * 255
+    return F.interpolate(coarse, size=resolution, mode="bilinear", align_corners=False).round().to(torch.uint8)
+
+
+def write_lmdb(path: Path, count: int, top: int = 32, seed: int = 0) -> Path:
+    """A real progan database (through its writer) of `count` images at 4..top."""
+    from progan.data import DatasetWriter, ImageRecord, build_pyramid, encode_image, resolutions_between
+
+    resolutions = resolutions_between(4, top)
+    tops = random_images(count, top, seed).permute(0, 2, 3, 1).numpy()
+    records = []
+    for i, array in enumerate(tops):
+        levels = build_pyramid(Image.fromarray(array), 4)
+        records.append(ImageRecord(f"img{i}.png", [encode_image(level, "raw") for level in levels],
+                                   hashlib.sha256(array.tobytes()).hexdigest()))
+    with DatasetWriter(path) as writer:
+        writer.start({"resolutions": resolutions, "encoding": "raw"})
+        writer.commit_chunk(count, records, [])
+        writer.finish()
+    return path
+
+
+@pytest.fixture(scope="module")
+def lmdb16(tmp_path_factory) -> Path:
+    return write_lmdb(tmp_path_factory.mktemp("metrics_data") / "faces.lmdb", count=16)
+
+
+def thread_all_gathers(world_size: int):
+    """all_gather functions for `world_size` threads standing in for processes."""
+    slots: list = [None] * world_size
+    barrier = threading.Barrier(world_size)
+
+    def for_rank(rank: int):
+        def all_gather(tensor: torch.Tensor) -> torch.Tensor:
+            slots[rank] = tensor.clone()
+            barrier.wait()
+            out = torch.cat(slots)
+            barrier.wait()  # nobody overwrites a slot before everyone has read it
+            return out
+        return all_gather
+    return [for_rank(r) for r in range(world_size)]
+
+
+# -- evaluate_metrics -----------------------------------------------------------------------
+def test_evaluate_matches_the_direct_computations():
+    generator = TinyGenerator()
+    source = GeneratorSource(generator, 8, resolution=32, seed=3)
+    reals = TensorDataset(random_images(12, 32, seed=1))
+    result = evaluate_metrics(["swd", "msssim"], source, reals, 32, num_images=10, seed=3, batch_size=4,
+                              progress=False)
+    fakes = source(0, 10)
+    real_subset = DatasetSource(reals, 10, seed=3, side="real")(0, 10)
+    assert result == {**{k: pytest.approx(v, rel=1e-12)
+                         for k, v in sliced_wasserstein_distance(real_subset, fakes, seed=3).items()},
+                      "msssim": pytest.approx(ms_ssim(fakes), rel=1e-9)}
+    assert set(result) == {"swd_x1e3_32", "swd_x1e3_16", "swd_x1e3_avg", "msssim"}
+    assert result["swd_x1e3_avg"] > 0 and 0 < result["msssim"] < 1
+
+
+def test_sharded_over_two_processes_gives_the_one_process_numbers():
+    source = GeneratorSource(TinyGenerator(), 8, resolution=16, seed=1)
+    reals = TensorDataset(random_images(9, 16, seed=2))
+    args = dict(num_images=7, seed=1, batch_size=2, progress=False)  # odd: the last shard is padded
+    single = evaluate_metrics("swd,msssim", source, reals, 16, **args)
+    results = [None, None]
+
+    def rank_main(rank, gather):
+        results[rank] = evaluate_metrics("swd,msssim", source, reals, 16, rank=rank, world_size=2,
+                                         all_gather=gather, **args)
+    threads = [threading.Thread(target=rank_main, args=(r, g)) for r, g in enumerate(thread_all_gathers(2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results[0] == results[1]
+    assert results[0] == {k: pytest.approx(v, rel=1e-9) for k, v in single.items()}
+
+
+def test_generator_source_is_seeded_per_image_and_downsamples():
+    generator = TinyGenerator()
+    source = GeneratorSource(generator, 8, resolution=16, generator_resolution=32, alpha=0.25, seed=5)
+    whole = source(0, 6)
+    assert torch.equal(torch.cat([source(0, 2), source(2, 4)]), whole)
+    assert generator.calls[-1] == (32, 0.25)  # generated at its own resolution and fade
+    full = GeneratorSource(generator, 8, resolution=32, generator_resolution=32, alpha=0.25, seed=5)(0, 6)
+    assert whole.shape == (6, 3, 16, 16)
+    # Box average of the float images, then quantised: within one grey level of averaging the uint8s.
+    assert (whole.float() - F.avg_pool2d(full.float(), 2)).abs().max() <= 1.0
+    assert not torch.equal(GeneratorSource(generator, 8, resolution=16, generator_resolution=32, seed=6)(0, 6), whole)
+    with pytest.raises(MetricError, match="above what the generator produces"):
+        GeneratorSource(generator, 8, resolution=64, generator_resolution=32)
+
+
+def test_dataset_source_picks_a_seeded_subset_and_refuses_too_few():
+    data = TensorDataset(random_images(10, 16, seed=0))
+    real, fake = DatasetSource(data, 6, seed=0, side="real"), DatasetSource(data, 6, seed=0, side="fake")
+    assert len(set(real.indices.tolist())) == 6 and not torch.equal(real.indices, fake.indices)
+    assert torch.equal(real(0, 6), data.images[real.indices])
+    with pytest.raises(MetricError, match="has 10 images at this resolution, fewer than the 11"):
+        DatasetSource(data, 11)
+    assert DatasetSource(data, 11, allow_fewer=True).count == 10
+
+
+def test_metrics_that_cannot_run_say_why():
+    assert unavailable_reason("swd", 8) is None and unavailable_reason("msssim", 16) is None
+    assert "at least 8" in unavailable_reason("swd", 4)
+    assert "at least 16x16" in unavailable_reason("msssim", 8)
+    assert "no Inception weights" in unavailable_reason("fid", 128)
+    assert "does not exist" in unavailable_reason("fid", 128, inception_path="/nonexistent/w.pth")
+    with pytest.raises(MetricError, match="unknown metric 'is'"):
+        parse_metric_names("swd,is")
+    assert parse_metric_names(" SWD, msssim ,swd") == ["swd", "msssim"]
+    source = GeneratorSource(TinyGenerator(), 8, resolution=8)
+    with pytest.raises(MetricError, match="MS-SSIM needs images of at least 16x16"):
+        evaluate_metrics(["msssim"], source, None, 8, num_images=4, progress=False)
+    source16 = GeneratorSource(TinyGenerator(), 8, resolution=16)
+    with pytest.raises(MetricError, match="fewer than the 20 SWD compares"):  # before MS-SSIM's work
+        evaluate_metrics(["msssim", "swd"], source16, TensorDataset(random_images(10, 16, 0)), 16,
+                         num_images=20, progress=False)
+
+
+def test_real_swd_descriptors_are_cached_by_fingerprint(lmdb16, tmp_path, monkeypatch):
+    reads = []
+    real_call = DatasetSource.__call__
+    monkeypatch.setattr(DatasetSource, "__call__", lambda self, s, n: reads.append(n) or real_call(self, s, n))
+    source = GeneratorSource(TinyGenerator(), 8, resolution=32, seed=0)
+    args = dict(num_images=12, cache_dir=tmp_path / "cache", progress=False, batch_size=5)
+    first = evaluate_metrics(["swd"], source, lmdb16, 32, **args)
+    assert sum(reads) == 12
+    files = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(files) == 3 and all(name.startswith("swd-real-32px-12img-") for name in files)  # key + 2 levels
+    second = evaluate_metrics(["swd"], source, lmdb16, 32, **args)
+    assert sum(reads) == 12 and second == first  # the reals were not read again
+    evaluate_metrics(["swd"], source, lmdb16, 32, seed=1, **{k: v for k, v in args.items()})
+    assert sum(reads) == 24 and len(list((tmp_path / "cache").iterdir())) == 6  # another seed, another entry
+
+
+def test_fid_statistics_cache_round_trip(tmp_path):
+    key = {"dataset": "abc", "resolution": 32, "images": 10, "seed": 0, "inception_sha256": "6726825d..."}
+    mu, sigma = np.arange(3.0), np.eye(3)
+    assert metric_cache.load_fid_stats(tmp_path, key) is None
+    metric_cache.save_fid_stats(tmp_path, key, mu, sigma)
+    loaded = metric_cache.load_fid_stats(tmp_path, key)
+    assert np.array_equal(loaded[0], mu) and np.array_equal(loaded[1], sigma)
+    assert metric_cache.load_fid_stats(tmp_path, {**key, "images": 11}) is None
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# -- the training hook ----------------------------------------------------------------------
+def test_training_hook_with_the_small_preset_generator_writes_metric_lines(lmdb16, tmp_path):
+    from progan.config import ModelConfig
+    from progan.networks import Generator
+
+    torch.manual_seed(0)
+    config = ModelConfig.preset("small", resolution=32)
+    g_ema = Generator(config).eval()
+    # What the trainer does every --metric-kimg: the EMA generator at its current resolution and fade.
+    source = GeneratorSource(g_ema, config.latent_size, resolution=16, alpha=0.5, seed=0)
+    results = evaluate_metrics(["swd", "msssim"], source, lmdb16, 16, num_images=8,
+                               cache_dir=tmp_path / "metric-cache", progress=False)
+    append_jsonl(tmp_path / "stats.jsonl", {"kimg": 1.0, **{f"metrics/{k}": v for k, v in results.items()}})
+    lines = (tmp_path / "stats.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert set(record) == {"kimg", "metrics/swd_x1e3_16", "metrics/swd_x1e3_avg", "metrics/msssim"}
+    assert all(np.isfinite(v) for v in record.values())
+
+
+# -- the command line -----------------------------------------------------------------------
+def run_main(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, out: str, err: str, message: str) -> None:
+    assert code == 2 and out == ""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in err, err
+
+
+def test_cli_compares_two_databases(lmdb16, capsys):
+    code, out, err = run_main(capsys, "swd,msssim", "--real", lmdb16, "--fake", lmdb16, "--num", "8",
+                              "--resolution", "32", "--device", "cpu")
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["metric"] == "swd,msssim" and record["resolution"] == 32
+    assert record["num_images"] == {"swd": 8, "msssim": 8}
+    assert record["swd_x1e3_avg"] > 0 and 0 < record["msssim"] < 1  # real vs real: other subsets
+
+
+@pytest.fixture
+def fake_checkpoint(monkeypatch, tmp_path):
+    """load_generator as the checkpoint module provides it, returning a tiny generator in a run folder."""
+    import progan.checkpoints
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    info = SimpleNamespace(model_config=SimpleNamespace(latent_size=8), resolution=32, alpha=1.0,
+                           images_shown=12000, run_dir=run_dir, path=run_dir / "checkpoint-0000012000.pt")
+    monkeypatch.setattr(progan.checkpoints, "load_generator", lambda path, device="cpu", ema=True: (TinyGenerator(), info))
+    return run_dir
+
+
+def test_cli_appends_to_the_run_metrics_log(lmdb16, fake_checkpoint, capsys):
+    args = ["swd", "--real", lmdb16, "--fake", fake_checkpoint, "--num", "8", "--device", "cpu"]
+    code, out, err = run_main(capsys, *args)
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["kimg"] == 12.0 and set(record) >= {"swd_x1e3_32", "swd_x1e3_16", "swd_x1e3_avg"}
+    assert (fake_checkpoint / "metrics.jsonl").read_text().splitlines() == [out.strip()]
+    assert any(p.name.startswith("swd-real-32px-8img-") for p in (fake_checkpoint / "metric-cache").iterdir())
+    assert run_main(capsys, *args)[0] == 0
+    assert len((fake_checkpoint / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_cli_on_a_real_training_checkpoint(lmdb16, tmp_path, capsys):
+    from progan.checkpoints import save_training_checkpoint
+    from progan.config import ModelConfig
+    from progan.networks import Generator
+
+    torch.manual_seed(0)
+    config = ModelConfig.preset("small", resolution=32)
+    generator = Generator(config)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_training_checkpoint(run_dir, {
+        "model_config": config.to_dict(), "resolution": 16, "alpha": 0.5, "images_shown": 3000,
+        "generator": generator.state_dict(), "generator_ema": generator.state_dict()})
+    code, out, err = run_main(capsys, "msssim", "--fake", run_dir, "--num", "4", "--device", "cpu")
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["resolution"] == 16 and record["alpha"] == 0.5 and record["kimg"] == 3.0
+    assert json.loads((run_dir / "metrics.jsonl").read_text()) == record
+    code, out, err = run_main(capsys, "msssim", "--fake", run_dir, "--resolution", "32", "--device", "cpu")
+    assert_one_line_error(code, out, err, "resolution 32 is above what the generator supports (16x16")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["swd", "--real", "{missing}", "--fake", "{lmdb}"], "no such file or folder"),
+    (["swd", "--real", "{lmdb}", "--fake", "{lmdb}", "--resolution", "64"], "no 64x64 images"),
+    (["swd", "--real", "{lmdb}", "--fake", "{lmdb}", "--num", "100"], "fewer than the 100"),
+    (["swd", "--fake", "{lmdb}"], "need --real"),
+    (["fid", "--real", "{lmdb}", "--fake", "{lmdb}"], "FID unavailable: no Inception weights"),
+    (["fid", "--real", "{lmdb}", "--fake", "{lmdb}", "--inception", "{missing}"], "does not exist"),
+    (["fid", "--real", "{lmdb}", "--fake", "{lmdb}", "--inception", "{junk}"], "SHA-256 starts with"),
+    (["fid", "--real", "{lmdb}", "--fake", "{lmdb}", "--inception", "{junk}", "--inception-unverified"],
+     "not a readable PyTorch weights file"),
+    (["ssim", "--fake", "{lmdb}"], "unknown metric 'ssim'"),
+    (["msssim", "--fake", "{lmdb}", "--resolution", "8"], "at least 16x16"),
+    (["msssim", "--fake", "{missing}"], "does not exist"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(lmdb16, tmp_path, capsys, args, message):
+    junk = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    junk.write_bytes(b"junk")
+    paths = {"lmdb": lmdb16, "missing": tmp_path / "nothing_here", "junk": junk}
+    code, out, err = run_main(capsys, *[a.format(**paths) for a in args])
+    assert_one_line_error(code, out, err, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [junk.name]  # nothing written
+
+
+def test_cli_refuses_a_resolution_above_the_generators(lmdb16, fake_checkpoint, capsys):
+    code, out, err = run_main(capsys, "msssim", "--fake", fake_checkpoint, "--resolution", "64", "--device", "cpu")
+    assert_one_line_error(code, out, err, "resolution 64 is above what the generator supports")
+    assert not (fake_checkpoint / "metrics.jsonl").exists()
+
+
+def test_cli_as_a_process_reports_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "progan.metrics", "swd", "--real", str(tmp_path / "none.lmdb"),
+                           "--fake", str(tmp_path / "none.pt")], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().count("\n") == 0 and "no such file or folder" in proc.stderr
+
+
+def test_a_mirroring_training_dataset_is_used_unmirrored_without_reopening(lmdb16):
+    from progan.data import MultiResolutionDataset
+
+    training_data = MultiResolutionDataset(lmdb16, 32, mirror=True)
+    training_data.get_batch([0])  # its LMDB is now open in this process
+    source = GeneratorSource(TinyGenerator(), 8, resolution=32, seed=0)
+    args = dict(num_images=8, progress=False)
+    from_object = evaluate_metrics(["swd"], source, training_data, 32, **args)
+    assert training_data.mirror  # the caller's dataset is untouched
+    assert from_object == evaluate_metrics(["swd"], source, TensorDataset(
+        MultiResolutionDataset(lmdb16, 32, mirror=False).get_batch(list(range(16)))), 32, **args)
