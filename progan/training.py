@@ -555,7 +555,7 @@ class Trainer:
         remaining = max(self.config.schedule.total_images - self.images_shown, 0)
         st = state_at(self.config.schedule, self.images_shown)
         stats = {
-            "tick": self.ticks, "kimg": round(self.images_shown / KIMG, 3), "images_shown": self.images_shown,
+            "kind": "tick", "tick": self.ticks, "kimg": round(self.images_shown / KIMG, 3), "images_shown": self.images_shown,
             "resolution": st.resolution, "alpha": round(st.alpha, 5), "phase": st.phase.kind,
             "batch": st.batch_size, "lr": st.learning_rate, "images_per_s": round(rate, 2),
             "sec_per_kimg": round(KIMG / rate, 3) if rate > 0 else None,
@@ -579,6 +579,36 @@ class Trainer:
                                      step=self.images_shown // KIMG)
         self._reset_tick_stats()
         return stats
+
+    def evaluate_metrics(self) -> dict | None:
+        """The configured metrics of the EMA generator, sharded over processes; logged by the main one."""
+        from progan.metrics import GeneratorSource, evaluate_metrics, unavailable_reason
+
+        c, st = self.config, self.state
+        names = [n for n in c.metrics if unavailable_reason(n, st.resolution, inception_path=c.inception) is None]
+        if not names:
+            return None
+        started = time.monotonic()
+        source = GeneratorSource(self.G_ema, c.model.latent_size, resolution=st.resolution, alpha=st.alpha,
+                                 seed=c.seed, device=self.device)
+        results = evaluate_metrics(
+            names, source, self.reals.dataset, st.resolution, c.metric_images, rank=self.rank,
+            world_size=self.world_size, all_gather=self.accelerator.gather,
+            cache_dir=self.run_dir / "metric-cache", seed=c.seed, inception_path=c.inception,
+            device=self.device, progress=False)
+        seconds = time.monotonic() - started
+        self._tick_start_time += seconds  # evaluation time is not training time
+        if self.is_main:
+            record = {"kind": "metrics", "kimg": round(self.images_shown / KIMG, 3),
+                      "images_shown": self.images_shown, "resolution": st.resolution,
+                      "alpha": round(st.alpha, 5), "num_images": c.metric_images,
+                      "seconds": round(seconds, 1), **results}
+            with open(self.run_dir / "stats.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            self.log("metrics " + "  ".join(f"{k} {v:.4g}" for k, v in results.items()) + f"  ({seconds:.0f} s)")
+            if getattr(self.accelerator, "trackers", None):
+                self.accelerator.log({f"metrics/{k}": v for k, v in results.items()}, step=self.images_shown // KIMG)
+        return results
 
     @torch.no_grad()
     def save_sample_grid(self) -> Path | None:
@@ -604,7 +634,7 @@ class Trainer:
         kept = []
         for line in path.read_text().splitlines():
             try:
-                if json.loads(line)["images_shown"] <= self.images_shown:
+                if json.loads(line)["images_shown"] <= self.images_shown:  # tick and metric lines alike
                     kept.append(line)
             except (ValueError, KeyError, TypeError):
                 continue
@@ -617,6 +647,8 @@ class Trainer:
         total = c.schedule.total_images
         tick_images = max(1, round(c.tick_kimg * KIMG))
         next_tick = (self.images_shown // tick_images + 1) * tick_images
+        metric_images = round(c.metric_kimg * KIMG) if c.metrics and c.metric_kimg > 0 else 0
+        next_metric = (self.images_shown // metric_images + 1) * metric_images if metric_images else None
         self._last_checkpoint_time = time.monotonic()
         self.stop.install()
         outcome = "finished"
@@ -632,6 +664,9 @@ class Trainer:
                     if self.ticks % c.snapshot_ticks == 0 and self.images_shown < total and not stop_now:
                         self.save_sample_grid()
                         save_now = True
+                if next_metric is not None and self.images_shown >= next_metric and not stop_now:
+                    self.evaluate_metrics()
+                    next_metric = (self.images_shown // metric_images + 1) * metric_images
                 if stop_now:
                     outcome = "stopped"
                     break
@@ -665,6 +700,7 @@ def validate_setup(config: TrainConfig, world_size: int) -> None:
         raise TrainingError(
             f"{config.data} lacks the resolution(s) {', '.join(map(str, missing))} the schedule needs "
             f"(it has {', '.join(map(str, available))}); rebuild it with --min-res {min(needed)}")
+    _validate_metrics(config, int(metadata["count"]))
     group = config.model.mbstd_group_size
     for res in needed:
         batch = config.schedule.batch_size(res)
@@ -682,3 +718,25 @@ def validate_setup(config: TrainConfig, world_size: int) -> None:
             raise TrainingError(
                 f"the per-device batch {micro} at {res}x{res} is not divisible by the minibatch-stddev "
                 f"group size {group}; use batch sizes that are multiples of {group * world_size}")
+
+
+def _validate_metrics(config: TrainConfig, num_images: int) -> None:
+    if not config.metrics:
+        return
+    from progan.metrics import MetricError, parse_metric_names
+
+    try:
+        names = parse_metric_names(config.metrics)
+    except MetricError as exc:
+        raise TrainingError(f"--metrics: {exc}") from None
+    if config.metric_kimg <= 0:
+        raise TrainingError("--metrics needs --metric-kimg K (evaluate every K thousand images)")
+    if "fid" in names:
+        if config.inception is None:
+            raise TrainingError("--metrics fid needs --inception PATH (pt_inception-2015-12-05-6726825d.pth)")
+        if not Path(config.inception).is_file():
+            raise TrainingError(f"--inception: {config.inception} does not exist")
+    if "swd" in names and config.metric_images > num_images:
+        raise TrainingError(
+            f"--metrics swd compares {config.metric_images} generated images with as many reals, but "
+            f"{config.data} holds {num_images}; lower --metric-images")

@@ -152,6 +152,7 @@ def test_run_folder_outputs(reference_run):
     config = json.loads((reference_run / "config.json").read_text())
     assert config["model"]["resolution"] == 8 and config["schedule"]["fade_kimg"] == 0.128
     stats = [json.loads(line) for line in (reference_run / "stats.jsonl").read_text().splitlines()]
+    assert {s["kind"] for s in stats} == {"tick"}
     assert [s["images_shown"] for s in stats] == list(range(32, 257, 32))
     assert [s["resolution"] for s in stats][:2] == [4, 8] and 0 < stats[2]["alpha"] < 1
     assert all(np.isfinite([s["loss_d"], s["loss_g"]]).all() for s in stats)
@@ -264,3 +265,29 @@ def test_existing_run_folder_is_protected(demo_lmdb, reference_run, tmp_path, ca
     (other / "config.json").write_text((reference_run / "config.json").read_text())
     code, err = run_main(capsys, "--data", demo_lmdb, "--out", other, *TINY, "--seed", "7")
     assert code == 2 and "seed" in err
+
+
+@pytest.mark.slow
+def test_metrics_during_training(demo_lmdb, tmp_path):
+    out = tmp_path / "run"
+    proc = train_cli(demo_lmdb, out, "--total-kimg", "0.256", "--metrics", "swd,msssim",
+                     "--metric-kimg", "0.128", "--metric-images", "64")
+    lines = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
+    metrics = [line for line in lines if line["kind"] == "metrics"]
+    assert [m["images_shown"] for m in metrics] == [128, 256]
+    for m in metrics:  # at 8x8 SWD has one level; MS-SSIM needs 16x16 and is skipped
+        assert m["resolution"] == 8 and m["swd_x1e3_8"] > 0 and m["swd_x1e3_avg"] == m["swd_x1e3_8"]
+        assert "msssim" not in m
+    assert "metrics swd_x1e3_8" in proc.stdout
+
+
+def test_metric_flags_are_checked_before_training(demo_lmdb, tmp_path, capsys):
+    base = ["--data", demo_lmdb, "--out", tmp_path / "run", *TINY, "--dry-run"]
+    code, err = run_main(capsys, *base, "--metrics", "swd,inception_score", "--metric-kimg", "1")
+    assert code == 2 and "inception_score" in err
+    code, err = run_main(capsys, *base, "--metrics", "fid", "--metric-kimg", "1")
+    assert code == 2 and "--inception" in err
+    code, err = run_main(capsys, *base, "--metrics", "swd")
+    assert code == 2 and "--metric-kimg" in err
+    code, err = run_main(capsys, *base, "--metrics", "swd", "--metric-kimg", "1", "--metric-images", "1000")
+    assert code == 2 and "holds 64" in err
