@@ -1,0 +1,255 @@
+"""The progressive generator and discriminator (Karras et al. 2018), exact to the release code.
+
+Every block for every resolution 4..cfg.resolution is built up front (ModuleDicts keyed by
+str(resolution)); a forward at a lower resolution leaves the larger blocks unused, so they get
+no gradient. ``alpha`` in [0, 1] is the weight of the newest block (1 = stable phase):
+
+    G(z, R, alpha) = lerp(upsample2x(toRGB_{R/2}(x_{R/2})), toRGB_R(block_R(x_{R/2})), alpha)
+    D(img, R, alpha) feeds lerp(fromRGB_{R/2}(avgpool2(img)), block_R(fromRGB_R(img)), alpha)
+    into the blocks below R.
+
+At alpha == 1 the old path is not computed at all (its weights get no gradient).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from progan.config import ModelConfig
+from progan.layers import (
+    SQRT2,
+    EqualizedConv2d,
+    EqualizedDownConv2d,
+    EqualizedLinear,
+    EqualizedUpConv2d,
+    MinibatchStddev,
+    PixelNorm,
+    downsample2x,
+    upsample2x,
+)
+
+# Blocks working at this resolution and above run their resampling conv in the fused form
+# (same function, 16/36 of the FLOPs); below it the separate ops are faster on CPU.
+# Measured with bench/bench_step.py; see bench/RESULTS.md.
+FUSED_MIN_RES = 16
+# Blocks at this resolution and above run channels_last (NHWC): oneDNN's convolutions and the
+# per-pixel channel reductions (PixelNorm) are faster there; below it NCHW is faster.
+CHANNELS_LAST_MIN_RES = 64
+
+
+def memory_format_for(res: int) -> torch.memory_format:
+    return torch.channels_last if res >= CHANNELS_LAST_MIN_RES else torch.contiguous_format
+
+
+def _lrelu(x: Tensor, slope: float) -> Tensor:
+    # In place: x is always a fresh conv output, and leaky_relu's backward can use its result.
+    return F.leaky_relu_(x, slope) if slope > 0 else F.relu_(x)
+
+
+def check_phase(cfg: ModelConfig, resolution: int, alpha: float) -> float:
+    """Validate (resolution, alpha) against cfg; return alpha as a python float."""
+    if isinstance(resolution, bool) or not isinstance(resolution, numbers.Integral) \
+            or resolution not in cfg.resolutions:
+        raise ValueError(f"resolution must be one of {cfg.resolutions}, got {resolution!r}")
+    if isinstance(alpha, Tensor):
+        alpha = alpha.item()  # accepted, but a python float avoids a sync and graph breaks
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not (0.0 <= alpha <= 1.0):
+        raise ValueError(f"alpha must be a number in [0, 1] (1 = stable phase), got {alpha!r}")
+    if resolution == 4 and alpha != 1.0:
+        raise ValueError(f"resolution 4 has no smaller resolution to fade from; alpha must be 1.0, got {alpha}")
+    return float(alpha)
+
+
+# --- generator blocks ---------------------------------------------------------------------
+
+class GeneratorInputBlock(nn.Module):
+    """latent -> 4x4: PixelNorm(z), dense to C*4*4 (+ one bias per channel), conv3x3; each
+    layer followed by lrelu and PixelNorm. [N, latent] -> [N, C, 4, 4]"""
+
+    def __init__(self, latent_size: int, channels: int, slope: float):
+        super().__init__()
+        self.channels = channels
+        self.slope = slope
+        self.pixel_norm = PixelNorm()
+        # gain sqrt(2)/4 as the paper's code ("to match the original Theano implementation")
+        self.dense = EqualizedLinear(latent_size, channels * 16, gain=SQRT2 / 4, bias=False)
+        self.bias = nn.Parameter(torch.zeros(channels))  # per channel, not per (C, H, W) unit
+        self.conv = EqualizedConv2d(channels, channels, 3)
+
+    def forward(self, z: Tensor) -> Tensor:
+        x = self.dense(self.pixel_norm(z)).view(-1, self.channels, 4, 4)  # [N, C, 4, 4]
+        x = self.pixel_norm(_lrelu(x + self.bias.view(1, -1, 1, 1).to(x.dtype), self.slope))
+        return self.pixel_norm(_lrelu(self.conv(x), self.slope))
+
+
+class GeneratorBlock(nn.Module):
+    """Doubles the resolution: upsample+conv3x3, conv3x3, each followed by lrelu and PixelNorm.
+    [N, Cin, H, W] -> [N, Cout, 2H, 2W]"""
+
+    def __init__(self, in_channels: int, out_channels: int, slope: float, fused: bool,
+                 memory_format: torch.memory_format = torch.contiguous_format):
+        super().__init__()
+        self.slope = slope
+        self.memory_format = memory_format
+        self.pixel_norm = PixelNorm()
+        self.conv0 = EqualizedUpConv2d(in_channels, out_channels, fused=fused)
+        self.conv1 = EqualizedConv2d(out_channels, out_channels, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.contiguous(memory_format=self.memory_format)
+        x = self.pixel_norm(_lrelu(self.conv0(x), self.slope))
+        return self.pixel_norm(_lrelu(self.conv1(x), self.slope))
+
+
+def to_rgb(in_channels: int, num_channels: int) -> EqualizedConv2d:
+    """1x1 conv to image channels, gain 1, linear output (no tanh, as the paper)."""
+    return EqualizedConv2d(in_channels, num_channels, 1, gain=1.0)
+
+
+class Generator(nn.Module):
+    """G(z [N, latent], resolution, alpha) -> images [N, num_channels, resolution, resolution],
+    linear output, about [-1, 1] once trained."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.latent_size = cfg.latent_size
+        slope = cfg.leaky_slope
+        self.blocks = nn.ModuleDict()
+        self.to_rgb = nn.ModuleDict()
+        for res in cfg.resolutions:
+            if res == 4:
+                block = GeneratorInputBlock(cfg.latent_size, cfg.channels(4), slope)
+            else:
+                block = GeneratorBlock(cfg.channels(res // 2), cfg.channels(res), slope,
+                                       fused=res >= FUSED_MIN_RES, memory_format=memory_format_for(res))
+            self.blocks[str(res)] = block
+            self.to_rgb[str(res)] = to_rgb(cfg.channels(res), cfg.num_channels)
+
+    def forward(self, z: Tensor, resolution: int, alpha: float = 1.0) -> Tensor:
+        alpha = check_phase(self.cfg, resolution, alpha)
+        if z.dim() != 2 or z.shape[1] != self.latent_size:
+            raise ValueError(f"Generator expects latents [N, {self.latent_size}], got {list(z.shape)}")
+        x = self.blocks["4"](z)  # [N, C, 4, 4]
+        res = 4
+        while res < resolution // 2:
+            res *= 2
+            x = self.blocks[str(res)](x)  # [N, C, res, res]
+        if resolution == 4:
+            return self.to_rgb["4"](x)
+        new = self.to_rgb[str(resolution)](self.blocks[str(resolution)](x))  # [N, 3, R, R]
+        if alpha == 1.0:
+            return new
+        # toRGB before upsampling: the same as after (1x1 conv), on 3 channels instead of C.
+        old = upsample2x(self.to_rgb[str(resolution // 2)](x))  # [N, 3, R, R]
+        return torch.lerp(old, new, alpha)
+
+
+# --- discriminator blocks -----------------------------------------------------------------
+
+class FromRGB(nn.Module):
+    """1x1 conv from image channels, then lrelu. [N, num_channels, H, W] -> [N, C, H, W]"""
+
+    def __init__(self, num_channels: int, out_channels: int, slope: float,
+                 memory_format: torch.memory_format = torch.contiguous_format):
+        super().__init__()
+        self.slope = slope
+        self.memory_format = memory_format
+        self.conv = EqualizedConv2d(num_channels, out_channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _lrelu(self.conv(x.contiguous(memory_format=self.memory_format)), self.slope)
+
+
+class DiscriminatorBlock(nn.Module):
+    """Halves the resolution: conv3x3 + lrelu, then conv3x3 + 2x2 average + bias + lrelu.
+    [N, Cin, H, W] -> [N, Cout, H/2, W/2]"""
+
+    def __init__(self, in_channels: int, out_channels: int, slope: float, fused: bool,
+                 memory_format: torch.memory_format = torch.contiguous_format):
+        super().__init__()
+        self.slope = slope
+        self.memory_format = memory_format
+        self.conv0 = EqualizedConv2d(in_channels, in_channels, 3)
+        self.conv1 = EqualizedDownConv2d(in_channels, out_channels, fused=fused)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = _lrelu(self.conv0(x.contiguous(memory_format=self.memory_format)), self.slope)
+        return _lrelu(self.conv1(x), self.slope)
+
+
+class DiscriminatorOutputBlock(nn.Module):
+    """4x4 -> score: minibatch stddev (+1 channel), conv3x3, dense to nf(0), dense to 1; lrelu
+    after all but the last (gain 1). [N, C, 4, 4] -> [N]"""
+
+    def __init__(self, in_channels: int, hidden: int, mbstd_group_size: int, slope: float):
+        super().__init__()
+        self.slope = slope
+        # The paper's code skips the layer for group sizes <= 1 (a group of one has no spread).
+        self.mbstd = MinibatchStddev(mbstd_group_size) if mbstd_group_size > 1 else nn.Identity()
+        extra = 1 if mbstd_group_size > 1 else 0
+        self.conv = EqualizedConv2d(in_channels + extra, in_channels, 3)
+        self.dense0 = EqualizedLinear(in_channels * 16, hidden)
+        self.dense1 = EqualizedLinear(hidden, 1, gain=1.0)
+
+    def forward(self, x: Tensor, segments: int = 1) -> Tensor:
+        if isinstance(self.mbstd, MinibatchStddev):
+            x = self.mbstd(x, segments)  # [N, C+1, 4, 4]
+        x = _lrelu(self.conv(x), self.slope)  # [N, C, 4, 4]
+        x = _lrelu(self.dense0(x.flatten(1)), self.slope)  # [N, hidden]
+        return self.dense1(x).squeeze(1)  # [N]
+
+
+class Discriminator(nn.Module):
+    """D(images [N, num_channels, R, R], resolution R, alpha) -> critic scores [N]."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        slope = cfg.leaky_slope
+        self.from_rgb = nn.ModuleDict()
+        self.blocks = nn.ModuleDict()
+        for res in cfg.resolutions:
+            self.from_rgb[str(res)] = FromRGB(cfg.num_channels, cfg.channels(res), slope,
+                                              memory_format_for(res))
+            if res == 4:
+                block = DiscriminatorOutputBlock(cfg.channels(4), cfg.stage_channels(0),
+                                                 cfg.mbstd_group_size, slope)
+            else:
+                block = DiscriminatorBlock(cfg.channels(res), cfg.channels(res // 2), slope,
+                                           fused=res >= FUSED_MIN_RES, memory_format=memory_format_for(res))
+            self.blocks[str(res)] = block
+
+    def forward(self, x: Tensor, resolution: int, alpha: float = 1.0, segments: int = 1) -> Tensor:
+        """``segments`` > 1: x is that many minibatches stacked along dim 0 (e.g. torch.cat([reals,
+        fakes])), scored in one pass exactly as separate calls would (minibatch stddev groups stay
+        within each); bigger batches run faster on CPU."""
+        alpha = check_phase(self.cfg, resolution, alpha)
+        expected = (self.cfg.num_channels, resolution, resolution)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"Discriminator expects images [N, {', '.join(map(str, expected))}], "
+                             f"got {list(x.shape)}")
+        h = self.from_rgb[str(resolution)](x)  # [N, C, R, R]
+        if resolution > 4:
+            h = self.blocks[str(resolution)](h)  # [N, C', R/2, R/2]
+            if alpha != 1.0:
+                old = self.from_rgb[str(resolution // 2)](downsample2x(x))
+                h = torch.lerp(old, h, alpha)
+            res = resolution // 2
+            while res > 4:
+                h = self.blocks[str(res)](h)
+                res //= 2
+        return self.blocks["4"](h, segments)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+__all__ = ["Generator", "Discriminator", "check_phase", "count_parameters", "FUSED_MIN_RES"]
