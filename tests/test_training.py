@@ -33,21 +33,16 @@ def final_state(run_dir):
     return checkpoints.load_checkpoint(run_dir)
 
 
-def assert_same_training_state(a, b, exact=True):
+def assert_same_training_state(a, b):
+    """Bit-for-bit: the networks and both optimizers' states."""
     assert a["images_shown"] == b["images_shown"]
     for key in ("generator", "discriminator", "generator_ema"):
         for name, tensor in a[key].items():
-            if exact:
-                assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs"
-            else:  # float rounding differs with the reduction order; compare each tensor's norm
-                other = b[key][name]
-                relative = ((tensor - other).norm() / other.norm().clamp_min(1e-12)).item()
-                assert relative < 1e-3, f"{key}.{name} differs by {relative:.2e} (relative L2)"
-    if exact:
-        for key in ("optimizer_g", "optimizer_d"):
-            for index, state in a[key]["state"].items():
-                for field, value in state.items():
-                    assert torch.equal(torch.as_tensor(value), torch.as_tensor(b[key]["state"][index][field]))
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs"
+    for key in ("optimizer_g", "optimizer_d"):
+        for index, state in a[key]["state"].items():
+            for field, value in state.items():
+                assert torch.equal(torch.as_tensor(value), torch.as_tensor(b[key]["state"][index][field]))
 
 
 # -- pieces ---------------------------------------------------------------------------------
@@ -125,6 +120,7 @@ def test_non_finite_steps_are_skipped_and_counted(demo_lmdb, tmp_path, monkeypat
     assert all(torch.isfinite(v).all() for v in trainer.D.state_dict().values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_steps_give_finite_losses(demo_lmdb, tmp_path, precision):
     trainer = make_trainer(demo_lmdb, tmp_path / precision, "--mixed-precision", precision)
@@ -209,8 +205,23 @@ def test_two_processes_match_one(demo_lmdb, reference_run, tmp_path):
               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
     proc = run_cli([*launch, "train.py", "--data", str(demo_lmdb), "--out", str(out), *TINY,
                     "--total-kimg", "0.256"], timeout=400, env={"OMP_NUM_THREADS": "1"})
-    assert "replicas identical" in proc.stdout + proc.stderr
-    assert_same_training_state(final_state(out), final_state(reference_run), exact=False)
+    assert "2 replicas identical" in proc.stdout + proc.stderr
+    two, one = final_state(out), final_state(reference_run)
+    assert two["images_shown"] == one["images_shown"] and two["counters"]["step"] == one["counters"]["step"]
+    for key in ("generator", "discriminator"):
+        a = torch.cat([t.flatten() for t in two[key].values()])
+        b = torch.cat([t.flatten() for t in one[key].values()])
+        # The two runs sum the same gradients in another order, and Adam's early steps are about
+        # lr * sign(g): a gradient that is ~0 up to rounding can flip its step (2 * lr = 0.004
+        # here). So compare how many weights moved apart by more than half a step: a few percent
+        # at most for the same computation, most of them if data, latents or groups differed.
+        moved_apart = ((a - b).abs() > 1e-3).float().mean().item()
+        assert moved_apart < 0.05, f"{key}: {moved_apart:.1%} of the weights differ"
+        assert ((a - b).norm() / b.norm()).item() < 2e-3
+    # The 2-process run continues on 1 process (not bit-for-bit, but from the same state).
+    resumed = train_cli(demo_lmdb, out, "--total-kimg", "0.32", "--resume", "auto")
+    assert "resuming a 2-process run on 1 processes" in resumed.stdout
+    assert final_state(out)["images_shown"] == 320 and final_state(out)["counters"]["world_size"] == 1
 
 
 # -- bad input ------------------------------------------------------------------------------
