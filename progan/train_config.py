@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from progan.config import ModelConfig
@@ -169,8 +169,11 @@ def preset_defaults(name: str, resolution: int) -> dict:
                 batch={4: 32, 8: 32, 16: 32, 32: 32, 64: 16, 128: 16, 256: 8, 512: 4, 1024: 4},
                 lr={}, base_lr=0.002,
             ),
-            "tick_kimg": 4.0,
-            "snapshot_ticks": 5,
+            # The paper's 0.999 per step averages over ~1000 steps: longer than a whole demo phase,
+            # so the EMA generator would still be mostly its random start. 0.99 is ~100 steps.
+            "ema_beta": 0.99,
+            "tick_kimg": 2.0,
+            "snapshot_ticks": 3,
         }
     raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} or a JSON file")
 

@@ -355,7 +355,8 @@ class Trainer:
     # -- setup helpers ---------------------------------------------------------------------
     def _adam(self, module: torch.nn.Module, lr: float) -> torch.optim.Adam:
         c = self.config
-        return torch.optim.Adam(module.parameters(), lr=lr, betas=(c.adam_beta1, c.adam_beta2), eps=c.adam_eps)
+        return torch.optim.Adam(module.parameters(), lr=lr, betas=(float(c.adam_beta1), float(c.adam_beta2)),
+                                eps=float(c.adam_eps))
 
     def _new_optimizers(self, state: TrainingState) -> None:
         """Fresh Adam state at each phase start (the paper's default), or only the new learning rate."""
