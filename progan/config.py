@@ -34,7 +34,7 @@ class ModelConfig:
     latent_size: int = 512
     fmap_base: int = 8192  # channels at a stage: min(fmap_base / 2**stage, fmap_max)
     fmap_max: int = 512
-    fmap_min: int = 1  # floor on channels (the paper's networks never go below 16 anyway)
+    fmap_min: int = 0  # floor on channels; 0 = none, as the paper (its networks never go below 16)
     mbstd_group_size: int = 4  # <= 1 turns minibatch stddev off, as in the paper's code
     leaky_slope: float = 0.2
 
@@ -53,7 +53,9 @@ class ModelConfig:
         if not (MIN_RESOLUTION <= r <= MAX_RESOLUTION) or r & (r - 1):
             raise ValueError(
                 f"ModelConfig.resolution must be a power of two in {MIN_RESOLUTION}..{MAX_RESOLUTION}, got {r}")
-        for name in ("num_channels", "latent_size", "fmap_base", "fmap_max", "fmap_min"):
+        if self.fmap_min < 0:
+            raise ValueError(f"ModelConfig.fmap_min must be >= 0, got {self.fmap_min}")
+        for name in ("num_channels", "latent_size", "fmap_base", "fmap_max"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.mbstd_group_size < 0:
@@ -64,7 +66,7 @@ class ModelConfig:
         if self.channels(r) < 1:
             raise ValueError(
                 f"ModelConfig: fmap_base={self.fmap_base} leaves 0 channels at {r}x{r}; "
-                f"need fmap_base >= {r // 2}")
+                f"need fmap_base >= {r // 2} or fmap_min >= 1")
 
     # --- derived quantities -------------------------------------------------------------
     def stage_channels(self, stage: int) -> int:

@@ -58,8 +58,8 @@ def test_config_round_trips_through_json_and_rejects_unknown_keys():
     assert ModelConfig.from_json(cfg.to_json()) == cfg
     assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert ModelConfig.from_dict({"resolution": 64}) == ModelConfig(resolution=64)
-    with pytest.raises(ValueError, match=r"unknown keys \['fmap_min'\]"):
-        ModelConfig.from_dict({"resolution": 64, "fmap_min": 1})
+    with pytest.raises(ValueError, match=r"unknown keys \['fmap_floor'\]"):
+        ModelConfig.from_dict({"resolution": 64, "fmap_floor": 1})
     with pytest.raises(ValueError, match="must be a power of two"):
         ModelConfig.from_json('{"resolution": 100}')
 
@@ -210,8 +210,8 @@ def test_forward_validates_resolution_alpha_and_shapes():
             G(z, 8, bad)
     with pytest.raises(ValueError, match="no smaller resolution to fade from"):
         G(z, 4, 0.5)
-    with pytest.raises(ValueError, match=r"latents \[N, 128\]"):
-        G(torch.randn(4, 64), 8)
+    with pytest.raises(ValueError, match=r"latents \[N, 64\]"):
+        G(torch.randn(4, 65), 8)
     with pytest.raises(ValueError, match=r"images \[N, 3, 8, 8\]"):
         D(torch.randn(4, 3, 16, 16), 8)
     with pytest.raises(ValueError, match="not divisible by the group size 4"):

@@ -261,7 +261,7 @@ def test_dry_run_prints_config_and_schedule(demo_lmdb, tmp_path, capsys):
     assert code == 0 and not (tmp_path / "run").exists()  # a dry run writes nothing
     config = json.loads(run_main.stdout.split("\n\nschedule:")[0])
     assert config["schedule"]["batch"]["4"] == 16 and config["schedule"]["batch"]["8"] == 16
-    assert config["model"]["resolution"] == 8 and config["model"]["latent_size"] == 128  # small preset
+    assert config["model"]["resolution"] == 8 and config["model"]["latent_size"] == 64  # small preset
     assert "fade      8x8" in run_main.stdout and "total: 0.3 kimg" in run_main.stdout
 
 
