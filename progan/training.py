@@ -474,8 +474,9 @@ class Trainer:
             with torch.no_grad(), self._autocast():
                 fakes = self.G(latents_d[part], resolution=res, alpha=alpha)
             with self._autocast():
-                real_scores = self.D(reals[part], resolution=res, alpha=alpha).float()
-                fake_scores = self.D(fakes, resolution=res, alpha=alpha).float()
+                # One pass over reals and fakes, each its own minibatch-stddev population.
+                both = torch.cat([reals[part], fakes.to(reals.dtype)])
+                real_scores, fake_scores = self.D(both, resolution=res, alpha=alpha, segments=2).float().chunk(2)
                 penalty = gradient_penalty(
                     self.D, reals[part], fakes.float(), res, alpha, weight=self.config.gp_weight,
                     target=self.config.gp_target, loss_scale=scale if self.scale_d.enabled else None,

