@@ -9,6 +9,14 @@ no gradient. ``alpha`` in [0, 1] is the weight of the newest block (1 = stable p
     into the blocks below R.
 
 At alpha == 1 the old path is not computed at all (its weights get no gradient).
+
+Where this differs from the paper's release code (tkarras/progressive_growing_of_gans), and why:
+- Nothing in the function computed, except rounding: the equalized-LR scale goes on whichever
+  of input and weight is smaller (layers.py), toRGB runs before the 2x upsampling of the old
+  path (a 1x1 conv commutes with it), and the fused resampling convs are used from 16x16 up only
+  (below that the separate upsample/pool + 3x3 conv is faster on CPU; same function).
+- D's second conv in each block pools *before* its bias and activation. That is the release
+  code (fused_scale=True, its default); the paper's Table 2 lists lrelu before the pooling.
 """
 
 from __future__ import annotations
@@ -37,8 +45,9 @@ from progan.layers import (
 # Measured with bench/bench_step.py; see bench/RESULTS.md.
 FUSED_MIN_RES = 16
 # Blocks at this resolution and above run channels_last (NHWC): oneDNN's convolutions and the
-# per-pixel channel reductions (PixelNorm) are faster there; below it NCHW is faster.
-CHANNELS_LAST_MIN_RES = 64
+# per-pixel channel reductions (PixelNorm) are faster there (5-7% per iteration at 64 and 128);
+# below it NCHW is faster (4-6% at 4..16). Measured with bench/bench_step.py --compare channels_last.
+CHANNELS_LAST_MIN_RES = 32
 
 
 def memory_format_for(res: int) -> torch.memory_format:
@@ -252,4 +261,5 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["Generator", "Discriminator", "check_phase", "count_parameters", "FUSED_MIN_RES"]
+__all__ = ["Generator", "Discriminator", "check_phase", "count_parameters", "FUSED_MIN_RES",
+           "CHANNELS_LAST_MIN_RES"]

@@ -16,15 +16,15 @@ TINY = ModelConfig(resolution=8, num_channels=2, latent_size=4, fmap_base=16, fm
                    mbstd_group_size=2)
 
 
-def tiny_critic_and_batch(seed=0):
+def tiny_critic_and_batch(seed=0, batch=4):
     torch.manual_seed(seed)
     D = Discriminator(TINY).double()
     with torch.no_grad():  # non-zero biases so every term matters
         for name, p in D.named_parameters():
             if name.endswith("bias"):
                 p.normal_(0, 0.1)
-    real = torch.randn(4, 2, 8, 8, dtype=torch.float64)
-    fake = torch.randn(4, 2, 8, 8, dtype=torch.float64)
+    real = torch.randn(batch, 2, 8, 8, dtype=torch.float64)
+    fake = torch.randn(batch, 2, 8, 8, dtype=torch.float64)
     return D, real, fake
 
 
@@ -94,8 +94,10 @@ def test_penalty_value_matches_finite_difference_input_gradients():
     torch.testing.assert_close(penalty.detach(), expected, rtol=1e-6, atol=1e-9)
 
 
-def test_penalty_parameter_gradient_matches_finite_differences():
-    D, real, fake = tiny_critic_and_batch(seed=1)
+# batch 2: most layers apply the equalized-LR scale to their input; batch 16: to their weight
+@pytest.mark.parametrize("batch", [2, 16])
+def test_penalty_parameter_gradient_matches_finite_differences(batch):
+    D, real, fake = tiny_critic_and_batch(seed=1, batch=batch)
     params = list(D.parameters())
 
     def penalty():
@@ -153,11 +155,12 @@ def test_penalty_argument_errors():
         gradient_penalty(D, real, fake, 8, 1.0, loss_scale=0.0)
 
 
-def test_discriminator_loss_is_the_sum_of_its_parts():
+@pytest.mark.parametrize("batch_real_fake", [True, False])
+def test_discriminator_loss_is_the_sum_of_its_parts(batch_real_fake):
     D, real, fake = tiny_critic_and_batch()
     torch.manual_seed(5)
-    loss, parts = discriminator_loss(D, real, fake, 8, 0.5)
-    real_scores, fake_scores = D(real, 8, 0.5), D(fake, 8, 0.5)
+    loss, parts = discriminator_loss(D, real, fake, 8, 0.5, batch_real_fake=batch_real_fake)
+    real_scores, fake_scores = D(real, 8, 0.5), D(fake, 8, 0.5)  # separate calls
     torch.manual_seed(5)
     expected = (fake_scores.mean() - real_scores.mean() + gradient_penalty(D, real, fake, 8, 0.5)
                 + 0.001 * (real_scores ** 2).mean())

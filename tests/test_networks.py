@@ -256,6 +256,18 @@ def test_bf16_autocast_runs_close_to_fp32(res):
     assert (s16.float() - s32).abs().max() < 0.05 * s32.abs().max() + 0.05
 
 
+def test_discriminator_segments_score_stacked_minibatches_as_separate_calls():
+    torch.manual_seed(0)
+    D = Discriminator(small(16))
+    real, fake = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16) * 0.5
+    with torch.no_grad():
+        stacked = D(torch.cat([real, fake]), 16, 0.5, segments=2)
+        torch.testing.assert_close(stacked, torch.cat([D(real, 16, 0.5), D(fake, 16, 0.5)]),
+                                   rtol=1e-5, atol=1e-5)
+        # without segments the groups would straddle reals and fakes
+        assert not torch.allclose(D(torch.cat([real, fake]), 16, 0.5), stacked, rtol=1e-5, atol=1e-5)
+
+
 def test_memory_formats_do_not_change_results():
     # Blocks from CHANNELS_LAST_MIN_RES up run NHWC; forcing every block to NCHW must agree.
     torch.manual_seed(0)
