@@ -1,0 +1,297 @@
+"""Benchmark one full ProGAN training iteration per resolution and print a markdown table.
+
+One iteration = D step (G forward without grad; D on reals and fakes; gradient penalty with
+create_graph; drift; backward; Adam) + G step (G forward, D forward, backward into G only;
+Adam) + generator EMA update. Adam lr 1e-3, betas (0, 0.99), eps 1e-8 as the paper.
+
+Achieved GFLOP/s counts the FLOPs of one iteration with torch.utils.flop_counter (on the meta
+device, free) and divides by the measured time; "unfused-graph GFLOP/s" divides the FLOPs of
+the same iteration without the fused resampling convs (what a port with separate upsample/pool
+and 3x3 convs executes) by the same time, for comparison with such ports. Beside them the
+machine's own ceilings, measured just before and after each row's timings (the better is kept):
+a 4096^2 fp32 matmul, and a 3x3 convolution forward + both gradients at the dominant shape of
+that resolution ([batch, C(R), R, R] -> C(R), the better of NCHW and channels_last).
+
+    .venv/bin/python bench/bench_step.py                        # paper + small, 4..256, batch 16
+    .venv/bin/python bench/bench_step.py --presets small --resolutions 4 8 16 --iters 5
+    .venv/bin/python bench/bench_step.py --compare channels_last   # A/B one option, interleaved
+
+Timings on a shared machine are noisy: every variant is timed interleaved with the others and
+the table shows the median and the best iteration; GFLOP/s use the best.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from progan import layers, networks  # noqa: E402
+from progan.config import ModelConfig  # noqa: E402
+from progan.ema import make_ema, update_ema  # noqa: E402
+from progan.losses import (critic_loss, drift_penalty, generator_loss,  # noqa: E402
+                           gradient_penalty)
+from progan.networks import Discriminator, Generator  # noqa: E402
+
+
+# --- the training iteration ---------------------------------------------------------------
+
+def train_step(G, D, G_ema, opt_g, opt_d, real, resolution: int, alpha: float,
+               batch_real_fake: bool = True, D_penalty=None) -> None:
+    """One D step with penalty and drift, one G step, one EMA update.
+
+    D_penalty: the critic for the gradient penalty when D is compiled (compiled graphs have no
+    double backward); the eager module sharing D's parameters.
+    """
+    n = real.shape[0]
+    # D step. G's output needs no graph here.
+    z = torch.randn(n, G.latent_size, device=real.device)
+    with torch.no_grad():
+        fake = G(z, resolution, alpha)
+    if batch_real_fake:  # one pass over [reals; fakes], minibatch-stddev groups kept apart
+        real_scores, fake_scores = D(torch.cat([real, fake]), resolution, alpha, segments=2).chunk(2)
+    else:
+        real_scores, fake_scores = D(real, resolution, alpha), D(fake, resolution, alpha)
+    loss_d = (critic_loss(real_scores, fake_scores) + drift_penalty(real_scores)
+              + gradient_penalty(D_penalty or D, real, fake, resolution, alpha))
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+    # G step. D's weights need no gradient: skip computing them.
+    D.requires_grad_(False)
+    z = torch.randn(n, G.latent_size, device=real.device)
+    loss_g = generator_loss(D(G(z, resolution, alpha), resolution, alpha))
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+    D.requires_grad_(True)
+    update_ema(G_ema, G)
+
+
+# --- variants (the options that were tried; defaults are what the library keeps) ----------------
+
+@dataclass(frozen=True)
+class Variant:
+    name: str = "default"
+    channels_last_min_res: int = networks.CHANNELS_LAST_MIN_RES  # blocks from here up: NHWC
+    fused_min_res: int = networks.FUSED_MIN_RES
+    inplace_act: bool = True
+    adam: str = "fused"  # or "foreach"
+    batch_real_fake: bool = True
+    compile: bool = False  # torch.compile G and D (D's penalty pass stays eager)
+    scale_smaller: bool = True  # equalized-LR scale on the smaller of input and weight
+
+    def describe(self) -> str:
+        return (f"channels_last>={self.channels_last_min_res}, fused_resample>={self.fused_min_res}, "
+                f"inplace_act={self.inplace_act}, adam={self.adam}, batch_real_fake={self.batch_real_fake}, "
+                f"compile={self.compile}, scale_smaller={self.scale_smaller}")
+
+
+COMPARISONS = {
+    "channels_last": [("cl>=32", dict(channels_last_min_res=32)), ("cl>=64", dict(channels_last_min_res=64)),
+                      ("cl-all", dict(channels_last_min_res=4)), ("nchw", dict(channels_last_min_res=10**9))],
+    "fused": [("fused>=16", dict(fused_min_res=16)), ("fused>=8", dict(fused_min_res=8)),
+              ("unfused", dict(fused_min_res=10**9))],
+    "inplace": [("inplace", dict(inplace_act=True)), ("out-of-place", dict(inplace_act=False))],
+    "adam": [("foreach", dict(adam="foreach")), ("fused", dict(adam="fused"))],
+    "batch_real_fake": [("batched", dict(batch_real_fake=True)), ("separate", dict(batch_real_fake=False))],
+    "compile": [("eager", dict(compile=False)), ("compiled", dict(compile=True))],
+    "scale": [("scale-smaller", dict(scale_smaller=True)), ("scale-weight", dict(scale_smaller=False))],
+}
+
+
+@contextmanager
+def library_overrides(v: Variant):
+    """Out-of-place leaky ReLU, or the equalized-LR scale always on the weight (the paper's code),
+    for the A/B comparisons; the library's choices otherwise."""
+    saved_act, saved_scaled = networks._lrelu, layers._Equalized._scaled
+    if not v.inplace_act:
+        networks._lrelu = lambda x, slope: F.leaky_relu(x, slope)
+    if not v.scale_smaller:
+        layers._Equalized._scaled = lambda self, x, weight: (x, weight * self.scale)
+    try:
+        yield
+    finally:
+        networks._lrelu, layers._Equalized._scaled = saved_act, saved_scaled
+
+
+def apply_variant(G, D, v: Variant) -> None:
+    """Override the library's per-block choices (fused resampling, memory format)."""
+    fmt = lambda res: torch.channels_last if res >= v.channels_last_min_res else torch.contiguous_format  # noqa: E731
+    for blocks in (G.blocks, D.blocks, D.from_rgb):
+        for res, block in blocks.items():
+            for m in block.modules():
+                if hasattr(m, "fused"):
+                    m.fused = int(res) >= v.fused_min_res
+            if hasattr(block, "memory_format"):
+                block.memory_format = fmt(int(res))
+
+
+@dataclass
+class Setup:
+    G: Generator
+    D: Discriminator
+    G_ema: torch.nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    real: torch.Tensor
+    G_fwd: torch.nn.Module  # G or torch.compile(G)
+    D_fwd: torch.nn.Module
+
+
+def build(cfg: ModelConfig, batch: int, device: str, v: Variant, seed: int = 0) -> Setup:
+    torch.manual_seed(seed)
+    with torch.device(device):
+        G, D = Generator(cfg), Discriminator(cfg)
+        apply_variant(G, D, v)
+        G_ema = make_ema(G)
+        real = torch.rand(batch, cfg.num_channels, cfg.resolution, cfg.resolution) * 2 - 1
+    kw = dict(lr=1e-3, betas=(0.0, 0.99), eps=1e-8)
+    kw["fused" if v.adam == "fused" else "foreach"] = True
+    G_fwd, D_fwd = (torch.compile(G), torch.compile(D)) if v.compile else (G, D)
+    return Setup(G, D, G_ema, torch.optim.Adam(G.parameters(), **kw),
+                 torch.optim.Adam(D.parameters(), **kw), real, G_fwd, D_fwd)
+
+
+def run_step(s: Setup, res: int, v: Variant) -> None:
+    with library_overrides(v):
+        train_step(s.G_fwd, s.D_fwd, s.G_ema, s.opt_g, s.opt_d, s.real, res, 1.0, v.batch_real_fake,
+                   D_penalty=s.D)
+
+
+# --- FLOPs and ceilings -------------------------------------------------------------------
+
+class _NoModuleTracking:
+    """FlopCounterMode's module tracker breaks torch.autograd.grad (the penalty); we only need
+    the global count."""
+    parents = {"Global"}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def count_flops(cfg: ModelConfig, batch: int, v: Variant) -> int:
+    s = build(cfg, batch, "meta", replace(v, adam="foreach", compile=False))
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _NoModuleTracking()
+    with counter:
+        run_step(s, cfg.resolution, v)
+    return counter.get_total_flops()
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def matmul_ceiling(repeats: int = 5, n: int = 4096) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / best_time(lambda: a @ b, repeats) / 1e9
+
+
+def conv_ceiling(batch: int, channels: int, res: int, repeats: int) -> float:
+    """Best GFLOP/s of a 3x3 conv forward + input and weight gradients, NCHW or channels_last."""
+    flops = 3 * 2 * batch * res * res * channels * channels * 9
+    best = 0.0
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(batch, channels, res, res).to(memory_format=fmt).requires_grad_()
+        w = torch.randn(channels, channels, 3, 3).to(memory_format=fmt).requires_grad_()
+        grad = torch.randn(batch, channels, res, res).to(memory_format=fmt)
+
+        def step():
+            torch.autograd.grad(F.conv2d(x, w, padding=1), (x, w), grad)
+        best = max(best, flops / best_time(step, repeats) / 1e9)
+    return best
+
+
+# --- driver -------------------------------------------------------------------------------
+
+def time_variants(cfg: ModelConfig, batch: int, variants: list[Variant], iters: int) -> dict[str, list[float]]:
+    """Per-iteration seconds of each variant, interleaved round by round against drift."""
+    setups = {v.name: build(cfg, batch, "cpu", v) for v in variants}
+    for v in variants:  # warm-up: allocator, oneDNN primitive caches
+        run_step(setups[v.name], cfg.resolution, v)
+    times: dict[str, list[float]] = {v.name: [] for v in variants}
+    for _ in range(iters):
+        for v in variants:
+            t0 = time.perf_counter()
+            run_step(setups[v.name], cfg.resolution, v)
+            times[v.name].append(time.perf_counter() - t0)
+    return times
+
+
+def default_iters(res: int, preset: str) -> int:
+    heavy = res * res * (16 if preset == "paper" else 1)
+    return 5 if heavy <= 16 * 32 * 32 else 3 if heavy <= 16 * 64 * 64 else 2
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", nargs="+", default=["paper", "small"], choices=["paper", "small"])
+    p.add_argument("--resolutions", nargs="+", type=int, default=[4, 8, 16, 32, 64, 128, 256])
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--iters", type=int, default=0, help="timed iterations per variant (0: by size)")
+    p.add_argument("--compare", choices=sorted(COMPARISONS), help="A/B one option instead of the default")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    if args.compare:
+        variants = [Variant(name=name, **kw) for name, kw in COMPARISONS[args.compare]]
+    else:
+        variants = [Variant()]
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+          f"stable phase (alpha 1), fp32, CPU; load average at start {os.getloadavg()[0]:.2f}")
+    for v in variants:
+        print(f"# variant {v.name}: {v.describe()}")
+    print("# ceilings: a 4096^2 fp32 matmul (best of 5) and the 3x3 conv, each measured just before"
+          " and just after that row's timings; the better of the two is shown\n")
+    header = ("| preset | res | variant | GFLOP/iter | s/iter median | s/iter best | img/s | GFLOP/s "
+              "| unfused-graph GFLOP/s | conv3x3 ceiling | % conv ceiling | matmul ceiling | % matmul ceiling |")
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for preset in args.presets:
+        for res in args.resolutions:
+            cfg = ModelConfig.preset(preset, res)
+            iters = args.iters or default_iters(res, preset)
+            conv_repeats = 3 if res <= 64 else 2
+            ceiling = conv_ceiling(args.batch, cfg.channels(res), res, conv_repeats)
+            mm = matmul_ceiling()
+            times = time_variants(cfg, args.batch, variants, iters)
+            ceiling = max(ceiling, conv_ceiling(args.batch, cfg.channels(res), res, conv_repeats))
+            mm = max(mm, matmul_ceiling())
+            # FLOPs of the same iteration without fused resampling convs (upsample + 3x3 conv,
+            # 3x3 conv + pool): what a straightforward port executes for the same result.
+            unfused_gflop = count_flops(cfg, args.batch, replace(variants[0], fused_min_res=10**9)) / 1e9
+            for v in variants:
+                gflop = count_flops(cfg, args.batch, v) / 1e9
+                best, median = min(times[v.name]), statistics.median(times[v.name])
+                rate = gflop / best
+                print(f"| {preset} | {res} | {v.name} | {gflop:.1f} | {median:.3f} | {best:.3f} | "
+                      f"{args.batch / best:.1f} | {rate:.0f} | {unfused_gflop / best:.0f} | {ceiling:.0f} | "
+                      f"{100 * rate / ceiling:.0f}% | {mm:.0f} | {100 * rate / mm:.0f}% |", flush=True)
+    print(f"\n# load average at end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
