@@ -15,6 +15,10 @@ that resolution ([batch, C(R), R, R] -> C(R), the better of NCHW and channels_la
     .venv/bin/python bench/bench_step.py                        # paper + small, 4..256, batch 16
     .venv/bin/python bench/bench_step.py --presets small --resolutions 4 8 16 --iters 5
     .venv/bin/python bench/bench_step.py --compare channels_last   # A/B one option, interleaved
+    python bench/bench_step.py --device cuda --precision bf16 --resolutions 64 128 256 512 1024
+
+On a GPU the timings synchronize the device; bf16 runs the networks under torch.autocast (as the
+trainer's --mixed-precision bf16) and the ceilings are then measured in bf16 too.
 
 Timings on a shared machine are noisy: every variant is timed interleaved with the others and
 the table shows the median and the best iteration; GFLOP/s use the best.
@@ -23,6 +27,7 @@ the table shows the median and the best iteration; GFLOP/s use the best.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -45,6 +50,23 @@ from progan.losses import (critic_loss, drift_penalty, generator_loss,  # noqa: 
 from progan.networks import Discriminator, Generator  # noqa: E402
 
 
+# --- device and precision ------------------------------------------------------------------
+
+DEVICE = torch.device("cpu")
+AUTOCAST_DTYPE: torch.dtype | None = None  # None: fp32
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
+def autocast():
+    if AUTOCAST_DTYPE is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=DEVICE.type, dtype=AUTOCAST_DTYPE)
+
+
 # --- the training iteration ---------------------------------------------------------------
 
 def train_step(G, D, G_ema, opt_g, opt_d, real, resolution: int, alpha: float,
@@ -57,21 +79,23 @@ def train_step(G, D, G_ema, opt_g, opt_d, real, resolution: int, alpha: float,
     n = real.shape[0]
     # D step. G's output needs no graph here.
     z = torch.randn(n, G.latent_size, device=real.device)
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         fake = G(z, resolution, alpha)
-    if batch_real_fake:  # one pass over [reals; fakes], minibatch-stddev groups kept apart
-        real_scores, fake_scores = D(torch.cat([real, fake]), resolution, alpha, segments=2).chunk(2)
-    else:
-        real_scores, fake_scores = D(real, resolution, alpha), D(fake, resolution, alpha)
-    loss_d = (critic_loss(real_scores, fake_scores) + drift_penalty(real_scores)
-              + gradient_penalty(D_penalty or D, real, fake, resolution, alpha))
+    with autocast():
+        if batch_real_fake:  # one pass over [reals; fakes], minibatch-stddev groups kept apart
+            real_scores, fake_scores = D(torch.cat([real, fake]), resolution, alpha, segments=2).chunk(2)
+        else:
+            real_scores, fake_scores = D(real, resolution, alpha), D(fake, resolution, alpha)
+        loss_d = (critic_loss(real_scores, fake_scores) + drift_penalty(real_scores)
+                  + gradient_penalty(D_penalty or D, real, fake.to(real.dtype), resolution, alpha))
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
     # G step. D's weights need no gradient: skip computing them.
     D.requires_grad_(False)
     z = torch.randn(n, G.latent_size, device=real.device)
-    loss_g = generator_loss(D(G(z, resolution, alpha), resolution, alpha))
+    with autocast():
+        loss_g = generator_loss(D(G(z, resolution, alpha), resolution, alpha))
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     opt_g.step()
@@ -108,6 +132,12 @@ COMPARISONS = {
     "batch_real_fake": [("batched", dict(batch_real_fake=True)), ("separate", dict(batch_real_fake=False))],
     "compile": [("eager", dict(compile=False)), ("compiled", dict(compile=True))],
     "scale": [("scale-smaller", dict(scale_smaller=True)), ("scale-weight", dict(scale_smaller=False))],
+    # Every option off: what a straightforward port executes (NCHW, separate upsample/pool and
+    # 3x3 convs, out-of-place activations, reals and fakes in two D passes, default foreach
+    # Adam, equalized-LR scale multiplied into the weight on every call).
+    "port": [("ours", {}),
+             ("port-style", dict(channels_last_min_res=10**9, fused_min_res=10**9, inplace_act=False,
+                                 adam="foreach", batch_real_fake=False, scale_smaller=False))],
 }
 
 
@@ -150,7 +180,7 @@ class Setup:
     D_fwd: torch.nn.Module
 
 
-def build(cfg: ModelConfig, batch: int, device: str, v: Variant, seed: int = 0) -> Setup:
+def build(cfg: ModelConfig, batch: int, device: torch.device | str, v: Variant, seed: int = 0) -> Setup:
     torch.manual_seed(seed)
     with torch.device(device):
         G, D = Generator(cfg), Discriminator(cfg)
@@ -195,16 +225,24 @@ def count_flops(cfg: ModelConfig, batch: int, v: Variant) -> int:
 
 def best_time(fn, repeats: int) -> float:
     fn()
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return min(times)
 
 
+def ceiling_dtype() -> torch.dtype:
+    return AUTOCAST_DTYPE or torch.float32
+
+
 def matmul_ceiling(repeats: int = 5, n: int = 4096) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    if DEVICE.type == "cuda":
+        n, repeats = 8192, 20
+    a, b = (torch.randn(n, n, device=DEVICE, dtype=ceiling_dtype()) for _ in range(2))
     return 2 * n**3 / best_time(lambda: a @ b, repeats) / 1e9
 
 
@@ -213,9 +251,10 @@ def conv_ceiling(batch: int, channels: int, res: int, repeats: int) -> float:
     flops = 3 * 2 * batch * res * res * channels * channels * 9
     best = 0.0
     for fmt in (torch.contiguous_format, torch.channels_last):
-        x = torch.randn(batch, channels, res, res).to(memory_format=fmt).requires_grad_()
-        w = torch.randn(channels, channels, 3, 3).to(memory_format=fmt).requires_grad_()
-        grad = torch.randn(batch, channels, res, res).to(memory_format=fmt)
+        kw = dict(device=DEVICE, dtype=ceiling_dtype())
+        x = torch.randn(batch, channels, res, res, **kw).to(memory_format=fmt).requires_grad_()
+        w = torch.randn(channels, channels, 3, 3, **kw).to(memory_format=fmt).requires_grad_()
+        grad = torch.randn(batch, channels, res, res, **kw).to(memory_format=fmt)
 
         def step():
             torch.autograd.grad(F.conv2d(x, w, padding=1), (x, w), grad)
@@ -227,19 +266,24 @@ def conv_ceiling(batch: int, channels: int, res: int, repeats: int) -> float:
 
 def time_variants(cfg: ModelConfig, batch: int, variants: list[Variant], iters: int) -> dict[str, list[float]]:
     """Per-iteration seconds of each variant, interleaved round by round against drift."""
-    setups = {v.name: build(cfg, batch, "cpu", v) for v in variants}
-    for v in variants:  # warm-up: allocator, oneDNN primitive caches
-        run_step(setups[v.name], cfg.resolution, v)
+    setups = {v.name: build(cfg, batch, DEVICE, v) for v in variants}
+    for v in variants:  # warm-up: allocator, oneDNN primitive caches / cuDNN autotuning
+        for _ in range(1 if DEVICE.type == "cpu" else 3):
+            run_step(setups[v.name], cfg.resolution, v)
+    sync()
     times: dict[str, list[float]] = {v.name: [] for v in variants}
     for _ in range(iters):
         for v in variants:
             t0 = time.perf_counter()
             run_step(setups[v.name], cfg.resolution, v)
+            sync()
             times[v.name].append(time.perf_counter() - t0)
     return times
 
 
 def default_iters(res: int, preset: str) -> int:
+    if DEVICE.type == "cuda":
+        return 20
     heavy = res * res * (16 if preset == "paper" else 1)
     return 5 if heavy <= 16 * 32 * 32 else 3 if heavy <= 16 * 64 * 64 else 2
 
@@ -252,7 +296,17 @@ def main(argv=None) -> None:
     p.add_argument("--iters", type=int, default=0, help="timed iterations per variant (0: by size)")
     p.add_argument("--compare", choices=sorted(COMPARISONS), help="A/B one option instead of the default")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: networks under torch.autocast, as the trainer's --mixed-precision bf16")
     args = p.parse_args(argv)
+    global DEVICE, AUTOCAST_DTYPE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: no CUDA device is visible to torch {torch.__version__}")
+    if DEVICE.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    AUTOCAST_DTYPE = torch.bfloat16 if args.precision == "bf16" else None
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -260,12 +314,15 @@ def main(argv=None) -> None:
         variants = [Variant(name=name, **kw) for name, kw in COMPARISONS[args.compare]]
     else:
         variants = [Variant()]
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-          f"stable phase (alpha 1), fp32, CPU; load average at start {os.getloadavg()[0]:.2f}")
+    where = (torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda"
+             else f"CPU, {torch.get_num_threads()} threads")
+    print(f"# torch {torch.__version__}, {where}, batch {args.batch}, stable phase (alpha 1), "
+          f"{args.precision}; load average at start {os.getloadavg()[0]:.2f}")
     for v in variants:
         print(f"# variant {v.name}: {v.describe()}")
-    print("# ceilings: a 4096^2 fp32 matmul (best of 5) and the 3x3 conv, each measured just before"
-          " and just after that row's timings; the better of the two is shown\n")
+    n = 8192 if DEVICE.type == "cuda" else 4096
+    print(f"# ceilings: a {n}^2 {args.precision} matmul and the 3x3 conv in {args.precision}, each measured just"
+          " before and just after that row's timings; the better of the two is shown\n")
     header = ("| preset | res | variant | GFLOP/iter | s/iter median | s/iter best | img/s | GFLOP/s "
               "| unfused-graph GFLOP/s | conv3x3 ceiling | % conv ceiling | matmul ceiling | % matmul ceiling |")
     print(header)
