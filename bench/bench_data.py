@@ -8,8 +8,9 @@ Build: `data_prep build` at levels 4..SIZE for every encoding, beside two refere
 the same run on the same files:
   (a) floor: worker processes only decode each JPEG once (Image.open + load), nothing else;
   (b) common approach: decode, resize every level separately from the original with Lanczos,
-      store JPEG quality 100 (as many public ProGAN/StyleGAN prepare scripts do), one LMDB
-      transaction in the main process.
+      store JPEG quality 100 (as many public ProGAN/StyleGAN prepare scripts do), written by
+      the main process in transactions of 64 images (the ports' single transaction needs their
+      fixed 1 TiB map; here the map starts small and grows).
 Reading: batches/s of MultiResolutionDataset at 8, 64 and 256 px, served from memory by
 get_batch, and decoded record by record by get_batch in this process (0 workers) or in 2
 DataLoader workers that each decode whole batches (as progan.training does), beside a CPU stand-in
@@ -42,7 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_prep.build import BuildConfig, build  # noqa: E402
 from data_prep.synth import draw_face, face_rng  # noqa: E402
-from progan.data import ENCODINGS, DEFAULT_ENCODING, MultiResolutionDataset, image_key  # noqa: E402
+from progan.data import (ENCODINGS, DEFAULT_ENCODING, INITIAL_MAP_SIZE, MultiResolutionDataset,  # noqa: E402
+                         image_key, write_growing)
+from progan.training import BatchReader  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- photos
@@ -116,12 +119,22 @@ def floor_run(paths: list[Path], workers: int) -> None:
 
 def common_approach_run(paths: list[Path], size: int, workers: int, out: Path) -> int:
     resolutions = [1 << n for n in range(2, size.bit_length())]
-    env = lmdb.open(str(out), map_size=1 << 40, readahead=False)  # the usual fixed 1 TiB map
-    with pool(workers) as executor, env.begin(write=True) as txn:
+    # Public ports reserve a fixed 1 TiB map; this one starts small and grows when full, so
+    # only the writes differ from theirs, committed every 64 images.
+    env = lmdb.open(str(out), map_size=INITIAL_MAP_SIZE, readahead=False)
+    pending: list[tuple[bytes, bytes]] = []
+
+    def flush() -> None:
+        write_growing(env, lambda txn: [txn.put(key, data) for key, data in pending])
+        pending.clear()
+
+    with pool(workers) as executor:
         tasks = [(str(p), resolutions) for p in paths]
         for index, levels in enumerate(executor.map(common_approach, tasks, chunksize=1)):
-            for res, data in zip(resolutions, levels):
-                txn.put(image_key(res, index), data)
+            pending.extend((image_key(res, index), data) for res, data in zip(resolutions, levels))
+            if len(pending) >= 64 * len(resolutions):
+                flush()
+        flush()
     env.close()
     return (out / "data.mdb").stat().st_size
 
@@ -143,19 +156,6 @@ def time_batches(next_batch, min_seconds: float = 1.5, min_batches: int = 5) -> 
         next_batch()
         count += 1
     return count / (time.perf_counter() - start)
-
-
-class BatchReader:
-    """A DataLoader dataset whose workers decode whole batches with get_batch (as training does)."""
-
-    def __init__(self, dataset: MultiResolutionDataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitems__(self, indices):
-        return self.dataset.get_batch(indices)
 
 
 def random_batches(count: int, batch: int, seed: int = 0):

@@ -439,6 +439,18 @@ def _torch():
 # ----------------------------------------------------------------------------- writing
 
 
+def write_growing(env: lmdb.Environment, fill: Callable) -> None:
+    """Run `fill(txn)` in one write transaction, doubling the map and retrying while it is full:
+    no large reservation up front, and a failed attempt leaves nothing behind (it aborts)."""
+    while True:
+        try:
+            with env.begin(write=True) as txn:
+                fill(txn)
+            return
+        except lmdb.MapFullError:
+            env.set_mapsize(env.info()["map_size"] * 2)
+
+
 class DatasetWriter:
     """Writes a database in committed chunks so an interrupted build can resume.
 
@@ -583,14 +595,7 @@ class DatasetWriter:
             self.env.set_mapsize(size)
 
     def _write(self, fill: Callable) -> None:
-        """Run `fill(txn)` in one write transaction, growing the map until it fits."""
-        while True:
-            try:
-                with self.env.begin(write=True) as txn:
-                    fill(txn)
-                return
-            except lmdb.MapFullError:
-                self.env.set_mapsize(self.map_size * 2)
+        write_growing(self.env, fill)
 
 
 def _check_output_folder(path: Path) -> None:

@@ -124,7 +124,7 @@ def step_inputs(seed: int, step: int, global_batch: int, latent_size: int, part:
 
 
 # -- data ------------------------------------------------------------------------------------
-class _BatchReader(torch.utils.data.Dataset):
+class BatchReader(torch.utils.data.Dataset):
     """Lets a DataLoader hand whole index lists to `get_batch` (decoded in its workers)."""
 
     def __init__(self, dataset: MultiResolutionDataset) -> None:
@@ -167,7 +167,7 @@ class RealImages:
         self._iterator = None
         if not self.dataset.in_memory:
             loader = torch.utils.data.DataLoader(
-                _BatchReader(self.dataset),
+                BatchReader(self.dataset),
                 batch_sampler=_IndexBatches(order, start_images, global_batch, part),
                 collate_fn=_identity,
                 num_workers=workers,
