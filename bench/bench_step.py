@@ -281,6 +281,21 @@ def time_variants(cfg: ModelConfig, batch: int, variants: list[Variant], iters: 
     return times
 
 
+def profile_shares(cfg: ModelConfig, batch: int, v: Variant, top: int = 6) -> str:
+    """Where one iteration's time goes: the ops with the largest self time, as shares."""
+    s = build(cfg, batch, DEVICE, v)
+    run_step(s, cfg.resolution, v)  # warm-up
+    with torch.profiler.profile() as prof:
+        for _ in range(2):
+            run_step(s, cfg.resolution, v)
+        sync()
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    attr = "self_device_time_total" if DEVICE.type == "cuda" else "self_cpu_time_total"
+    total = sum(getattr(e, attr) for e in events) or 1
+    events.sort(key=lambda e: getattr(e, attr), reverse=True)
+    return ", ".join(f"{e.key} {100 * getattr(e, attr) / total:.0f}%" for e in events[:top])
+
+
 def default_iters(res: int, preset: str) -> int:
     if DEVICE.type == "cuda":
         return 20
@@ -296,6 +311,8 @@ def main(argv=None) -> None:
     p.add_argument("--iters", type=int, default=0, help="timed iterations per variant (0: by size)")
     p.add_argument("--compare", choices=sorted(COMPARISONS), help="A/B one option instead of the default")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--profile", action="store_true",
+                   help="after the table, the ops taking the most time at each row (torch.profiler)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="bf16: networks under torch.autocast, as the trainer's --mixed-precision bf16")
@@ -327,6 +344,7 @@ def main(argv=None) -> None:
               "| unfused-graph GFLOP/s | conv3x3 ceiling | % conv ceiling | matmul ceiling | % matmul ceiling |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
+    profiles = []
     for preset in args.presets:
         for res in args.resolutions:
             cfg = ModelConfig.preset(preset, res)
@@ -335,6 +353,8 @@ def main(argv=None) -> None:
             ceiling = conv_ceiling(args.batch, cfg.channels(res), res, conv_repeats)
             mm = matmul_ceiling()
             times = time_variants(cfg, args.batch, variants, iters)
+            if args.profile:
+                profiles.append((preset, res, profile_shares(cfg, args.batch, variants[0])))
             ceiling = max(ceiling, conv_ceiling(args.batch, cfg.channels(res), res, conv_repeats))
             mm = max(mm, matmul_ceiling())
             # FLOPs of the same iteration without fused resampling convs (upsample + 3x3 conv,
@@ -347,6 +367,8 @@ def main(argv=None) -> None:
                 print(f"| {preset} | {res} | {v.name} | {gflop:.1f} | {median:.3f} | {best:.3f} | "
                       f"{args.batch / best:.1f} | {rate:.0f} | {unfused_gflop / best:.0f} | {ceiling:.0f} | "
                       f"{100 * rate / ceiling:.0f}% | {mm:.0f} | {100 * rate / mm:.0f}% |", flush=True)
+    for preset, res, shares in profiles:
+        print(f"# profile {preset} {res}: {shares}")
     print(f"\n# load average at end {os.getloadavg()[0]:.2f}")
 
 
