@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from progan.cli import CommandLineError, OneLineErrorParser, fail
+from progan.cli import CommandLineError, OneLineErrorParser, choose_device, fail
 
 PROG = "generate.py"
 DEFAULT_NUM_IMAGES = 16
@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "with its fade weight)")
     p.add_argument("--no-ema", dest="ema", action="store_false",
                    help="use the raw generator, not the EMA one (training checkpoints only)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="auto (default) = cuda if available, else cpu")
+    p.add_argument("--device", default="auto",
+                   help="auto (default: cuda if available, else cpu), cpu, cuda or cuda:N")
     p.add_argument("--batch", type=int, default=32, metavar="N", help="images per forward pass (default 32)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="fp32 (default) or bf16 autocast (faster on recent GPUs; images differ slightly)")
@@ -116,7 +116,7 @@ def run_sampling(args: argparse.Namespace) -> int:
     grid = _parse_grid(args.grid)
     seeds = _choose_seeds(args, grid)
     _check_numbers(args)
-    device = _choose_device(args.device)
+    device = choose_device(args.device)
     try:
         generator, info = load_generator(args.checkpoint, device=device, ema=args.ema)
         resolution, alpha = sampling_stage(info, args.resolution)
@@ -197,16 +197,6 @@ def _check_numbers(args: argparse.Namespace) -> None:
         print(f"{PROG}: note: --smoothing {args.smoothing:g} s is {sigma_frames:g} frames, long for a "
               f"{args.frames}-frame walk, which will barely move; use more --frames or less --smoothing",
               file=sys.stderr)
-
-
-def _choose_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CommandLineError("--device cuda: no CUDA device is available to this torch; use --device cpu")
-    return name
 
 
 def _prepare_out_dir(out_dir: Path) -> Path:

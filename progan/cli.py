@@ -18,6 +18,27 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def choose_device(name: str | None):
+    """A --device value as a torch.device; None or "auto": cuda when available, else cpu.
+    A malformed name or a device this torch cannot use is a CommandLineError (one line)."""
+    import torch
+
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CommandLineError(f"--device {name}: not a device name (cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CommandLineError(f"--device {name}: no CUDA device is available to this torch; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CommandLineError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type != "cpu":
+        raise CommandLineError(f"--device {name}: only cpu and cuda are supported")
+    return device
+
+
 def is_main_process() -> bool:
     """True unless this is a non-zero rank of a multi-process launch (so errors print once)."""
     return os.environ.get("RANK", "0") == "0"

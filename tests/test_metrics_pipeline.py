@@ -322,6 +322,7 @@ def test_cli_on_a_real_training_checkpoint(lmdb16, tmp_path, capsys):
     (["ssim", "--fake", "{lmdb}"], "unknown metric 'ssim'"),
     (["msssim", "--fake", "{lmdb}", "--resolution", "8"], "at least 16x16"),
     (["msssim", "--fake", "{missing}"], "does not exist"),
+    (["msssim", "--fake", "{lmdb}", "--device", "gpu0"], "--device gpu0: not a device name"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(lmdb16, tmp_path, capsys, args, message):
     junk = tmp_path / "pt_inception-2015-12-05-6726825d.pth"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from progan.cli import OneLineErrorParser, fail
+from progan.cli import CommandLineError, OneLineErrorParser, choose_device, fail
 from progan.metrics.common import MetricError
 from progan.metrics.evaluate import (
     DEFAULT_NUM_IMAGES,
@@ -109,7 +109,7 @@ def run(argv: list[str]) -> int:
         raise MetricError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.real is None and any(name in ("swd", "fid") for name in names):
         raise MetricError("swd and fid need --real DATA.lmdb")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = choose_device(args.device)
     if "fid" in names:
         if args.inception is None:
             raise MetricError("FID unavailable: no Inception weights given "
@@ -150,7 +150,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from progan.checkpoints import CheckpointError
     from progan.data import DatasetError
 
-    return MetricError, DatasetError, CheckpointError, OSError
+    return MetricError, CommandLineError, DatasetError, CheckpointError, OSError
 
 
 def main(argv: list[str] | None = None) -> int:
