@@ -587,10 +587,11 @@ class Trainer:
 
     def evaluate_metrics(self) -> dict | None:
         """The configured metrics of the EMA generator, sharded over processes; logged by the main one."""
-        from progan.metrics import GeneratorSource, evaluate_metrics, unavailable_reason
+        from progan.metrics import GeneratorSource, evaluate_metrics, parse_metric_names, unavailable_reason
 
         c, st = self.config, self.state
-        names = [n for n in c.metrics if unavailable_reason(n, st.resolution, inception_path=c.inception) is None]
+        # The names as validated at setup: lower case, duplicates dropped ("SWD,swd" is swd).
+        names = [n for n in parse_metric_names(c.metrics) if unavailable_reason(n, st.resolution, inception_path=c.inception) is None]
         if not names:
             return None
         started = time.monotonic()

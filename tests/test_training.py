@@ -282,7 +282,7 @@ def test_existing_run_folder_is_protected(demo_lmdb, reference_run, tmp_path, ca
 @pytest.mark.slow
 def test_metrics_during_training(demo_lmdb, tmp_path):
     out = tmp_path / "run"
-    proc = train_cli(demo_lmdb, out, "--total-kimg", "0.256", "--metrics", "swd,msssim",
+    proc = train_cli(demo_lmdb, out, "--total-kimg", "0.256", "--metrics", "SWD,msssim",  # upper case as a user may type it
                      "--metric-kimg", "0.128", "--metric-images", "64")
     lines = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
     metrics = [line for line in lines if line["kind"] == "metrics"]
