@@ -21,6 +21,7 @@ from progan.data import (
     read_metadata,
     verify,
 )
+from progan.cli import OneLineErrorParser, fail
 from progan.images import make_grid, save_png
 from progan.progress import Progress
 
@@ -31,8 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (BuildError, DatasetError, OSError) as error:  # OSError: unwritable output, full disk
-        print(f"data_prep {args.command}: error: {error}", file=sys.stderr)
-        return 1
+        return fail(str(error), f"data_prep {args.command}", code=1)
     except KeyboardInterrupt:
         hint = "; rerun the same command to resume" if args.command == "build" else ""
         print(f"\ndata_prep {args.command}: interrupted{hint}", file=sys.stderr)
@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # Subcommand parsers are made with the parser's own class, so bad flags are one line too.
+    parser = OneLineErrorParser(
         prog="python -m data_prep",
         description="Build and inspect multi-resolution LMDB datasets for progan.",
     )

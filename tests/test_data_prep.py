@@ -219,7 +219,9 @@ def test_bad_flags_are_refused(tmp_path, capsys, flags):
     with pytest.raises(SystemExit) as exit_info:
         run_cli(capsys, "build", tmp_path, tmp_path / "out.lmdb", *flags)
     assert exit_info.value.code == 2
-    assert "error: argument" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err  # no usage block
+    assert err.startswith("python -m data_prep build: error: argument") and "--help" in err
 
 
 def test_output_that_is_not_a_dataset_is_refused(tmp_path, capsys):
