@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader (or a crash) never sees a half-written file.
+"""Atomic file writes: a reader (or a crash) never sees a half-written file (or half a log line).
 
 Every file the project writes goes to a temporary name in the same folder and is renamed over
 the destination only once it is complete and flushed; rename is atomic on POSIX and Windows.
@@ -7,6 +7,7 @@ the destination only once it is complete and flushed; rename is atomic on POSIX 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -52,6 +53,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
     atomic_write_bytes(path, text.encode(encoding))
+
+
+def append_jsonl(path: str | os.PathLike, record: dict) -> None:
+    """Append `record` to a JSON-lines log as one complete line (one write, flushed and synced).
+
+    Appending is not a rename, but a single write of a whole line is what keeps a concurrent
+    reader or a crash from seeing half a record.
+    """
+    line = json.dumps(record, sort_keys=False) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _fsync_file(path: Path) -> None:

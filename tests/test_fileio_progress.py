@@ -1,11 +1,12 @@
 """Atomic writes keep the old file on failure; progress reports suit terminals and logs."""
 
 import io
+import json
 import os
 
 import pytest
 
-from progan.fileio import atomic_output, atomic_write_text
+from progan.fileio import append_jsonl, atomic_output, atomic_write_text
 from progan.progress import Progress, format_duration
 
 
@@ -27,6 +28,16 @@ def test_failed_write_leaves_previous_file_untouched(tmp_path):
             raise RuntimeError("killed mid-write")
     assert target.read_text() == "precious"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_append_jsonl_adds_one_whole_line_per_record(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"kimg": 0}\n')  # an existing log is appended to, not replaced
+    append_jsonl(log, {"kimg": 1.5, "fid": 12.25})
+    append_jsonl(log, {"kimg": 3.0, "note": "two\nlines"})
+    lines = log.read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"kimg": 0}, {"kimg": 1.5, "fid": 12.25}, {"kimg": 3.0, "note": "two\nlines"}]
 
 
 def test_progress_plain_lines_when_not_a_terminal():

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from progan.fileio import append_jsonl
 from progan.metrics import (
     DatasetSource,
     GeneratorSource,
     MetricError,
-    append_jsonl,
     evaluate_metrics,
     ms_ssim,
     parse_metric_names,

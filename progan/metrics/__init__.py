@@ -6,7 +6,8 @@ sharded over processes (see progan.metrics.evaluate).
 
 Modules: swd (sliced Wasserstein distance), msssim, fid (Frechet distance), inception (the FID
 Inception-v3), sources (generator / dataset image sequences), cache (real statistics on disk),
-evaluate (the sharded driver), records (metrics.jsonl lines), __main__ (the command line).
+evaluate (the sharded driver), __main__ (the command line). metrics.jsonl lines are appended
+with progan.fileio.append_jsonl.
 """
 
 from progan.metrics.common import MetricError, float_to_uint8
@@ -20,12 +21,11 @@ from progan.metrics.evaluate import (
 )
 from progan.metrics.fid import feature_statistics, fid_from_features, frechet_distance
 from progan.metrics.msssim import ms_ssim, ms_ssim_pairs
-from progan.metrics.records import append_jsonl
 from progan.metrics.sources import DatasetSource, GeneratorSource
 from progan.metrics.swd import sliced_wasserstein_distance, swd_metric_names
 
 __all__ = [
-    "DEFAULT_NUM_IMAGES", "METRICS", "DatasetSource", "GeneratorSource", "MetricError", "append_jsonl",
+    "DEFAULT_NUM_IMAGES", "METRICS", "DatasetSource", "GeneratorSource", "MetricError",
     "evaluate_metrics", "feature_statistics", "fid_from_features", "float_to_uint8", "frechet_distance", "load_inception_once",
     "ms_ssim", "ms_ssim_pairs", "parse_metric_names", "sliced_wasserstein_distance", "swd_metric_names",
     "unavailable_reason",

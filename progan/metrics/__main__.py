@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from progan.cli import CommandLineError, OneLineErrorParser, choose_device, fail
+from progan.fileio import append_jsonl
 from progan.metrics.common import MetricError
 from progan.metrics.evaluate import (
     DEFAULT_NUM_IMAGES,
@@ -26,7 +27,6 @@ from progan.metrics.evaluate import (
     parse_metric_names,
     unavailable_reason,
 )
-from progan.metrics.records import append_jsonl
 from progan.metrics.sources import DatasetSource, GeneratorSource
 
 PROG = "python -m progan.metrics"
