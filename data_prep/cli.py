@@ -17,11 +17,11 @@ from progan.data import (
     ENCODINGS,
     DatasetError,
     MultiResolutionDataset,
-    is_valid_resolution,
     read_metadata,
     verify,
 )
 from progan.cli import OneLineErrorParser, fail
+from progan.config import RESOLUTION_RULE, is_valid_resolution
 from progan.images import make_grid, save_png
 from progan.progress import Progress
 
@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                                         "Rerunning the same command resumes an interrupted build.")
     p.add_argument("source", type=Path, metavar="SOURCE", help="folder of images, searched recursively")
     p.add_argument("out", type=Path, metavar="OUT", help="database folder to create, e.g. faces.lmdb")
-    p.add_argument("--max-res", type=_resolution, required=True, help="top resolution: a power of two, 4..1024")
+    p.add_argument("--max-res", type=_resolution, required=True, help=f"top resolution: {RESOLUTION_RULE}")
     p.add_argument("--min-res", type=_resolution, default=4, help="lowest resolution (default 4)")
     p.add_argument("--workers", type=_positive, default=None,
                    help=f"decoding processes (default: all cores, here {default_workers()})")
@@ -103,7 +103,7 @@ def _resolution(text: str) -> int:
     except ValueError:
         value = 0
     if not is_valid_resolution(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a power of two from 4 to 1024")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {RESOLUTION_RULE}")
     return value
 
 

@@ -14,8 +14,17 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+# The resolutions progan supports, for networks, schedules and datasets alike. This module
+# imports no torch, so progan.data and data_prep workers can use these cheaply.
 MIN_RESOLUTION = 4
 MAX_RESOLUTION = 1024
+RESOLUTION_RULE = f"a power of two from {MIN_RESOLUTION} to {MAX_RESOLUTION}"
+
+
+def is_valid_resolution(resolution: int) -> bool:
+    """True for a supported resolution: RESOLUTION_RULE."""
+    return MIN_RESOLUTION <= resolution <= MAX_RESOLUTION and resolution & (resolution - 1) == 0
+
 
 # "small": same architecture as the paper, narrow enough to grow 4x4 -> 32x32 in minutes on
 # 2 CPU cores (the README demo and the tests). Channels: 4, 8 -> 64, 16 -> 32, 32 -> 16, then 8.
@@ -50,7 +59,7 @@ class ModelConfig:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"ModelConfig.{name} must be an int, got {value!r}")
         r = self.resolution
-        if not (MIN_RESOLUTION <= r <= MAX_RESOLUTION) or r & (r - 1):
+        if not is_valid_resolution(r):
             raise ValueError(
                 f"ModelConfig.resolution must be a power of two in {MIN_RESOLUTION}..{MAX_RESOLUTION}, got {r}")
         if self.fmap_min < 0:

@@ -35,6 +35,8 @@ import lmdb
 import numpy as np
 from PIL import Image
 
+from progan.config import RESOLUTION_RULE, is_valid_resolution
+
 FORMAT_NAME = "progan-multires-lmdb"
 FORMAT_VERSION = 1
 CHANNELS = 3
@@ -48,8 +50,6 @@ CHUNK_PREFIX = b"build/chunk/"
 ENCODINGS = {"raw": True, "png": True, "webp": True, "jpeg": False}
 DEFAULT_ENCODING = "raw"
 
-MIN_RESOLUTION = 4
-MAX_RESOLUTION = 1024
 DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of RAM one level may take to be served from memory
 INITIAL_MAP_SIZE = 256 << 20  # the map starts here and doubles when full
 PAGE_OVERHEAD = 4096  # per value, for the estimate of the room a commit needs
@@ -78,19 +78,11 @@ def chunk_key(number: int) -> bytes:
     return CHUNK_PREFIX + b"%08d" % number
 
 
-def is_valid_resolution(resolution: int) -> bool:
-    return (
-        MIN_RESOLUTION <= resolution <= MAX_RESOLUTION and resolution & (resolution - 1) == 0
-    )
-
-
 def resolutions_between(min_res: int, max_res: int) -> list[int]:
     """Ascending powers of two from min_res to max_res inclusive."""
     for res in (min_res, max_res):
         if not is_valid_resolution(res):
-            raise ValueError(
-                f"resolution {res} is not a power of two from {MIN_RESOLUTION} to {MAX_RESOLUTION}"
-            )
+            raise ValueError(f"resolution {res} is not {RESOLUTION_RULE}")
     if min_res > max_res:
         raise ValueError(f"min resolution {min_res} is above max resolution {max_res}")
     return [1 << n for n in range(min_res.bit_length() - 1, max_res.bit_length())]

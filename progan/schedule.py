@@ -16,16 +16,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from progan.config import RESOLUTION_RULE, is_valid_resolution
+
 KIMG = 1000  # images per kimg
 
 # The paper's single-GPU tables (release config "v2-1gpu", see shared PAPER.md).
 PAPER_BATCH = {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4}
 PAPER_LR = {1024: 0.0015}
 PAPER_BASE_LR = 0.001
-
-
-def _is_power_of_two(n: int) -> bool:
-    return n >= 1 and (n & (n - 1)) == 0
 
 
 @dataclass(frozen=True)
@@ -51,8 +49,8 @@ class ScheduleConfig:
     def validate(self) -> None:
         for name in ("max_resolution", "start_resolution"):
             value = getattr(self, name)
-            if not _is_power_of_two(value) or not 4 <= value <= 1024:
-                raise ValueError(f"{name} must be a power of two from 4 to 1024, got {value}")
+            if not is_valid_resolution(value):
+                raise ValueError(f"{name} must be {RESOLUTION_RULE}, got {value}")
         if self.start_resolution > self.max_resolution:
             raise ValueError(
                 f"start_resolution {self.start_resolution} is above max_resolution {self.max_resolution}"
@@ -191,8 +189,8 @@ def parse_table(text: str, value_type=float, flag: str = "table") -> dict[int, f
             raise ValueError(
                 f"{flag}: cannot read {item!r}; write RESOLUTION:VALUE pairs such as 4:128,8:64"
             ) from None
-        if not _is_power_of_two(res) or not 4 <= res <= 1024:
-            raise ValueError(f"{flag}: {res} is not a resolution (a power of two from 4 to 1024)")
+        if not is_valid_resolution(res):
+            raise ValueError(f"{flag}: {res} is not a resolution ({RESOLUTION_RULE})")
         table[res] = parsed
     if not table:
         raise ValueError(f"{flag}: empty table; write RESOLUTION:VALUE pairs such as 4:128,8:64")
