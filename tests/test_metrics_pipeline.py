@@ -347,14 +347,19 @@ def test_cli_as_a_process_reports_one_line(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "no such file or folder" in proc.stderr
 
 
-def test_a_mirroring_training_dataset_is_used_unmirrored_without_reopening(lmdb16):
+def test_a_mirroring_training_dataset_is_read_unmirrored_and_stays_usable(lmdb16):
     from progan.data import MultiResolutionDataset
 
-    training_data = MultiResolutionDataset(lmdb16, 32, mirror=True)
+    training_data = MultiResolutionDataset(lmdb16, 32, mirror=True, memory_budget_bytes=0)
     training_data.get_batch([0])  # its LMDB is now open in this process
+    environment = training_data._env
     source = GeneratorSource(TinyGenerator(), 8, resolution=32, seed=0)
     args = dict(num_images=8, progress=False)
     from_object = evaluate_metrics(["swd"], source, training_data, 32, **args)
     assert training_data.mirror  # the caller's dataset is untouched
     assert from_object == evaluate_metrics(["swd"], source, TensorDataset(
         MultiResolutionDataset(lmdb16, 32, mirror=False).get_batch(list(range(16)))), 32, **args)
+    # The metrics' own reader shared the open environment and released it without closing it.
+    assert training_data._env is environment
+    training_data.mirror = False
+    assert torch.equal(training_data.get_batch([0, 5]), MultiResolutionDataset(lmdb16, 32).get_batch([0, 5]))

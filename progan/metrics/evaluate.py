@@ -18,7 +18,6 @@ on the number of processes or the batch size.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,8 +239,8 @@ def evaluate_metrics(
 
     fake: `(start, count) -> uint8 [count, C, R, R]`, images start.. of a fixed sequence
         (`GeneratorSource` wraps a generator; `DatasetSource` a dataset).
-    real: the real images at `resolution`: a `MultiResolutionDataset` (reopened without mirroring
-        if it mirrors or has another resolution), an LMDB path, any object with __len__ and
+    real: the real images at `resolution`: a `MultiResolutionDataset` (its database is read at
+        `resolution` and without mirroring, the caller's object left as it is), an LMDB path, any object with __len__ and
         get_batch(indices) -> uint8 [N, C, R, R] (cached only if it has a `fingerprint`), or None
         (enough for MS-SSIM, which looks at generated images only).
     num_images: images per metric; None = the paper's counts (SWD 16384, MS-SSIM 20000 = 10k
@@ -298,13 +297,9 @@ def _open_real(real, resolution: int) -> tuple[object, str, str | None]:
         from progan.data import MultiResolutionDataset, dataset_fingerprint
 
         path = Path(real if isinstance(real, (str, Path)) else real.path)
-        if isinstance(real, MultiResolutionDataset) and real.resolution == resolution:
-            # Reuse the open reader (one LMDB cannot be opened twice in a process), never mirrored:
-            # a training dataset flips at random, and metrics must see the images as stored.
-            dataset = copy.copy(real)
-            dataset.mirror = False
-        else:
-            dataset = MultiResolutionDataset(path, resolution)
+        # Always a reader of our own, never mirrored (a training dataset flips at random, and metrics
+        # must see the images as stored); progan.data shares the LMDB environment with any open one.
+        dataset = MultiResolutionDataset(path, resolution)
         return dataset, str(path), dataset_fingerprint(path)
     # Any other object with __len__ and get_batch (tests, custom data); cached only if it names itself.
     fingerprint = getattr(real, "fingerprint", None)
