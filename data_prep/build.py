@@ -20,7 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, TextIO
 
 import lmdb
 import PIL
@@ -252,7 +252,7 @@ def _encode_remaining(config: BuildConfig, files, writer: DatasetWriter, pool, r
     )
     images, skipped, processed = [], [], 0
     with Progress(total, "build", unit="img", stream=log) as progress, \
-            _BackgroundCommitter(writer, _env_int(STALL_ENV), log) as committer:
+            _BackgroundCommitter(writer, _env_int(STALL_ENV), progress.write) as committer:
         results = _in_order(pool, ring, config.workers or default_workers(), tasks, files)
         for position, levels, reason, digest in results:
             source = files[position].path
@@ -260,7 +260,7 @@ def _encode_remaining(config: BuildConfig, files, writer: DatasetWriter, pool, r
                 images.append(ImageRecord(source, levels, digest))
             else:
                 skipped.append((source, reason))
-                _say(log, f"skipped {source}: {reason}")
+                progress.write(f"skipped {source}: {reason}")
             processed += 1
             progress.update()
             end = position + 1
@@ -281,8 +281,8 @@ class _BackgroundCommitter:
     thread owns every write transaction; an error there is re-raised in the caller.
     """
 
-    def __init__(self, writer: DatasetWriter, stall_after: int | None, log: TextIO) -> None:
-        self.writer, self.stall_after, self.log = writer, stall_after, log
+    def __init__(self, writer: DatasetWriter, stall_after: int | None, say: Callable[[str], None]) -> None:
+        self.writer, self.stall_after, self.say = writer, stall_after, say
         self.queue = queue.Queue(maxsize=1)
         self.error = None
         self.commits = 0
@@ -316,7 +316,7 @@ class _BackgroundCommitter:
             if self.error is not None:
                 continue
             stalling = self.stall_after is not None and self.commits >= self.stall_after
-            stall = _stall_forever(self.log) if stalling else None
+            stall = _stall_forever(self.say) if stalling else None
             try:
                 self.writer.commit_chunk(*item, before_commit=stall)
                 self.commits += 1
@@ -413,9 +413,9 @@ def _env_int(name: str) -> int | None:
     return int(value) if value else None
 
 
-def _stall_forever(log: TextIO):
+def _stall_forever(say: Callable[[str], None]):
     def stall():
-        _say(log, STALL_MESSAGE)
+        say(STALL_MESSAGE)
         while True:
             time.sleep(3600)
 
@@ -423,9 +423,8 @@ def _stall_forever(log: TextIO):
 
 
 def _say(log: TextIO, line: str) -> None:
-    """One line to the log, clearing a progress bar being drawn on a terminal first."""
-    prefix = "\r\033[K" if getattr(log, "isatty", lambda: False)() else ""
-    log.write(f"{prefix}{line}\n")
+    """One line to the log, outside any progress bar (during one: Progress.write)."""
+    log.write(line + "\n")
     log.flush()
 
 

@@ -63,6 +63,17 @@ class Progress:
             self._last_report = now
             self._report(final=False)
 
+    def write(self, line: str) -> None:
+        """Print one message line; on a terminal the bar is cleared first and redrawn below it."""
+        if self._is_tty:
+            self.stream.write("\r\033[K" + line + "\n")
+            if not self._closed:
+                self._report(final=False)
+                return
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
     def close(self) -> None:
         if self._closed:
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -35,6 +36,7 @@ from progan.data import (
     dataset_fingerprint,
     read_metadata,
 )
+from progan.progress import Progress
 
 
 def top_level(db: Path, index: int, res: int = 32) -> np.ndarray:
@@ -186,6 +188,27 @@ def test_hostile_files_are_skipped_with_reasons(tmp_path, capsys):
         assert f"skipped {path}: {start}" in err
     assert f"skipped {len(expected)} files" in out
     assert "Traceback" not in err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_skip_lines_do_not_mangle_a_terminal_progress_bar():
+    """Progress.write (used for "skipped ..." lines): clear the bar, print the line, redraw the bar."""
+    terminal = _Terminal()
+    with Progress(4, "build", stream=terminal) as progress:
+        progress.update(2)
+        start = len(terminal.getvalue())
+        progress.write("skipped x.png: too small")
+        written = terminal.getvalue()[start:]
+    assert written.startswith("\r\033[Kskipped x.png: too small\n\r\033[Kbuild: [")
+    assert "2/4 img" in written.split("\n")[1]
+    log = io.StringIO()
+    with Progress(4, "build", stream=log) as progress:
+        progress.write("skipped x.png: too small")
+    assert log.getvalue().splitlines()[0] == "skipped x.png: too small"  # no escape codes in a log
 
 
 def test_nothing_usable_fails_with_one_line_and_leaves_nothing(tmp_path, capsys):
