@@ -219,6 +219,19 @@ def test_fid_statistics_cache_round_trip(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_an_unwritable_cache_is_a_warning_and_the_result_is_kept(lmdb16, tmp_path, capsys):
+    in_the_way = tmp_path / "cache"
+    in_the_way.write_text("not a folder")
+    assert not metric_cache.save_fid_stats(in_the_way, {"images": 1}, np.zeros(2), np.eye(2))
+    assert not metric_cache.save_swd_descriptors(in_the_way, {"images": 1}, [16], [torch.zeros(2, 3)])
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith("warning: metric cache not written") for line in err)
+    code, out, err = run_main(capsys, "swd", "--real", lmdb16, "--fake", lmdb16, "--num", "8",
+                              "--resolution", "32", "--device", "cpu", "--cache-dir", in_the_way)
+    assert code == 0 and json.loads(out)["swd_x1e3_avg"] > 0
+    assert "Traceback" not in err and "warning: metric cache not written" in err
+    assert in_the_way.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+
 # -- the training hook ----------------------------------------------------------------------
 def test_training_hook_with_the_small_preset_generator_writes_metric_lines(lmdb16, tmp_path):
     from progan.config import ModelConfig

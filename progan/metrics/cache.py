@@ -1,7 +1,8 @@
 """On-disk cache of real-image statistics, keyed by dataset fingerprint, resolution and options.
 
 Every file is written atomically; an entry counts only once its key file (written last) exists
-and matches, so an interrupted write is recomputed, never half-read.
+and matches, so an interrupted write is recomputed, never half-read. A cache that cannot be
+written (read-only folder, a file in the way) is a warning on stderr: the result is kept.
 
 - FID: mu and sigma of the real features, one small .npz (~32 MB).
 - SWD: the real descriptor sets, normalised, one float32 .npy per pyramid level
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,33 +25,34 @@ from progan.fileio import atomic_output, atomic_write_text
 CACHE_FORMAT = 1
 
 
-def entry_stem(kind: str, key: dict) -> str:
-    """A readable, unique file stem: kind, resolution, image count and a hash of the whole key."""
-    key = {"format": CACHE_FORMAT, "kind": kind, **key}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return f"{kind}-{key.get('resolution')}px-{key.get('images')}img-{digest}"
+def _entry(kind: str, key: dict) -> tuple[str, str]:
+    """(file stem, key file text) of an entry; the stem is readable (kind, resolution, image
+    count) and unique (a hash of the whole key)."""
+    full = {"format": CACHE_FORMAT, "kind": kind, **key}
+    digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:16]
+    stem = f"{kind}-{key.get('resolution')}px-{key.get('images')}img-{digest}"
+    return stem, json.dumps(full, sort_keys=True, indent=1) + "\n"
 
 
-def _key_path(folder: Path, stem: str) -> Path:
-    return folder / f"{stem}.json"
-
-
-def _key_text(kind: str, key: dict) -> str:
-    return json.dumps({"format": CACHE_FORMAT, "kind": kind, **key}, sort_keys=True, indent=1) + "\n"
-
-
-def _matches(folder: Path, kind: str, key: dict) -> bool:
-    path = _key_path(folder, entry_stem(kind, key))
+def _matches(folder: Path, stem: str, key_text: str) -> bool:
     try:
-        return path.read_text() == _key_text(kind, key)
+        return (folder / f"{stem}.json").read_text() == key_text
     except OSError:
         return False
 
 
+def _warn_unwritable(folder: Path, error: OSError) -> None:
+    # The statistics were computed and are used; only the next run loses the shortcut.
+    reason = error.strerror or str(error)
+    where = error.filename or folder
+    print(f"warning: metric cache not written ({where}: {reason}); the result is kept, "
+          f"the real images will be read again next time", file=sys.stderr, flush=True)
+
+
 # -- FID: mu / sigma ------------------------------------------------------------------------
 def load_fid_stats(folder: Path, key: dict) -> tuple[np.ndarray, np.ndarray] | None:
-    stem = entry_stem("fid-real", key)
-    if not _matches(folder, "fid-real", key):
+    stem, key_text = _entry("fid-real", key)
+    if not _matches(folder, stem, key_text):
         return None
     try:
         with np.load(folder / f"{stem}.npz") as data:
@@ -58,19 +61,25 @@ def load_fid_stats(folder: Path, key: dict) -> tuple[np.ndarray, np.ndarray] | N
         return None
 
 
-def save_fid_stats(folder: Path, key: dict, mu: np.ndarray, sigma: np.ndarray) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = entry_stem("fid-real", key)
-    with atomic_output(folder / f"{stem}.npz") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, mu=mu, sigma=sigma)
-    atomic_write_text(_key_path(folder, stem), _key_text("fid-real", key))
+def save_fid_stats(folder: Path, key: dict, mu: np.ndarray, sigma: np.ndarray) -> bool:
+    """Write the entry (key file last); an unwritable folder is a warning on stderr. True if written."""
+    stem, key_text = _entry("fid-real", key)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_output(folder / f"{stem}.npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, mu=mu, sigma=sigma)
+        atomic_write_text(folder / f"{stem}.json", key_text)
+    except OSError as error:
+        _warn_unwritable(folder, error)
+        return False
+    return True
 
 
 # -- SWD: descriptor sets -------------------------------------------------------------------
 def load_swd_descriptors(folder: Path, key: dict, sizes: list[int]) -> list[torch.Tensor] | None:
-    stem = entry_stem("swd-real", key)
-    if not _matches(folder, "swd-real", key):
+    stem, key_text = _entry("swd-real", key)
+    if not _matches(folder, stem, key_text):
         return None
     levels = []
     try:
@@ -85,11 +94,17 @@ def load_swd_descriptors(folder: Path, key: dict, sizes: list[int]) -> list[torc
     return levels
 
 
-def save_swd_descriptors(folder: Path, key: dict, sizes: list[int], levels: list[torch.Tensor]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = entry_stem("swd-real", key)
-    for size, level in zip(sizes, levels):
-        with atomic_output(folder / f"{stem}-level{size}.npy") as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, level.numpy())
-    atomic_write_text(_key_path(folder, stem), _key_text("swd-real", key))
+def save_swd_descriptors(folder: Path, key: dict, sizes: list[int], levels: list[torch.Tensor]) -> bool:
+    """Write the entry (key file last); an unwritable folder is a warning on stderr. True if written."""
+    stem, key_text = _entry("swd-real", key)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for size, level in zip(sizes, levels):
+            with atomic_output(folder / f"{stem}-level{size}.npy") as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, level.numpy())
+        atomic_write_text(folder / f"{stem}.json", key_text)
+    except OSError as error:
+        _warn_unwritable(folder, error)
+        return False
+    return True
