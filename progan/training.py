@@ -123,6 +123,21 @@ def step_inputs(seed: int, step: int, global_batch: int, latent_size: int, part:
     return StepInputs(latents_d[part], mix[part], flips[part], latents_g[part])
 
 
+def _load_adam_state(optimizer: torch.optim.Adam, state: dict) -> None:
+    """Load moments and step counts, but keep the kernel (fused or foreach) chosen for this
+    device: load_state_dict would bring back whichever one the checkpoint was written with."""
+    kernel = {key: optimizer.defaults[key] for key in ("fused", "foreach")}
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group.update(kernel)
+        on_param_device = bool(group["fused"] or group["capturable"])  # else steps live on the CPU
+        for param in group["params"]:
+            param_state = optimizer.state.get(param, {})
+            if "step" in param_state:
+                param_state["step"] = param_state["step"].to(
+                    device=param.device if on_param_device else "cpu", dtype=torch.float32)
+
+
 # -- data ------------------------------------------------------------------------------------
 class BatchReader(torch.utils.data.Dataset):
     """Lets a DataLoader hand whole index lists to `get_batch` (decoded in its workers)."""
@@ -344,8 +359,8 @@ class Trainer:
         if optimizer_states is not None and (
             self.optimizer_phase == saved_optimizer_phase or not config.reset_optimizer
         ):
-            self.opt_g.load_state_dict(optimizer_states[0])
-            self.opt_d.load_state_dict(optimizer_states[1])
+            _load_adam_state(self.opt_g, optimizer_states[0])
+            _load_adam_state(self.opt_d, optimizer_states[1])
             self._set_learning_rate(self.state.learning_rate)
         self.reals = self._real_images(self.state)
         self.grid_latents = torch.randn(

@@ -3,6 +3,7 @@ skipped non-finite steps, mixed precision, the fade of reals, and run-folder out
 
 from __future__ import annotations
 
+import copy
 import json
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from conftest import REPO, run_cli
 from progan import checkpoints
 from progan.schedule import state_at
 from progan.setup_run import prepare_run
-from progan.training import DataOrder, Trainer, fade_reals, step_inputs
+from progan.training import DataOrder, Trainer, _load_adam_state, fade_reals, step_inputs
 
 # 16 images per step: 4x4 stable for 4 steps, fade into 8x8 over 8 steps, then stable 8x8.
 TINY = ["--config", "small", "--resolution", "8", "--stable-kimg", "0.064", "--fade-kimg", "0.128",
@@ -303,3 +304,30 @@ def test_metric_flags_are_checked_before_training(demo_lmdb, tmp_path, capsys):
     assert code == 2 and "--metric-kimg" in err
     code, err = run_main(capsys, *base, "--metrics", "swd", "--metric-kimg", "1", "--metric-images", "1000")
     assert code == 2 and "holds 64" in err
+
+
+def test_resumed_adam_keeps_this_devices_kernel_and_continues_the_same():
+    # A checkpoint written with foreach Adam, loaded into the trainer's fused Adam: the state
+    # must not switch the kernel back, and the next step must match the foreach optimizer's.
+    torch.manual_seed(0)
+    weights = torch.randn(4, 5)
+    grads = [torch.randn(4, 5) for _ in range(3)]
+
+    def adam(kind):
+        param = torch.nn.Parameter(weights.clone())
+        return param, torch.optim.Adam([param], lr=0.01, betas=(0.0, 0.99), **{kind: True})
+
+    old_param, old = adam("foreach")
+    for grad in grads[:2]:
+        old_param.grad = grad.clone()
+        old.step()
+    new_param, new = adam("fused")
+    with torch.no_grad():
+        new_param.copy_(old_param)
+    _load_adam_state(new, copy.deepcopy(old.state_dict()))  # as from disk: no shared moments
+    assert new.param_groups[0]["fused"] is True and not new.param_groups[0]["foreach"]
+    old_param.grad, new_param.grad = grads[2].clone(), grads[2].clone()
+    old.step()
+    new.step()
+    torch.testing.assert_close(new_param, old_param, rtol=1e-6, atol=1e-7)
+    assert float(new.state[new_param]["step"]) == 3.0
