@@ -1,7 +1,7 @@
 """Image batches to pictures on disk: [-1, 1] tensors to uint8, grids, atomic PNG writes.
 
 Shared by training (sample grids), sampling and `data_prep preview`. numpy and PIL only;
-torch is imported lazily by `to_uint8` so data tools stay light.
+torch is imported lazily by `quantize` so data tools stay light.
 """
 
 from __future__ import annotations
@@ -18,13 +18,19 @@ from progan.fileio import atomic_output
 
 def to_uint8(images) -> np.ndarray:
     """Map float images in [-1, 1], shape [N, C, H, W], to uint8 [N, H, W, C] (rounded, clipped)."""
+    return quantize(images).cpu().permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def quantize(images):
+    """Float images in [-1, 1], [N, C, H, W] -> uint8 tensor [N, C, H, W], round((x + 1) * 127.5)
+    clipped to 0..255, on the images' own device. The one float-to-byte mapping of the project:
+    saved pictures and the images the metrics see (quantised like the stored reals)."""
     import torch
 
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        raise ValueError(f"to_uint8 expects a 4-D tensor [N, C, H, W], got {_describe(images)}")
-    scaled = (images.detach().to("cpu", torch.float32) + 1.0) * 127.5
-    as_bytes = scaled.round().clamp_(0, 255).to(torch.uint8)
-    return as_bytes.permute(0, 2, 3, 1).contiguous().numpy()
+        raise ValueError(f"expected a 4-D image tensor [N, C, H, W], got {_describe(images)}")
+    scaled = (images.detach().to(torch.float32) + 1.0) * 127.5
+    return scaled.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def grid_shape(count: int, rows: int | None = None, cols: int | None = None) -> tuple[int, int]:

@@ -10,7 +10,7 @@ evaluate (the sharded driver), __main__ (the command line). metrics.jsonl lines 
 with progan.fileio.append_jsonl.
 """
 
-from progan.metrics.common import MetricError, float_to_uint8
+from progan.metrics.common import MetricError
 from progan.metrics.evaluate import (
     DEFAULT_NUM_IMAGES,
     METRICS,
@@ -26,7 +26,7 @@ from progan.metrics.swd import sliced_wasserstein_distance, swd_metric_names
 
 __all__ = [
     "DEFAULT_NUM_IMAGES", "METRICS", "DatasetSource", "GeneratorSource", "MetricError",
-    "evaluate_metrics", "feature_statistics", "fid_from_features", "float_to_uint8", "frechet_distance", "load_inception_once",
+    "evaluate_metrics", "feature_statistics", "fid_from_features", "frechet_distance", "load_inception_once",
     "ms_ssim", "ms_ssim_pairs", "parse_metric_names", "sliced_wasserstein_distance", "swd_metric_names",
     "unavailable_reason",
 ]

@@ -1,4 +1,4 @@
-"""Pieces shared by the metrics: the error type, image conversion and seeded randomness."""
+"""Pieces shared by the metrics: the error type, image checks and seeded randomness."""
 
 from __future__ import annotations
 
@@ -14,14 +14,6 @@ RANDOM_BLOCK = 1024
 
 class MetricError(ValueError):
     """A metric that cannot be computed as asked; the message is one line for the user."""
-
-
-def float_to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Generator output in [-1, 1] -> uint8 [0, 255] as round((x + 1) * 127.5), clipped.
-
-    Metrics see generated images quantised exactly like the stored reals (as the paper's code does).
-    """
-    return ((images.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def check_uint8_images(images: torch.Tensor, what: str = "images") -> None:

@@ -13,7 +13,8 @@ from typing import Callable, Protocol
 import torch
 import torch.nn.functional as F
 
-from progan.metrics.common import MetricError, float_to_uint8, seeded_generator, seeded_rows
+from progan.images import quantize
+from progan.metrics.common import MetricError, seeded_generator, seeded_rows
 
 ImageSource = Callable[[int, int], torch.Tensor]
 
@@ -57,7 +58,7 @@ class GeneratorSource:
         factor = self.generator_resolution // self.resolution
         if factor > 1:
             images = F.avg_pool2d(images, factor)
-        return float_to_uint8(images)
+        return quantize(images)
 
 
 class DatasetSource:
