@@ -242,6 +242,18 @@ def _read_metadata_record(path) -> tuple[bytes, dict]:
     return record, _parse_metadata(path, record, unfinished)
 
 
+def read_build_records(path) -> tuple[dict | None, dict | None]:
+    """(finished metadata, unfinished-build state) of a build output folder, read without
+    writing or locking; (None, None) where no database is there yet. DatasetError (one line) if
+    the path cannot be a build output or a record is corrupt."""
+    path = Path(path)
+    _check_output_folder(path)
+    if not (path / "data.mdb").exists():
+        return None, None
+    with _reading(path) as env, env.begin() as txn:
+        return _json_record(path, txn, META_KEY), _json_record(path, txn, STATE_KEY)
+
+
 def read_metadata(path) -> dict:
     """The metadata record of a finished database; DatasetError if there is none."""
     return _read_metadata_record(path)[1]
@@ -469,8 +481,8 @@ class DatasetWriter:
             )
             self._lock_file = _lock_exclusively(data_file)
             with self.env.begin() as txn:
-                self.finished_metadata = _json_or_none(txn.get(META_KEY))
-                self.state = _json_or_none(txn.get(STATE_KEY))
+                self.finished_metadata = _json_record(self.path, txn, META_KEY)
+                self.state = _json_record(self.path, txn, STATE_KEY)
                 foreign = self.finished_metadata is None and self.state is None and txn.stat()["entries"]
         except lmdb.Error as error:
             self.close()
@@ -484,14 +496,10 @@ class DatasetWriter:
                 f"{self.path}: holds an LMDB database that is not a progan build; choose another output path"
             )
 
-    @property
-    def map_size(self) -> int:
-        return self.env.info()["map_size"]
-
     def start(self, plan: dict) -> None:
         """Record the plan of a new build. plan needs "resolutions" and "encoding"."""
         state = {"plan": plan, "next_file": 0, "next_index": 0, "chunks": 0}
-        self._write(lambda txn: txn.put(STATE_KEY, canonical_json(state)))
+        write_growing(self.env, lambda txn: txn.put(STATE_KEY, canonical_json(state)))
         self.state = state
 
     def commit_chunk(
@@ -529,7 +537,7 @@ class DatasetWriter:
                 before_commit()
 
         self._make_room(sum(len(data) + 2 * PAGE_OVERHEAD for image in images for data in image.levels))
-        self._write(write)
+        write_growing(self.env, write)
         self.state = new_state
 
     def finish(self) -> dict:
@@ -545,7 +553,7 @@ class DatasetWriter:
             txn.delete(STATE_KEY)
             result["metadata"] = metadata
 
-        self._write(write)
+        write_growing(self.env, write)
         self.finished_metadata, self.state = result["metadata"], None
         return self.finished_metadata
 
@@ -586,9 +594,6 @@ class DatasetWriter:
         if size != info["map_size"]:
             self.env.set_mapsize(size)
 
-    def _write(self, fill: Callable) -> None:
-        write_growing(self.env, fill)
-
 
 def _check_output_folder(path: Path) -> None:
     if path.exists() and not path.is_dir():
@@ -612,8 +617,17 @@ def _lock_exclusively(data_file: Path):
     return handle
 
 
-def _json_or_none(record: bytes | None):
-    return None if record is None else json.loads(bytes(record))
+def _json_record(path, txn, key: bytes):
+    """The JSON record under `key`, None if absent; DatasetError (one line) if it is corrupt."""
+    record = txn.get(key)
+    if record is None:
+        return None
+    try:
+        return json.loads(bytes(record))
+    except ValueError:
+        raise DatasetError(
+            f"{path}: record {key.decode()} is corrupt (not JSON); delete {path} and build it again"
+        ) from None
 
 
 def _read_chunk_records(txn, count: int) -> list[dict]:
