@@ -262,6 +262,14 @@ class GradientSync:
         """Average (and unscale) the grads in place; returns (all finite?, summed flags)."""
         grads = [p.grad for p in params if p.grad is not None]
         device = grads[0].device if grads else torch.device("cpu")
+        if self.world_size == 1 and device.type in ("cpu", "cuda"):
+            # Nothing to average or share: unscale and check in one fused pass over the grads
+            # (the kernel GradScaler uses), instead of a flat copy out and back.
+            found_inf = torch.zeros(1, device=device)
+            if grads:
+                torch._amp_foreach_non_finite_check_and_unscale_(
+                    grads, found_inf, torch.full((1,), 1.0 / scale, device=device))
+            return not bool(found_inf.item()), list(flags or [0.0] * self.NUM_FLAGS)
         flag_values = torch.tensor(flags or [0.0] * self.NUM_FLAGS, dtype=torch.float32, device=device)
         if not grads:
             return True, flag_values.tolist()
