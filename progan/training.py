@@ -8,8 +8,9 @@ Design choices (and why):
   StyleGAN3 code does). This is correct for growing networks (blocks unused at the current
   resolution simply have no gradient, on every rank alike), for the two D passes of a
   WGAN-GP step (reals and fakes together, then the penalty's mixes) and for the double
-  backward of the penalty, and it needs no re-wrapping at each growth step. accelerate starts the processes, picks the devices and provides the gather
-  and reduce used for statistics.
+  backward of the penalty, and it needs no re-wrapping at each growth step. accelerate
+  starts the processes, picks the devices and provides the gather and reduce used for
+  statistics.
 * **Randomness is a function of (seed, step).** Each step draws its latents, penalty mixing
   weights and mirror flips for the *global* batch from a generator seeded with (seed, step),
   and each process takes its slice; the data order is a seeded permutation per epoch indexed
