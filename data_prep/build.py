@@ -41,6 +41,7 @@ from progan.data import (
     DatasetError,
     DatasetWriter,
     ImageRecord,
+    read_build_records,
     resolutions_between,
 )
 from progan.progress import Progress
@@ -76,8 +77,6 @@ class BuildConfig:
 class BuildReport:
     metadata: dict
     already_complete: bool = False
-    resumed_at_file: int = 0  # files done before this run
-    files_processed: int = 0  # by this run
     seconds: float = 0.0
 
 
@@ -98,11 +97,19 @@ def build(config: BuildConfig, log: TextIO | None = None) -> BuildReport:
     resolutions = _check_config(config)
     files, unreadable = _scan(config.source, log)
     plan = _make_plan(config, resolutions, files, unreadable)
+    # Read-only first: a finished dataset, or a build with other settings, needs no workers.
+    try:
+        finished = _check_recorded(config.out, plan, *read_build_records(config.out))
+    except DatasetError as error:
+        raise BuildError(str(error)) from None
+    if finished is not None:
+        return BuildReport(finished, already_complete=True, seconds=time.perf_counter() - started)
     workers = config.workers or default_workers()
+    in_flight = 2 * workers + 2  # files queued or being decoded: enough to keep every worker busy
     # Workers fork before the database is opened, so they hold no LMDB handle or lock.
-    with _worker_pool(workers, config.max_pixels, _pyramid_bytes(resolutions)) as (pool, ring), \
+    with _worker_pool(workers, in_flight, config.max_pixels, _pyramid_bytes(resolutions)) as (pool, ring), \
             _open_writer(config.out) as writer:
-        report = _build_with(writer, config, plan, files, pool, ring, log)
+        report = _build_with(writer, config, plan, files, pool, ring, in_flight, log)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -126,25 +133,36 @@ def _open_writer(out: Path):
         writer.close()
 
 
-def _build_with(writer: DatasetWriter, config: BuildConfig, plan: dict, files, pool, ring, log) -> BuildReport:
-    if writer.finished_metadata is not None:
-        _check_same_plan(config.out, writer.finished_metadata["build"], plan, finished=True)
-        return BuildReport(writer.finished_metadata, already_complete=True)
+def _check_recorded(out: Path, plan: dict, finished: dict | None, state: dict | None) -> dict | None:
+    """The finished metadata if OUT already holds this build; BuildError if it holds a finished
+    or unfinished build with other settings; None if the build is new or resumable."""
+    if finished is not None:
+        _check_same_plan(out, finished["build"], plan, finished=True)
+    elif state is not None:
+        _check_same_plan(out, state["plan"], plan, finished=False)
+    return finished
+
+
+def _build_with(
+    writer: DatasetWriter, config: BuildConfig, plan: dict, files, pool, ring, in_flight: int, log
+) -> BuildReport:
+    # Checked again under the writer's lock: another build may have got there since.
+    finished = _check_recorded(config.out, plan, writer.finished_metadata, writer.state)
+    if finished is not None:
+        return BuildReport(finished, already_complete=True)
     if writer.state is None:
         writer.start(plan)
-    else:
-        _check_same_plan(config.out, writer.state["plan"], plan, finished=False)
     resumed_at = writer.state["next_file"]
     if resumed_at:
         _say(log, f"resuming {config.out}: {resumed_at} of {len(files)} files already done "
                   f"({writer.state['next_index']} images)")
-    processed = _encode_remaining(config, files, writer, pool, ring, log)
+    _encode_remaining(config, files, writer, pool, ring, in_flight, log)
     if writer.state["next_index"] == 0:
         skips = [skip for chunk in writer.chunk_records() for skip in chunk["skipped"]]
         writer.abandon()
         raise BuildError(f"{config.source}: no usable images; all {len(files)} files were skipped "
-                         f"({_skip_summary(skips)})")
-    return BuildReport(writer.finish(), False, resumed_at, processed)
+                         f"({skip_summary(skips)})")
+    return BuildReport(writer.finish())
 
 
 def _check_config(config: BuildConfig) -> list[int]:
@@ -234,26 +252,28 @@ def _flatten(plan: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _encode_remaining(config: BuildConfig, files, writer: DatasetWriter, pool, ring, log: TextIO) -> int:
-    """Process the files after the last committed chunk; returns how many were processed."""
+def _encode_remaining(
+    config: BuildConfig, files, writer: DatasetWriter, pool, ring, in_flight: int, log: TextIO
+) -> None:
+    """Process the files after the last committed chunk."""
     limit = config.limit
     next_file, images_done = writer.state["next_file"], writer.state["next_index"]
     if next_file >= len(files) or (limit is not None and images_done >= limit):
-        return 0
+        return
     options = DecodeOptions(
         config.max_res, config.min_res, config.crop, config.upscale, config.max_pixels, config.encoding
     )
-    chunk_files = _chunk_files(config.max_res)
+    chunk_files = _chunk_files(writer.state["plan"]["resolutions"])
     todo = len(files) - next_file
     total = todo if limit is None else min(todo, limit - images_done)
     tasks = (
         (position, os.path.join(config.source, files[position].path), options)
         for position in range(next_file, len(files))
     )
-    images, skipped, processed = [], [], 0
+    images, skipped = [], []
     with Progress(total, "build", unit="img", stream=log) as progress, \
             _BackgroundCommitter(writer, _env_int(STALL_ENV), progress.write) as committer:
-        results = _in_order(pool, ring, config.workers or default_workers(), tasks, files)
+        results = _in_order(pool, ring, in_flight, tasks, files)
         for position, levels, reason, digest in results:
             source = files[position].path
             if reason is None:
@@ -261,7 +281,6 @@ def _encode_remaining(config: BuildConfig, files, writer: DatasetWriter, pool, r
             else:
                 skipped.append((source, reason))
                 progress.write(f"skipped {source}: {reason}")
-            processed += 1
             progress.update()
             end = position + 1
             limit_hit = limit is not None and images_done + len(images) >= limit
@@ -271,7 +290,6 @@ def _encode_remaining(config: BuildConfig, files, writer: DatasetWriter, pool, r
                 images, skipped = [], []
             if limit_hit:
                 break
-    return processed
 
 
 class _BackgroundCommitter:
@@ -328,13 +346,10 @@ class _BackgroundCommitter:
             raise self.error
 
 
-def _in_order(pool: ProcessPoolExecutor, ring: TransferRing | None, workers: int, tasks, files):
-    """(position, levels, skip reason, digest) of each task, in task order.
-
-    As many tasks are in flight as the ring has slots (or 2 per worker without a ring).
-    """
+def _in_order(pool: ProcessPoolExecutor, ring: TransferRing | None, in_flight: int, tasks, files):
+    """(position, levels, skip reason, digest) of each task, in task order, with up to
+    `in_flight` tasks submitted at a time (the ring, if any, has that many slots)."""
     pending = collections.deque()
-    max_in_flight = ring.slots if ring is not None else 2 * workers + 2
 
     def next_result():
         position, slot, future = pending.popleft()
@@ -356,7 +371,7 @@ def _in_order(pool: ProcessPoolExecutor, ring: TransferRing | None, workers: int
         for task in tasks:
             slot = ring.acquire() if ring is not None else None
             pending.append((task[0], slot, pool.submit(process_file, *task, slot)))
-            if len(pending) >= max_in_flight:
+            if len(pending) >= in_flight:
                 yield next_result()
         while pending:
             yield next_result()
@@ -366,14 +381,15 @@ def _in_order(pool: ProcessPoolExecutor, ring: TransferRing | None, workers: int
 
 
 @contextlib.contextmanager
-def _worker_pool(workers: int, max_pixels: int, slot_bytes: int):
-    """A started process pool and, where workers fork (Linux), a TransferRing they share.
+def _worker_pool(workers: int, in_flight: int, max_pixels: int, slot_bytes: int):
+    """A started process pool and, where workers fork (Linux), a TransferRing they share with
+    a slot for each of the `in_flight` tasks.
 
     Fork is used only on Linux, before any thread or database handle exists in this process;
     elsewhere workers are spawned and results come back through pipes.
     """
     if sys.platform.startswith("linux"):
-        ring = TransferRing(2 * workers + 2, slot_bytes)
+        ring = TransferRing(in_flight, slot_bytes)
         context = multiprocessing.get_context("fork")
     else:
         ring, context = None, multiprocessing.get_context("spawn")
@@ -400,12 +416,11 @@ def _pyramid_bytes(resolutions: list[int]) -> int:
     return sum(3 * res * res for res in resolutions)
 
 
-def _chunk_files(max_res: int) -> int:
+def _chunk_files(resolutions: list[int]) -> int:
     override = _env_int(CHUNK_FILES_ENV)
     if override:
         return override
-    raw_bytes_per_image = 4 * max_res * max_res  # 3 bytes per pixel, times 4/3 for the pyramid
-    return max(1, min(MAX_CHUNK_FILES, CHUNK_BYTES // raw_bytes_per_image))
+    return max(1, min(MAX_CHUNK_FILES, CHUNK_BYTES // _pyramid_bytes(resolutions)))
 
 
 def _env_int(name: str) -> int | None:
@@ -428,11 +443,7 @@ def _say(log: TextIO, line: str) -> None:
     log.flush()
 
 
-def _skip_summary(skips) -> str:
+def skip_summary(skips: list[dict]) -> str:
+    """e.g. "3 too small, 1 empty file" for a build's skip records (metadata["skipped"])."""
     counts = collections.Counter(skip["reason"].split(":")[0] for skip in skips)
     return ", ".join(f"{count} {reason}" for reason, count in counts.most_common())
-
-
-def skip_summary(metadata: dict) -> str:
-    """e.g. "3 too small, 1 empty file" for the files a build skipped."""
-    return _skip_summary(metadata["skipped"])

@@ -127,7 +127,7 @@ def _size(text: str) -> int:
 def _run_build(args) -> int:
     config = BuildConfig(
         source=args.source, out=args.out, max_res=args.max_res, min_res=args.min_res,
-        workers=args.workers or default_workers(), crop=args.crop, upscale=args.upscale,
+        workers=args.workers or 0, crop=args.crop, upscale=args.upscale,
         limit=args.limit, encoding=args.encoding, max_pixels=args.max_pixels,
     )
     report = build(config)
@@ -143,7 +143,7 @@ def _run_build(args) -> int:
         f"per 1000 images) in {report.seconds:.1f} s"
     )
     if metadata["skipped"]:
-        print(f"skipped {len(metadata['skipped'])} files: {skip_summary(metadata)} "
+        print(f"skipped {len(metadata['skipped'])} files: {skip_summary(metadata['skipped'])} "
               f"(listed in the metadata: python -m data_prep info {args.out})")
     return 0
 

@@ -12,7 +12,6 @@ Image i depends only on (seed, i): a larger --count extends a smaller one.
 from __future__ import annotations
 
 import colorsys
-import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -177,10 +176,3 @@ def synth(
             done = future.result()
             if progress is not None:
                 progress.update(done)
-
-
-def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1

@@ -27,6 +27,7 @@ from conftest_data import (
     solid,
     write_hostile_files,
 )
+import data_prep.build
 from data_prep.build import STALL_MESSAGE
 from progan.data import (
     DatasetError,
@@ -306,11 +307,16 @@ def test_other_encodings_build_and_read(tmp_path, capsys, encoding):
 # ----------------------------------------------------------------------------- reruns and resume
 
 
-def test_rerun_of_a_finished_build_does_nothing_and_other_options_are_refused(tmp_path, capsys):
+def test_rerun_of_a_finished_build_does_nothing_and_other_options_are_refused(tmp_path, capsys, monkeypatch):
     source, out = tmp_path / "src", tmp_path / "out.lmdb"
     save(noise(32, 0), source / "a.png")
     assert run_cli(capsys, "build", source, out, "--max-res", 32)[0] == 0
     before = all_records(out)
+
+    def no_workers(*args):
+        raise AssertionError("started worker processes")
+
+    monkeypatch.setattr(data_prep.build, "_worker_pool", no_workers)  # both answers are read-only
     code, stdout, _ = run_cli(capsys, "build", source, out, "--max-res", 32)
     assert code == 0 and "already complete" in stdout
     code, _, err = run_cli(capsys, "build", source, out, "--max-res", 16)
