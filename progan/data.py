@@ -343,13 +343,14 @@ class MultiResolutionDataset:
     def __getitem__(self, index):
         torch = _torch()
         index = self._check_index(index)
+        flip = self.mirror and bool(torch.rand(()) < 0.5)
         if self.in_memory:
-            image = self._loaded_level()[index].copy()
+            stored = self._loaded_level()[index]
+            image = (stored[:, :, ::-1] if flip else stored).copy()  # one copy, flipped or not
         else:
+            image = np.empty((CHANNELS, self.resolution, self.resolution), np.uint8)
             with self._environment().begin(buffers=True) as txn:
-                image = self._read_chw(txn, index)
-        if self.mirror and bool(torch.rand(()) < 0.5):
-            image = image[:, :, ::-1].copy()
+                self._read_chw(txn, index, image[:, :, ::-1] if flip else image)
         return torch.from_numpy(image)
 
     def get_batch(self, indices: Sequence[int] | np.ndarray):
@@ -362,7 +363,7 @@ class MultiResolutionDataset:
             batch = np.empty((len(indices), CHANNELS, self.resolution, self.resolution), np.uint8)
             with self._environment().begin(buffers=True) as txn:
                 for slot, index in enumerate(indices):
-                    batch[slot] = self._read_chw(txn, self._check_index(int(index)))
+                    self._read_chw(txn, self._check_index(int(index)), batch[slot])
         if self.mirror and len(batch):
             flip = (torch.rand(len(batch)) < 0.5).numpy()
             batch[flip] = batch[flip][..., ::-1]
@@ -411,7 +412,8 @@ class MultiResolutionDataset:
             self._env_pid = os.getpid()
         return self._env
 
-    def _read_chw(self, txn, index: int) -> np.ndarray:
+    def _read_chw(self, txn, index: int, out: np.ndarray) -> None:
+        """Decode image `index` into `out` ([3, R, R], any strides): its only copy."""
         key = image_key(self.resolution, index)
         data = txn.get(key)
         if data is None:
@@ -422,14 +424,14 @@ class MultiResolutionDataset:
             hwc = decode_image(data, self.encoding, self.resolution)
         except ValueError as error:
             raise DatasetError(f"{self.path}: record {key.decode()} {error}") from None
-        return np.ascontiguousarray(hwc.transpose(2, 0, 1))
+        out[...] = hwc.transpose(2, 0, 1)
 
     def _loaded_level(self) -> np.ndarray:
         if self._level is None:
             level = np.empty((self.length, CHANNELS, self.resolution, self.resolution), np.uint8)
             with self._environment().begin(buffers=True) as txn:
                 for index in range(self.length):
-                    level[index] = self._read_chw(txn, index)
+                    self._read_chw(txn, index, level[index])
             self._level = level
         return self._level
 

@@ -84,6 +84,10 @@ def test_in_memory_items_are_copies(faces_db):
     dataset[0].zero_()
     dataset.get_batch([0]).zero_()
     assert dataset[0].sum() > 0
+    mirrored = MultiResolutionDataset(db, 16, mirror=True)
+    for _ in range(16):  # flipped and unflipped items alike
+        mirrored[0].zero_()
+    assert mirrored[0].sum() > 0 and mirrored.get_batch([0]).sum() > 0
 
 
 @pytest.mark.parametrize("memory_budget", [0, 1 << 30])
