@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -29,13 +31,14 @@ def box_reference(level: np.ndarray) -> np.ndarray:
 def test_box_pyramid_matches_float64_reference():
     rng = np.random.default_rng(0)
     top = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    top[:2, :2] = [[[0, 255, 1]] * 2, [[2, 255, 1]] * 2]  # sums 2, 1020, 6: exact halves to round
+    # 2x2 sums 2, 1020, 10: means 0.5 and 2.5 are exact halves (half up: 1, 3; half even: 0, 2)
+    top[:2, :2] = [[[0, 255, 1], [0, 255, 1]], [[1, 255, 2], [1, 255, 6]]]
     levels = [np.asarray(level) for level in build_pyramid(Image.fromarray(top), 4)]
     assert [level.shape[0] for level in levels] == [4, 8, 16, 32, 64]
     np.testing.assert_array_equal(levels[-1], top)
     for above, below in zip(levels[:0:-1], levels[-2::-1]):
         np.testing.assert_array_equal(below, box_reference(above))
-    assert levels[-2][0, 0].tolist() == [1, 255, 1]  # 0.5 -> 1, 1.5 -> 2 would be half-even's 2, 2
+    assert levels[-2][0, 0].tolist() == [1, 255, 3]
 
 
 def test_pyramid_stops_at_min_res():
@@ -116,12 +119,23 @@ def test_save_png_writes_the_array(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["grid.png"]  # no temporary left
 
 
-def test_save_png_bad_array_leaves_existing_file(tmp_path):
+def test_save_png_failing_mid_write_leaves_existing_file(tmp_path, monkeypatch):
     path = tmp_path / "grid.png"
-    save_png(np.zeros((2, 2, 3), np.uint8), path)
+    old = np.full((2, 2, 3), 7, np.uint8)
+    save_png(old, path)
     with pytest.raises(ValueError):
-        save_png(np.zeros((2, 2, 3), np.float32), path)
-    assert np.asarray(Image.open(path)).shape == (2, 2, 3)
+        save_png(np.zeros((2, 2, 3), np.float32), path)  # refused before any file is opened
+
+    def write_part_then_fail(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"\x89PNG\r\n\x1a\npartial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", write_part_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        save_png(np.zeros((4, 4, 3), np.uint8), path)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), old)
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # no temporary left
 
 
 # ----------------------------------------------------------------------------- synth faces
