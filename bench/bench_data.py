@@ -37,6 +37,7 @@ from pathlib import Path
 
 import lmdb
 import numpy as np
+import PIL
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -45,6 +46,7 @@ from data_prep.build import BuildConfig, build  # noqa: E402
 from data_prep.synth import draw_face, face_rng  # noqa: E402
 from progan.data import (ENCODINGS, DEFAULT_ENCODING, INITIAL_MAP_SIZE, MultiResolutionDataset,  # noqa: E402
                          image_key, write_growing)
+from progan.fileio import atomic_output  # noqa: E402
 from progan.training import BatchReader  # noqa: E402
 
 
@@ -59,10 +61,13 @@ def make_photo(args) -> None:
     texture = rng.normal(0, 30, (size // 16, size // 16)).astype(np.float32)
     texture = np.asarray(Image.fromarray(texture, "F").resize((size, size), Image.Resampling.BICUBIC))
     pixels += texture[:, :, None] + rng.normal(0, 4, pixels.shape).astype(np.float32)
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, format="JPEG", quality=90)
+    # Atomic, so a killed run leaves no half-written photo for the next run to reuse.
+    with atomic_output(path) as tmp:
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(tmp, format="JPEG", quality=90)
 
 
 def ensure_photos(folder: Path, count: int, size: int, workers: int) -> list[Path]:
+    """The photos of an earlier run with the same --images and --size are reused."""
     paths = [folder / f"photo_{i:05d}.jpg" for i in range(count)]
     missing = [(i, size, p) for i, p in enumerate(paths) if not p.exists()]
     if missing:
@@ -259,7 +264,8 @@ def main() -> None:
     paths = ensure_photos(photos, args.images, args.size, args.workers)
     print(f"{args.images} JPEG photos of {args.size}x{args.size} "
           f"({sum(p.stat().st_size for p in paths) / len(paths) / 1e3:.0f} KB each), "
-          f"levels 4..{args.size}, {args.workers} workers, {os.cpu_count()} cores\n")
+          f"levels 4..{args.size}, {args.workers} workers, {os.cpu_count()} cores, "
+          f"Pillow {PIL.__version__}\n")
 
     db_dir = args.db_dir or args.work
     dbs = {e: db_dir / f"{e}.lmdb" for e in args.encodings.split(",")}

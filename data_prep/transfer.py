@@ -1,7 +1,8 @@
 """Moving encoded images from worker processes to the writer without pickling them.
 
-Pickling a 4 MB result through a pipe costs ~10 ms here, more than decoding the JPEG; copying it
-through shared memory costs well under 1 ms.
+A 1024x1024 image with its pyramid is about 4.2 MB of levels. Sent back as a pickled result it
+would be serialised, pushed through a pipe and unpickled; through shared memory it is copied
+once into a slot by the worker and once out by the writer.
 """
 
 from __future__ import annotations
