@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from progan.cli import first_line
 from progan.config import ModelConfig
 from progan.fileio import atomic_output, atomic_write_text
 
@@ -112,20 +112,7 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load and check a progan file (training checkpoint or exported generator)."""
     path = resolve_checkpoint_path(path)
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise CheckpointError(
-            f"{path} was refused: it holds objects other than tensors and plain data "
-            f"({first_line[:120]}); it may not be a progan checkpoint, or it may be unsafe"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt: {_short(exc)})") from None
-    except Exception as exc:  # noqa: BLE001 - garbage bytes make the weights-only unpickler raise
-        # KeyError, IndexError, struct.error, ...: any of them means the file is unreadable.
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt: "
-                              f"{type(exc).__name__} {_short(exc)})") from None
+    data = load_weights_only(path, "checkpoint", CheckpointError, map_location)
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path} is not a progan checkpoint")
     version = data.get("format_version")
@@ -137,9 +124,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return data
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__
+def load_weights_only(path: Path, what: str, error: type[Exception],
+                      map_location: str | torch.device = "cpu") -> Any:
+    """torch.load(path, weights_only=True): tensors and plain data only, so a crafted file cannot
+    run code. Any failure raises `error` with one line naming `path` and `what` it should be:
+    refused (it pickles other objects) or not readable (truncated, corrupt, not a torch file)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch wraps every refusal in UnpicklingError: a pickled class or function ("Unsupported
+        # global") is refused, never run; foreign bytes ("Unsupported operand") are just unreadable.
+        if "unsupported global" in str(exc).lower():
+            raise error(f"{path} was refused: it holds objects other than tensors and plain data; "
+                        f"it may not be a {what}, or it may be unsafe") from None
+        raise error(f"{path} is not a readable {what} (corrupt, or not a PyTorch file)") from None
+    except Exception as exc:  # noqa: BLE001 - foreign bytes make the unpickler raise KeyError,
+        # struct.error, EOFError, zipfile.BadZipFile, RuntimeError, ...: all mean "unreadable".
+        raise error(f"{path} is not a readable {what} (truncated or corrupt: "
+                    f"{type(exc).__name__} {first_line(exc)})") from None
 
 
 # -- generators for sampling ----------------------------------------------------------------
@@ -171,7 +173,7 @@ def load_generator(
         generator.load_state_dict(data[key])
         stage = int(data["resolution"]), float(data["alpha"]), int(data["images_shown"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{resolved} does not match this progan's generator ({_short(exc)})") from None
+        raise CheckpointError(f"{resolved} does not match this progan's generator ({first_line(exc)})") from None
     generator.eval().requires_grad_(False).to(device)
     info = GeneratorInfo(
         model_config=config,

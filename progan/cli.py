@@ -39,6 +39,13 @@ def choose_device(name: str | None):
     return device
 
 
+def first_line(exc: BaseException, limit: int | None = 160) -> str:
+    """The first line of an exception's message (at most `limit` characters; its type name when
+    the message is empty), for one-line errors built from library exceptions."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__
+
+
 def is_main_process() -> bool:
     """True unless this is a non-zero rank of a multi-process launch (so errors print once)."""
     return os.environ.get("RANK", "0") == "0"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from progan.cli import CommandLineError, OneLineErrorParser, choose_device, fail
+from progan.cli import CommandLineError, OneLineErrorParser, choose_device, fail, first_line
 from progan.fileio import append_jsonl
 from progan.metrics.common import MetricError
 from progan.metrics.evaluate import (
@@ -159,8 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return fail("interrupted", PROG, code=130)
     except _user_errors() as exc:
-        message = str(exc).strip().splitlines()
-        return fail(message[0] if message else type(exc).__name__, PROG)
+        return fail(first_line(exc, limit=None), PROG)
 
 
 if __name__ == "__main__":

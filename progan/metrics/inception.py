@@ -22,13 +22,13 @@ pool ("pool3") is returned. Grayscale images are repeated to three channels.
 from __future__ import annotations
 
 import hashlib
-import pickle
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from progan.checkpoints import load_weights_only
 from progan.metrics.common import MetricError
 
 WEIGHTS_FILE_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -238,14 +238,7 @@ def load_inception(path: str | Path, *, verify: bool = True,
         raise MetricError(
             f"{path} is not {WEIGHTS_FILE_NAME}: its SHA-256 starts with {sha256[:8]}, expected "
             f"{WEIGHTS_SHA256_PREFIX} (pass --inception-unverified to use other weights; FID will not be comparable)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "unsupported global" in str(exc).lower():  # a pickled class: refused, never run
-            raise MetricError(f"{path} was refused: it holds objects other than tensors (not a plain state dict)") from None
-        raise MetricError(f"{path} is not a readable PyTorch weights file ({_first_line(exc)})") from None
-    except Exception as exc:  # torch.load fails on foreign bytes in many ways (struct, zip, EOF, ...)
-        raise MetricError(f"{path} is not a readable PyTorch weights file ({_first_line(exc)})") from None
+    state = load_weights_only(path, "PyTorch weights file", MetricError)
     model = FIDInceptionV3()
     _check_state_dict(state, model, path)
     model.load_state_dict(state, strict=True)
@@ -274,8 +267,3 @@ def _check_state_dict(state: object, model: nn.Module, path: Path) -> None:
         if tuple(state[name].shape) != tuple(tensor.shape):
             raise MetricError(f"{path} does not fit the FID Inception-v3: {name} has shape "
                               f"{tuple(state[name].shape)}, expected {tuple(tensor.shape)}")
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:160] if lines else type(exc).__name__
