@@ -275,6 +275,23 @@ def test_cli_compares_two_databases(lmdb16, capsys):
     assert record["swd_x1e3_avg"] > 0 and 0 < record["msssim"] < 1  # real vs real: other subsets
 
 
+def test_cli_records_how_many_reals_fid_used(lmdb16, fake_checkpoint, tmp_path, capsys, monkeypatch):
+    import progan.metrics.__main__ as cli
+
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"stand-in")  # the network and the metric are stubbed: only the record is checked
+    monkeypatch.setattr(cli, "load_inception_once", lambda path, verify, device: (None, "ab" * 32))
+    monkeypatch.setattr(cli, "evaluate_metrics", lambda names, *a, **k: {"fid": 1.5})
+    code, out, err = run_main(capsys, "fid", "--real", lmdb16, "--fake", fake_checkpoint, "--num", "20",
+                              "--inception", weights, "--device", "cpu", "--no-log")
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["num_images"] == {"fid": 20} and record["fid_real_images"] == 16  # the database holds 16
+    code, out, err = run_main(capsys, "fid", "--real", lmdb16, "--fake", fake_checkpoint, "--num", "10",
+                              "--inception", weights, "--device", "cpu", "--no-log")
+    assert code == 0 and json.loads(out)["fid_real_images"] == 10
+
+
 @pytest.fixture
 def fake_checkpoint(monkeypatch, tmp_path):
     """load_generator as the checkpoint module provides it, returning a tiny generator in a run folder."""
@@ -319,7 +336,7 @@ def test_cli_on_a_real_training_checkpoint(lmdb16, tmp_path, capsys):
     assert record["resolution"] == 16 and record["alpha"] == 0.5 and record["kimg"] == 3.0
     assert json.loads((run_dir / "metrics.jsonl").read_text()) == record
     code, out, err = run_main(capsys, "msssim", "--fake", run_dir, "--resolution", "32", "--device", "cpu")
-    assert_one_line_error(code, out, err, "resolution 32 is above what the generator supports (16x16")
+    assert_one_line_error(code, out, err, "resolution 32 is above what the generator produces (16x16)")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -348,7 +365,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(lmdb16, tmp_path, capsys, args, me
 
 def test_cli_refuses_a_resolution_above_the_generators(lmdb16, fake_checkpoint, capsys):
     code, out, err = run_main(capsys, "msssim", "--fake", fake_checkpoint, "--resolution", "64", "--device", "cpu")
-    assert_one_line_error(code, out, err, "resolution 64 is above what the generator supports")
+    assert_one_line_error(code, out, err, "resolution 64 is above what the generator produces (32x32)")
     assert not (fake_checkpoint / "metrics.jsonl").exists()
 
 

@@ -84,17 +84,11 @@ def _fake_source(args, names: list[str], device: torch.device):
 
     generator, info = load_generator(fake_path, device=device, ema=True)
     resolution = args.resolution or info.resolution
-    if resolution > info.resolution:
-        raise MetricError(f"resolution {resolution} is above what the generator supports "
-                          f"({info.resolution}x{info.resolution} at this checkpoint)")
     _check_available(names, resolution, args)
     source = GeneratorSource(generator, info.model_config.latent_size, resolution=resolution,
                              generator_resolution=info.resolution, alpha=info.alpha, seed=args.seed, device=device)
-    provenance = {"fake": str(getattr(info, "path", fake_path)), "generator_resolution": info.resolution,
-                  "alpha": info.alpha}
-    images_shown = getattr(info, "images_shown", None)
-    if images_shown is not None:
-        provenance["kimg"] = images_shown / 1000
+    provenance = {"fake": str(info.path), "generator_resolution": info.resolution, "alpha": info.alpha,
+                  "kimg": info.images_shown / 1000}
     return source, resolution, provenance, info.run_dir
 
 
@@ -111,14 +105,14 @@ def run(argv: list[str]) -> int:
         raise MetricError("swd and fid need --real DATA.lmdb")
     device = choose_device(args.device)
     if "fid" in names:
-        if args.inception is None:
-            raise MetricError("FID unavailable: no Inception weights given "
-                              "(--inception PATH to pt_inception-2015-12-05-6726825d.pth)")
+        _check_available(["fid"], args.resolution or 0, args)  # FID's needs do not depend on the resolution
         _, sha256 = load_inception_once(args.inception, not args.inception_unverified, device)  # fail early
+    real_count = None
     if args.real is not None:
         from progan.data import read_metadata
 
-        read_metadata(args.real)  # a missing or broken database fails before the generator loads
+        # A missing or broken database fails before the generator loads.
+        real_count = read_metadata(args.real)["count"]
     source, resolution, provenance, run_dir = _fake_source(args, names, device)
     cache_dir = Path(args.cache_dir) if args.cache_dir else (run_dir / "metric-cache" if run_dir else None)
     started = time.perf_counter()
@@ -138,6 +132,8 @@ def run(argv: list[str]) -> int:
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     if "fid" in names:
+        # FID's statistics use the whole database when it holds fewer images than asked for.
+        record["fid_real_images"] = min(record["num_images"]["fid"], real_count)
         record["inception_sha256"] = sha256
     print(json.dumps(record), flush=True)
     if run_dir is not None and not args.no_log:

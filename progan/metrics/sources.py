@@ -38,7 +38,8 @@ class GeneratorSource:
                  device: torch.device | str = "cpu") -> None:
         generator_resolution = generator_resolution or resolution
         if resolution > generator_resolution:
-            raise MetricError(f"resolution {resolution} is above what the generator produces ({generator_resolution})")
+            raise MetricError(f"resolution {resolution} is above what the generator produces "
+                              f"({generator_resolution}x{generator_resolution})")
         if generator_resolution % resolution:
             raise MetricError(f"resolution {resolution} does not divide the generator's {generator_resolution}")
         self.generator, self.latent_size = generator, latent_size
