@@ -22,11 +22,11 @@ from progan.metrics.evaluate import (
 from progan.metrics.fid import feature_statistics, fid_from_features, frechet_distance
 from progan.metrics.msssim import ms_ssim, ms_ssim_pairs
 from progan.metrics.sources import DatasetSource, GeneratorSource
-from progan.metrics.swd import sliced_wasserstein_distance, swd_metric_names
+from progan.metrics.swd import sliced_wasserstein_distance
 
 __all__ = [
     "DEFAULT_NUM_IMAGES", "METRICS", "DatasetSource", "GeneratorSource", "MetricError",
     "evaluate_metrics", "feature_statistics", "fid_from_features", "frechet_distance", "load_inception_once",
-    "ms_ssim", "ms_ssim_pairs", "parse_metric_names", "sliced_wasserstein_distance", "swd_metric_names",
+    "ms_ssim", "ms_ssim_pairs", "parse_metric_names", "sliced_wasserstein_distance",
     "unavailable_reason",
 ]
