@@ -1,13 +1,15 @@
 """Speed of the metrics on this machine, with extrapolation to the paper's image counts.
 
     .venv/bin/python bench/bench_metrics.py [--swd-images 2048] [--resolution 128]
-        [--msssim-pairs 500] [--fid-images 32] [--device cpu]
+        [--msssim-pairs 500] [--fid-images 32] [--batch-size 64] [--device cpu]
 
 Prints a markdown table. SWD is measured on --swd-images per side (two independent sets of
 synthetic images) and extrapolated to 16384 per side: descriptors, normalisation and
 projections scale linearly, sorting as n log n. MS-SSIM is extrapolated to 10,000 pairs; FID's
 Inception to 2 x 50,000 images (reals are cached after the first evaluation, halving that).
-No number here is asserted anywhere; the machine's load average is printed with the table.
+--batch-size is the images per batch of every phase (SWD descriptors, MS-SSIM, Inception).
+No number here is asserted anywhere; the machine's load average, this process's CPU time and
+peak RSS are printed with the table.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 import time
 from contextlib import contextmanager
 
@@ -97,24 +100,24 @@ def bench_swd(n: int, resolution: int, device: torch.device, batch: int) -> list
     return rows
 
 
-def bench_msssim(pairs: int, resolution: int, device: torch.device) -> list[tuple[str, float, float]]:
+def bench_msssim(pairs: int, resolution: int, device: torch.device, batch: int) -> list[tuple[str, float, float]]:
     images = synthetic_images(2 * pairs, resolution, seed=3).to(device)
     msssim.ms_ssim(images[:8])  # warm-up
     start = time.perf_counter()
-    msssim.ms_ssim(images, batch_size=64)
+    msssim.ms_ssim(images, batch_size=batch)
     seconds = time.perf_counter() - start
     return [(f"MS-SSIM, {resolution}x{resolution}, {pairs} vs {PAPER_MSSSIM_PAIRS} pairs", seconds,
              seconds * PAPER_MSSSIM_PAIRS / pairs)]
 
 
-def bench_fid(n: int, resolution: int, device: torch.device) -> list[tuple[str, float, float]]:
+def bench_fid(n: int, resolution: int, device: torch.device, batch: int) -> list[tuple[str, float, float]]:
     model = FIDInceptionV3().eval().to(device)
     images = synthetic_images(n, resolution, seed=4)
     with torch.no_grad():
         model(images[:2].to(device))  # warm-up
         start = time.perf_counter()
-        for i in range(0, n, 16):
-            model(images[i:i + 16].to(device))
+        for i in range(0, n, batch):
+            model(images[i:i + batch].to(device))
         seconds = time.perf_counter() - start
     rng = np.random.default_rng(0)
     features = [rng.normal(size=(4096, FEATURE_DIMS)) for _ in range(2)]
@@ -134,19 +137,25 @@ def main() -> None:
     p.add_argument("--resolution", type=int, default=128)
     p.add_argument("--msssim-pairs", type=int, default=500)
     p.add_argument("--fid-images", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch in every phase (default 64)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
     device = torch.device(args.device)
     load_before = os.getloadavg()
+    started = time.perf_counter()
     rows = bench_swd(args.swd_images, args.resolution, device, args.batch_size)
-    rows += bench_msssim(args.msssim_pairs, args.resolution, device)
-    rows += bench_fid(args.fid_images, args.resolution, device)
+    rows += bench_msssim(args.msssim_pairs, args.resolution, device, args.batch_size)
+    rows += bench_fid(args.fid_images, args.resolution, device, args.batch_size)
     load_after = os.getloadavg()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     print(f"\ndevice {device}, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
           f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
-    print(f"SWD descriptors take {swd.descriptor_bytes(PAPER_SWD_IMAGES, args.resolution) / 2**30:.1f} GiB "
-          f"per side at {PAPER_SWD_IMAGES} images (float32)\n")
+    # ru_maxrss is in KiB on Linux (bytes on macOS).
+    print(f"this process: user CPU {usage.ru_utime:.0f} s, system CPU {usage.ru_stime:.0f} s, "
+          f"wall {time.perf_counter() - started:.0f} s, peak RSS {usage.ru_maxrss / 2**20:.2f} GiB")
+    side = swd.descriptor_bytes(PAPER_SWD_IMAGES, args.resolution) / 2**30
+    print(f"SWD descriptors take {side:.1f} GiB per side at {PAPER_SWD_IMAGES} images (float32); an "
+          f"evaluation without cached reals holds both sides, {2 * side:.1f} GiB\n")
     print("| phase | measured (s) | extrapolated to the paper's counts (s) |")
     print("|---|---:|---:|")
     for name, measured, extrapolated in rows:
