@@ -45,8 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from progan import layers, networks  # noqa: E402
 from progan.config import ModelConfig  # noqa: E402
 from progan.ema import make_ema, update_ema  # noqa: E402
-from progan.losses import (critic_loss, drift_penalty, generator_loss,  # noqa: E402
-                           gradient_penalty)
+from progan.losses import discriminator_loss, generator_loss  # noqa: E402
 from progan.networks import Discriminator, Generator  # noqa: E402
 
 
@@ -82,12 +81,8 @@ def train_step(G, D, G_ema, opt_g, opt_d, real, resolution: int, alpha: float,
     with torch.no_grad(), autocast():
         fake = G(z, resolution, alpha)
     with autocast():
-        if batch_real_fake:  # one pass over [reals; fakes], minibatch-stddev groups kept apart
-            real_scores, fake_scores = D(torch.cat([real, fake]), resolution, alpha, segments=2).chunk(2)
-        else:
-            real_scores, fake_scores = D(real, resolution, alpha), D(fake, resolution, alpha)
-        loss_d = (critic_loss(real_scores, fake_scores) + drift_penalty(real_scores)
-                  + gradient_penalty(D_penalty or D, real, fake.to(real.dtype), resolution, alpha))
+        loss_d, _ = discriminator_loss(D, real, fake, resolution, alpha, batch_real_fake=batch_real_fake,
+                                       penalty_critic=D_penalty)
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()

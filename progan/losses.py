@@ -99,16 +99,20 @@ def discriminator_loss(
     drift_weight: float = 0.001,
     loss_scale: float | None = None,
     batch_real_fake: bool = True,
+    mix_weights: Tensor | None = None,
+    penalty_critic: Critic | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The paper's full D loss on one minibatch; returns (loss, detached parts for logging).
 
-    ``fake`` is detached (G is not trained by this loss). Reals and fakes are scored as separate
-    minibatches (each its own minibatch-stddev population, as the paper's code); with
-    ``batch_real_fake`` in one pass, ``discriminator(cat([real, fake]), R, alpha, segments=2)``,
-    which gives the same scores and is faster on CPU (bench/RESULTS.md). The mixes for the
-    penalty always get their own pass.
+    ``fake`` is detached (G is not trained by this loss) and brought to ``real``'s dtype (under
+    autocast G may return bf16/fp16). Reals and fakes are scored as separate minibatches (each
+    its own minibatch-stddev population, as the paper's code); with ``batch_real_fake`` in one
+    pass, ``discriminator(cat([real, fake]), R, alpha, segments=2)``, which gives the same
+    scores and is faster on CPU (bench/RESULTS.md). The mixes for the penalty always get their
+    own pass, through ``penalty_critic`` when given (an eager twin sharing the parameters of a
+    torch.compile'd critic: compiled graphs have no double backward).
     """
-    fake = fake.detach()
+    fake = fake.detach().to(real.dtype)
     if batch_real_fake:
         scores = discriminator(torch.cat([real, fake]), resolution, alpha, segments=2)  # [2N]
         real_scores, fake_scores = scores.chunk(2)
@@ -117,8 +121,8 @@ def discriminator_loss(
         fake_scores = discriminator(fake, resolution, alpha)
     wasserstein = critic_loss(real_scores, fake_scores)
     drift = drift_penalty(real_scores, drift_weight)
-    penalty = gradient_penalty(discriminator, real, fake, resolution, alpha, gp_weight, gp_target,
-                               loss_scale)
+    penalty = gradient_penalty(penalty_critic or discriminator, real, fake, resolution, alpha, gp_weight,
+                               gp_target, loss_scale, mix_weights)
     loss = wasserstein + penalty + drift
     parts = {"critic": wasserstein.detach(), "gradient_penalty": penalty.detach(),
              "drift": drift.detach(), "real_score": _wide(real_scores.detach()).mean(),

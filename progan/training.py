@@ -44,7 +44,7 @@ from progan.data import DEFAULT_MEMORY_BUDGET, MultiResolutionDataset, dataset_f
 from progan.ema import update_ema
 from progan.fileio import atomic_write_text
 from progan.images import make_grid, save_png, to_uint8
-from progan.losses import critic_loss, drift_penalty, generator_loss, gradient_penalty
+from progan.losses import discriminator_loss, generator_loss
 from progan.networks import Discriminator, Generator
 from progan.progress import format_duration
 from progan.schedule import KIMG, TrainingState, state_at
@@ -501,20 +501,14 @@ class Trainer:
             with torch.no_grad(), self._autocast():
                 fakes = self.G(latents_d[part], resolution=res, alpha=alpha)
             with self._autocast():
-                # One pass over reals and fakes, each its own minibatch-stddev population.
-                both = torch.cat([reals[part], fakes.to(reals.dtype)])
-                real_scores, fake_scores = self.D(both, resolution=res, alpha=alpha, segments=2).float().chunk(2)
-                penalty = gradient_penalty(
-                    self.D, reals[part], fakes.float(), res, alpha, weight=self.config.gp_weight,
-                    target=self.config.gp_target, loss_scale=scale if self.scale_d.enabled else None,
-                    mix_weights=mix[part])
-            drift = drift_penalty(real_scores, weight=self.config.drift_weight)
-            wasserstein = critic_loss(real_scores, fake_scores)
-            loss = wasserstein + penalty + drift
+                # Reals and fakes in one pass (each its own minibatch-stddev population).
+                loss, parts = discriminator_loss(
+                    self.D, reals[part], fakes, res, alpha, gp_weight=self.config.gp_weight,
+                    gp_target=self.config.gp_target, drift_weight=self.config.drift_weight,
+                    loss_scale=scale if self.scale_d.enabled else None, mix_weights=mix[part])
             (loss * (weight * scale)).backward()
-            self._tick_sums += torch.stack([loss.detach(), wasserstein.detach(), penalty.detach(),
-                                            real_scores.detach().mean(), fake_scores.detach().mean(),
-                                            torch.zeros((), device=self.device)]) * weight
+            self._tick_sums[:5] += torch.stack([loss.detach(), parts["critic"], parts["gradient_penalty"],
+                                                parts["real_score"], parts["fake_score"]]) * weight
         finite, flags = self.sync.reduce(list(self.D.parameters()), scale, flags)
         self.scale_d.update(finite)
         if finite:

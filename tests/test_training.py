@@ -106,14 +106,14 @@ def test_gradient_accumulation_matches_the_whole_batch(demo_lmdb, tmp_path):
 
 
 def test_non_finite_steps_are_skipped_and_counted(demo_lmdb, tmp_path, monkeypatch):
-    import progan.training as training
+    import progan.losses as losses
 
     trainer = make_trainer(demo_lmdb, tmp_path / "run")
     trainer.train_step([0.0, 0.0])
     before_d = {k: v.clone() for k, v in trainer.D.state_dict().items()}
     before_g = {k: v.clone() for k, v in trainer.G.state_dict().items()}
-    real_critic_loss = training.critic_loss
-    monkeypatch.setattr(training, "critic_loss", lambda r, f: real_critic_loss(r, f) * float("nan"))
+    real_critic_loss = losses.critic_loss
+    monkeypatch.setattr(losses, "critic_loss", lambda r, f: real_critic_loss(r, f) * float("nan"))
     trainer.train_step([0.0, 0.0])
     assert trainer.skipped_d == 1 and trainer.skipped_g == 0
     assert all(torch.equal(v, trainer.D.state_dict()[k]) for k, v in before_d.items())  # D untouched
