@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny demo database built once per test session with the real CLI."""
+"""Shared fixtures and helpers: a tiny demo database built once per test session with the real
+CLI, running the CLI, one torch thread, small synthetic image sets."""
 
 from __future__ import annotations
 
@@ -31,3 +32,43 @@ def demo_lmdb(tmp_path_factory) -> Path:
     run_cli(["-m", "data_prep", "build", str(root / "faces"), str(root / "faces.lmdb"), "--max-res", "16",
              "--workers", "1"])
     return root / "faces.lmdb"
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors gain nothing from threads; on a busy 2-core machine they only lose."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class TensorDataset:
+    """The dataset interface the metrics read (len, get_batch) over a uint8 tensor [N, C, R, R]."""
+
+    def __init__(self, images) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def get_batch(self, indices):
+        import torch
+
+        return self.images[torch.as_tensor(indices, dtype=torch.long)]
+
+
+def upsampled_noise(n: int, resolution: int, seed: int, *, coarse: int, fine: float = 0.0, channels: int = 3):
+    """Natural-ish uint8 images [n, C, R, R]: uniform noise of coarse x coarse pixels, bilinearly
+    upsampled to `resolution`, plus Gaussian noise of std `fine` grey levels (none when 0)."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, channels, coarse, coarse, generator=g) * 255
+    images = F.interpolate(images, size=resolution, mode="bilinear", align_corners=False)
+    if fine:
+        images = images + fine * torch.randn(n, channels, resolution, resolution, generator=g)
+    return images.round().clamp(0, 255).to(torch.uint8)

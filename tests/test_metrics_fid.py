@@ -8,18 +8,14 @@ import scipy.linalg
 import torch
 from torch import nn
 
+from conftest import TensorDataset
+
 from progan.metrics import MetricError, evaluate_metrics, feature_statistics, frechet_distance
 from progan.metrics.fid import fid_from_features
 from progan.metrics.inception import WEIGHTS_SHA256_PREFIX, FIDInceptionV3, file_sha256, load_inception
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # On a busy 2-core machine two torch threads wait on each other; one is faster and steadier.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- Frechet distance -------------------------------------------------------------------------
@@ -73,7 +69,9 @@ def test_fid_from_features_equals_the_distance_of_their_statistics(samples):
 def test_identical_statistics_give_zero_even_when_singular():
     features = np.random.default_rng(3).normal(size=(5, 64))  # 5 samples: rank-4 covariance
     mu, sigma = feature_statistics(features)
-    np.testing.assert_allclose(sigma, np.cov(features.T))
+    centred = features - features.sum(0) / len(features)  # the unbiased covariance, written out
+    np.testing.assert_allclose(mu, features.sum(0) / 5)
+    np.testing.assert_allclose(sigma, centred.T @ centred / (5 - 1), rtol=1e-10, atol=1e-12)
     assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(MetricError, match="do not match"):
         frechet_distance(mu, sigma, mu[:3], sigma[:3, :3])
@@ -156,17 +154,6 @@ def test_bad_weight_files_give_one_line_errors(tmp_path, damage, message):
 
 
 # -- FID end to end ---------------------------------------------------------------------------
-class TensorDataset:
-    def __init__(self, images: torch.Tensor) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def get_batch(self, indices) -> torch.Tensor:
-        return self.images[torch.as_tensor(indices)]
-
-
 @pytest.mark.slow
 def test_fid_end_to_end_with_random_weights(weights_file):
     g = torch.Generator().manual_seed(4)

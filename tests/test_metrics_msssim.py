@@ -6,20 +6,15 @@ import numpy as np
 import pytest
 import scipy.signal
 import torch
-import torch.nn.functional as F
+
+from conftest import upsampled_noise
 
 from progan.metrics import MetricError, ms_ssim, ms_ssim_pairs
 
 WEIGHTS = [0.0448, 0.2856, 0.3001, 0.2363, 0.1333]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors gain nothing from threads; on a busy 2-core machine they only lose.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def ref_window(size: int, sigma: float) -> np.ndarray:
@@ -63,18 +58,10 @@ def ref_ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
     return value
 
 
-def textured(n: int, resolution: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n, 3, resolution // 8, resolution // 8, generator=g) * 255
-    images = F.interpolate(coarse, size=resolution, mode="bilinear", align_corners=False)
-    images = images + 15 * torch.randn(n, 3, resolution, resolution, generator=g)
-    return images.round().clamp(0, 255).to(torch.uint8)
-
-
 @pytest.mark.parametrize("resolution", [64, 32, 16])
 def test_matches_float64_reference(resolution):
-    a = textured(4, resolution, seed=1)
-    other = textured(4, resolution, seed=3).float()
+    a = upsampled_noise(4, resolution, seed=1, coarse=resolution // 8, fine=15)
+    other = upsampled_noise(4, resolution, seed=3, coarse=resolution // 8, fine=15).float()
     noise = torch.randn(a.shape, generator=torch.Generator().manual_seed(2))
     # Pairs: noisy copies, a half blend with another image, an unrelated image.
     b = torch.cat([a[:2] + 30 * noise[:2], 0.5 * (a[2:3] + other[2:3]), other[3:]])
@@ -86,7 +73,7 @@ def test_matches_float64_reference(resolution):
 
 
 def test_identical_images_score_one():
-    images = textured(4, 32, seed=4)
+    images = upsampled_noise(4, 32, seed=4, coarse=4, fine=15)
     assert ms_ssim_pairs(images, images.clone()).numpy() == pytest.approx(1.0, abs=1e-6)
     assert ms_ssim(images.repeat_interleave(2, dim=0)) == pytest.approx(1.0, abs=1e-6)
 
@@ -100,7 +87,7 @@ def test_independent_noise_scores_near_zero():
 
 
 def test_pairs_are_consecutive_images():
-    images = textured(6, 32, seed=6)
+    images = upsampled_noise(6, 32, seed=6, coarse=4, fine=15)
     expected = ms_ssim_pairs(images[0::2], images[1::2]).mean().item()
     assert ms_ssim(images, batch_size=4) == pytest.approx(expected, rel=1e-12)
     assert ms_ssim(images[:5]) == pytest.approx(ms_ssim_pairs(images[0:4:2], images[1:4:2]).mean().item())
@@ -111,4 +98,4 @@ def test_too_small_images_are_refused():
     with pytest.raises(MetricError, match="at least 16x16"):
         ms_ssim(tiny)
     with pytest.raises(MetricError, match="at least 2 images"):
-        ms_ssim(textured(1, 16, seed=0))
+        ms_ssim(upsampled_noise(1, 16, seed=0, coarse=2, fine=15))

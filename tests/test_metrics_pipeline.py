@@ -1,11 +1,10 @@
-"""evaluate_metrics (sharding, caching, sources), the training hook, and the command line."""
+"""evaluate_metrics (sharding, caching, sources) and the command line. The training hook itself
+(Trainer.evaluate_metrics) is tested in test_training.py."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +16,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from progan.fileio import append_jsonl
+from conftest import TensorDataset, run_cli, upsampled_noise
+
 from progan.metrics import (
     DatasetSource,
     GeneratorSource,
@@ -31,16 +31,8 @@ from progan.metrics import (
 from progan.metrics import cache as metric_cache
 from progan.metrics.__main__ import main
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors gain nothing from threads; on a busy 2-core machine they only lose.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class TinyGenerator(nn.Module):
@@ -58,29 +50,12 @@ class TinyGenerator(nn.Module):
         return torch.tanh(F.interpolate(x, size=resolution, mode="bilinear", align_corners=False))
 
 
-class TensorDataset:
-    def __init__(self, images: torch.Tensor) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def get_batch(self, indices) -> torch.Tensor:
-        return self.images[torch.as_tensor(indices, dtype=torch.long)]
-
-
-def random_images(n: int, resolution: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n, 3, 4, 4, generator=g) * 255
-    return F.interpolate(coarse, size=resolution, mode="bilinear", align_corners=False).round().to(torch.uint8)
-
-
 def write_lmdb(path: Path, count: int, top: int = 32, seed: int = 0) -> Path:
     """A real progan database (through its writer) of `count` images at 4..top."""
     from progan.data import DatasetWriter, ImageRecord, build_pyramid, encode_image, resolutions_between
 
     resolutions = resolutions_between(4, top)
-    tops = random_images(count, top, seed).permute(0, 2, 3, 1).numpy()
+    tops = upsampled_noise(count, top, seed, coarse=4).permute(0, 2, 3, 1).numpy()
     records = []
     for i, array in enumerate(tops):
         levels = build_pyramid(Image.fromarray(array), 4)
@@ -118,7 +93,7 @@ def thread_all_gathers(world_size: int):
 def test_evaluate_matches_the_direct_computations():
     generator = TinyGenerator()
     source = GeneratorSource(generator, 8, resolution=32, seed=3)
-    reals = TensorDataset(random_images(12, 32, seed=1))
+    reals = TensorDataset(upsampled_noise(12, 32, seed=1, coarse=4))
     result = evaluate_metrics(["swd", "msssim"], source, reals, 32, num_images=10, seed=3, batch_size=4,
                               progress=False)
     fakes = source(0, 10)
@@ -132,7 +107,7 @@ def test_evaluate_matches_the_direct_computations():
 
 def test_sharded_over_two_processes_gives_the_one_process_numbers():
     source = GeneratorSource(TinyGenerator(), 8, resolution=16, seed=1)
-    reals = TensorDataset(random_images(9, 16, seed=2))
+    reals = TensorDataset(upsampled_noise(9, 16, seed=2, coarse=4))
     args = dict(num_images=7, seed=1, batch_size=2, progress=False)  # odd: the last shard is padded
     single = evaluate_metrics("swd,msssim", source, reals, 16, **args)
     results = [None, None]
@@ -165,7 +140,7 @@ def test_generator_source_is_seeded_per_image_and_downsamples():
 
 
 def test_dataset_source_picks_a_seeded_subset_and_refuses_too_few():
-    data = TensorDataset(random_images(10, 16, seed=0))
+    data = TensorDataset(upsampled_noise(10, 16, seed=0, coarse=4))
     real, fake = DatasetSource(data, 6, seed=0, side="real"), DatasetSource(data, 6, seed=0, side="fake")
     assert len(set(real.indices.tolist())) == 6 and not torch.equal(real.indices, fake.indices)
     assert torch.equal(real(0, 6), data.images[real.indices])
@@ -188,7 +163,7 @@ def test_metrics_that_cannot_run_say_why():
         evaluate_metrics(["msssim"], source, None, 8, num_images=4, progress=False)
     source16 = GeneratorSource(TinyGenerator(), 8, resolution=16)
     with pytest.raises(MetricError, match="fewer than the 20 SWD compares"):  # before MS-SSIM's work
-        evaluate_metrics(["msssim", "swd"], source16, TensorDataset(random_images(10, 16, 0)), 16,
+        evaluate_metrics(["msssim", "swd"], source16, TensorDataset(upsampled_noise(10, 16, 0, coarse=4)), 16,
                          num_images=20, progress=False)
 
 
@@ -231,26 +206,6 @@ def test_an_unwritable_cache_is_a_warning_and_the_result_is_kept(lmdb16, tmp_pat
     assert code == 0 and json.loads(out)["swd_x1e3_avg"] > 0
     assert "Traceback" not in err and "warning: metric cache not written" in err
     assert in_the_way.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
-
-# -- the training hook ----------------------------------------------------------------------
-def test_training_hook_with_the_small_preset_generator_writes_metric_lines(lmdb16, tmp_path):
-    from progan.config import ModelConfig
-    from progan.networks import Generator
-
-    torch.manual_seed(0)
-    config = ModelConfig.preset("small", resolution=32)
-    g_ema = Generator(config).eval()
-    # What the trainer does every --metric-kimg: the EMA generator at its current resolution and fade.
-    source = GeneratorSource(g_ema, config.latent_size, resolution=16, alpha=0.5, seed=0)
-    results = evaluate_metrics(["swd", "msssim"], source, lmdb16, 16, num_images=8,
-                               cache_dir=tmp_path / "metric-cache", progress=False)
-    append_jsonl(tmp_path / "stats.jsonl", {"kimg": 1.0, **{f"metrics/{k}": v for k, v in results.items()}})
-    lines = (tmp_path / "stats.jsonl").read_text().splitlines()
-    assert len(lines) == 1
-    record = json.loads(lines[0])
-    assert set(record) == {"kimg", "metrics/swd_x1e3_16", "metrics/swd_x1e3_avg", "metrics/msssim"}
-    assert all(np.isfinite(v) for v in record.values())
-
 
 # -- the command line -----------------------------------------------------------------------
 def run_main(capsys, *args) -> tuple[int, str, str]:
@@ -370,9 +325,8 @@ def test_cli_refuses_a_resolution_above_the_generators(lmdb16, fake_checkpoint, 
 
 
 def test_cli_as_a_process_reports_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "progan.metrics", "swd", "--real", str(tmp_path / "none.lmdb"),
-                           "--fake", str(tmp_path / "none.pt")], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    proc = run_cli(["-m", "progan.metrics", "swd", "--real", str(tmp_path / "none.lmdb"),
+                    "--fake", str(tmp_path / "none.pt")], timeout=120, check=False)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().count("\n") == 0 and "no such file or folder" in proc.stderr
 

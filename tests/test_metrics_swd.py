@@ -8,23 +8,20 @@ import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
+from conftest import upsampled_noise
+
 from progan.metrics import MetricError, sliced_wasserstein_distance
 from progan.metrics.swd import (
     DescriptorSet,
     laplacian_pyramid,
     patch_centres,
     projection_directions,
+    pyramid_up,
     swd_resolutions,
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors gain nothing from threads; on a busy 2-core machine they only lose.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- the reference: the paper's procedure written plainly in float64 -------------------------
@@ -84,20 +81,11 @@ def ref_swd(real: np.ndarray, fake: np.ndarray, seed: int) -> dict[str, float]:
     return result
 
 
-def smooth_images(n: int, resolution: int, seed: int, channels: int = 3) -> torch.Tensor:
-    """Natural-ish uint8 images: upsampled coarse noise plus a little fine noise."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n, channels, resolution // 4, resolution // 4, generator=g) * 255
-    fine = torch.randn(n, channels, resolution, resolution, generator=g) * 12
-    images = F.interpolate(coarse, size=resolution, mode="bilinear", align_corners=False) + fine
-    return images.round().clamp(0, 255).to(torch.uint8)
-
-
 # -- tests ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("resolution, channels", [(32, 3), (8, 1)])
 def test_swd_matches_float64_reference(resolution, channels):
-    real = smooth_images(5, resolution, seed=1, channels=channels)
-    fake = smooth_images(5, resolution, seed=2, channels=channels)
+    real = upsampled_noise(5, resolution, seed=1, coarse=resolution // 4, fine=12, channels=channels)
+    fake = upsampled_noise(5, resolution, seed=2, coarse=resolution // 4, fine=12, channels=channels)
     ours = sliced_wasserstein_distance(real, fake, seed=3, batch_size=2)
     reference = ref_swd(real.numpy(), fake.numpy(), seed=3)
     assert list(ours) == list(reference)
@@ -107,11 +95,18 @@ def test_swd_matches_float64_reference(resolution, channels):
 
 
 def test_pyramid_matches_reference_and_reconstructs():
-    images = smooth_images(2, 32, seed=4)
+    images = upsampled_noise(2, 32, seed=4, coarse=8, fine=12)
     ours = laplacian_pyramid(images, 2)
     ref = [np.stack(level) for level in zip(*[ref_pyramid(img, 2) for img in images.numpy()])]
     for mine, theirs in zip(ours, ref):
         np.testing.assert_allclose(mine.numpy(), theirs, atol=1e-3)
+    # The band-pass levels add back up to the images: coarsest, then upsample and add each finer band.
+    levels = laplacian_pyramid(images, 3)
+    assert [tuple(level.shape[-2:]) for level in levels] == [(32, 32), (16, 16), (8, 8)]
+    rebuilt = levels[-1]
+    for band in reversed(levels[:-1]):
+        rebuilt = band + pyramid_up(rebuilt)
+    torch.testing.assert_close(rebuilt, images.float(), atol=1e-3, rtol=0)
 
 
 def test_levels_go_down_to_16_and_small_images_have_one():
@@ -123,14 +118,14 @@ def test_levels_go_down_to_16_and_small_images_have_one():
 
 
 def test_a_set_against_itself_is_zero():
-    images = smooth_images(6, 32, seed=5)
+    images = upsampled_noise(6, 32, seed=5, coarse=8, fine=12)
     result = sliced_wasserstein_distance(images, images.clone())
     assert all(value == 0.0 for value in result.values())
 
 
 @pytest.mark.parametrize("kind", ["blur", "noise"])
 def test_swd_grows_monotonically_with_degradation(kind):
-    images = smooth_images(24, 32, seed=6)
+    images = upsampled_noise(24, 32, seed=6, coarse=8, fine=12)
     values = []
     for strength in range(4):
         x = images.float()
@@ -148,7 +143,7 @@ def test_swd_grows_monotonically_with_degradation(kind):
 
 
 def test_result_does_not_depend_on_batching_or_sharding():
-    real, fake = smooth_images(6, 16, seed=8), smooth_images(6, 16, seed=9)
+    real, fake = upsampled_noise(6, 16, seed=8, coarse=4, fine=12), upsampled_noise(6, 16, seed=9, coarse=4, fine=12)
     whole = sliced_wasserstein_distance(real, fake, batch_size=6)
     assert sliced_wasserstein_distance(real, fake, batch_size=4) == whole
     # Two shards (images 0..3 and 4..5) hold exactly the rows of the whole set.
@@ -161,7 +156,7 @@ def test_result_does_not_depend_on_batching_or_sharding():
 
 
 def test_bad_inputs_are_refused():
-    a = smooth_images(4, 16, seed=1)
+    a = upsampled_noise(4, 16, seed=1, coarse=4, fine=12)
     with pytest.raises(MetricError, match="equally many"):
         sliced_wasserstein_distance(a, a[:3])
     with pytest.raises(MetricError, match="uint8"):
