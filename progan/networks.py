@@ -41,12 +41,13 @@ from progan.layers import (
 )
 
 # Blocks working at this resolution and above run their resampling conv in the fused form
-# (same function, 16/36 of the FLOPs); below it the separate ops are faster on CPU.
-# Measured with bench/bench_step.py; see bench/RESULTS.md.
+# (same function, 16/36 of the FLOPs); fusing from 8x8 up measured slower.
+# bench/bench_step.py --compare fused, numbers in bench/RESULTS.md.
 FUSED_MIN_RES = 16
 # Blocks at this resolution and above run channels_last (NHWC): oneDNN's convolutions and the
-# per-pixel channel reductions (PixelNorm) are faster there (5-7% per iteration at 64 and 128);
-# below it NCHW is faster (4-6% at 4..16). Measured with bench/bench_step.py --compare channels_last.
+# per-pixel channel reductions (PixelNorm) are faster there, about 2x per iteration at 128 and
+# 256 with narrow channels; at 32 it is a wash. bench/bench_step.py --compare channels_last,
+# numbers in bench/RESULTS.md.
 CHANNELS_LAST_MIN_RES = 32
 
 

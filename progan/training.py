@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from progan import checkpoints
 from progan.data import DEFAULT_MEMORY_BUDGET, MultiResolutionDataset, dataset_fingerprint, read_metadata
-from progan.ema import update_ema
+from progan.ema import make_ema, update_ema
 from progan.fileio import atomic_write_text
 from progan.images import make_grid, save_png, to_uint8
 from progan.losses import discriminator_loss, generator_loss
@@ -344,8 +344,7 @@ class Trainer:
         model = config.model
         self.G = Generator(model).to(self.device)
         self.D = Discriminator(model).to(self.device)
-        self.G_ema = Generator(model).to(self.device).eval().requires_grad_(False)
-        self.G_ema.load_state_dict(self.G.state_dict())
+        self.G_ema = make_ema(self.G)
 
         fp16 = config.mixed_precision == "fp16"
         self.scale_d, self.scale_g = LossScale(fp16), LossScale(fp16)

@@ -32,9 +32,9 @@ def test_update_ema_leaves_the_model_alone_and_builds_no_graph():
     torch.manual_seed(0)
     model, ema = WithBuffer(), WithBuffer()
     snapshot = {k: v.clone() for k, v in model.state_dict().items()}
+    ema.requires_grad_(True)  # an in-place update outside no_grad raises on such leaves
     update_ema(ema, model)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in snapshot.items())
-    assert all(p.grad_fn is None for p in ema.parameters())
 
 
 def test_default_beta_is_the_papers_and_repeated_updates_converge():
