@@ -27,7 +27,6 @@ Design choices (and why):
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import time
@@ -42,7 +41,7 @@ import torch.nn.functional as F
 from progan import checkpoints
 from progan.data import DEFAULT_MEMORY_BUDGET, MultiResolutionDataset, dataset_fingerprint, read_metadata
 from progan.ema import make_ema, update_ema
-from progan.fileio import atomic_write_text
+from progan.fileio import append_jsonl, atomic_write_text
 from progan.images import make_grid, save_png, to_uint8
 from progan.losses import discriminator_loss, generator_loss
 from progan.networks import Discriminator, Generator
@@ -594,11 +593,10 @@ class Trainer:
                 f"tick {self.ticks:<4d} kimg {stats['kimg']:<9.1f} res {st.resolution:<4d} alpha {st.alpha:.3f}  "
                 f"{rate:7.1f} img/s  {stats['sec_per_kimg'] or 0:6.2f} s/kimg  ETA {eta:>9}  "
                 f"D {loss_d:+.3f}  G {loss_g:+.3f}  gp {gp:.3f}  skipped {self.skipped_d}/{self.skipped_g}")
-            with open(self.run_dir / "stats.jsonl", "a") as f:
-                f.write(json.dumps(stats) + "\n")
-            if getattr(self.accelerator, "trackers", None):
+            append_jsonl(self.run_dir / "stats.jsonl", stats)
+            if getattr(self.accelerator, "trackers", None):  # step in images: ticks may be < 1 kimg
                 self.accelerator.log({k: v for k, v in stats.items() if isinstance(v, (int, float))},
-                                     step=self.images_shown // KIMG)
+                                     step=self.images_shown)
         self._reset_tick_stats()
         return stats
 
@@ -626,11 +624,10 @@ class Trainer:
                       "images_shown": self.images_shown, "resolution": st.resolution,
                       "alpha": round(st.alpha, 5), "num_images": c.metric_images,
                       "seconds": round(seconds, 1), **results}
-            with open(self.run_dir / "stats.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_jsonl(self.run_dir / "stats.jsonl", record)
             self.log("metrics " + "  ".join(f"{k} {v:.4g}" for k, v in results.items()) + f"  ({seconds:.0f} s)")
             if getattr(self.accelerator, "trackers", None):
-                self.accelerator.log({f"metrics/{k}": v for k, v in results.items()}, step=self.images_shown // KIMG)
+                self.accelerator.log({f"metrics/{k}": v for k, v in results.items()}, step=self.images_shown)
         return results
 
     @torch.no_grad()
