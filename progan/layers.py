@@ -152,7 +152,7 @@ class EqualizedDownConv2d(EqualizedConv2d):
 
 # --- normalisation and statistics ------------------------------------------------------------
 
-def _at_least_fp32(x: Tensor) -> Tensor:
+def at_least_fp32(x: Tensor) -> Tensor:
     """fp16/bf16 -> fp32 for statistics; fp32 and fp64 stay as they are."""
     return x.float() if x.element_size() < 4 else x
 
@@ -166,7 +166,7 @@ class PixelNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # [N, C, ...] -> same
         # Statistics in fp32: eps=1e-8 underflows to 0 in fp16, and bf16 sums lose digits.
-        mean_square = _at_least_fp32(x).square().mean(dim=1, keepdim=True)  # [N, 1, ...]
+        mean_square = at_least_fp32(x).square().mean(dim=1, keepdim=True)  # [N, 1, ...]
         return x * torch.rsqrt(mean_square + self.eps).to(x.dtype)
 
 
@@ -198,7 +198,7 @@ class MinibatchStddev(nn.Module):
                 f"minibatch stddev: batch {n} is not divisible by the group size {g}; "
                 f"use a batch that is a multiple of {g} (or change ModelConfig.mbstd_group_size)")
         m = n // g
-        y = _at_least_fp32(x).reshape(segments, g, m, c, h, w)  # [S, G, M, C, H, W]; fp32 as the paper's code
+        y = at_least_fp32(x).reshape(segments, g, m, c, h, w)  # [S, G, M, C, H, W]; fp32 as the paper's code
         # Biased variance over the group, written out: Tensor.var over a short leading dim is
         # ~15x slower on CPU.
         y = (y - y.mean(dim=1, keepdim=True)).square().mean(dim=1)  # [S, M, C, H, W]

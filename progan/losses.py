@@ -17,27 +17,24 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from progan.layers import at_least_fp32  # losses in fp32 at least: fp16/bf16 widened, fp64 kept
+
 Critic = Callable[[Tensor, int, float], Tensor]  # (images, resolution, alpha) -> scores [N]
-
-
-def _wide(x: Tensor) -> Tensor:
-    """Losses in fp32 at least: fp16/bf16 scores are widened, fp64 stays fp64."""
-    return x.float() if x.element_size() < 4 else x
 
 
 def critic_loss(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
     """Wasserstein critic loss mean(D(fake)) - mean(D(real)); D minimises it."""
-    return _wide(fake_scores).mean() - _wide(real_scores).mean()
+    return at_least_fp32(fake_scores).mean() - at_least_fp32(real_scores).mean()
 
 
 def drift_penalty(real_scores: Tensor, weight: float = 0.001) -> Tensor:
     """weight * mean(D(real)^2): keeps the critic's output from drifting far from 0."""
-    return weight * _wide(real_scores).square().mean()
+    return weight * at_least_fp32(real_scores).square().mean()
 
 
 def generator_loss(fake_scores: Tensor) -> Tensor:
     """-mean(D(G(z))); G minimises it."""
-    return -_wide(fake_scores).mean()
+    return -at_least_fp32(fake_scores).mean()
 
 
 def gradient_penalty(
@@ -75,12 +72,12 @@ def gradient_penalty(
     else:  # drawn by the caller: the trainer draws the global batch's weights from (seed, step)
         u = mix_weights.to(device=real.device, dtype=real.dtype).reshape(-1, 1, 1, 1)
     mix = torch.lerp(real, fake, u).requires_grad_(True)  # [N, C, H, W]
-    scores = _wide(discriminator(mix, resolution, alpha))  # [N]
+    scores = at_least_fp32(discriminator(mix, resolution, alpha))  # [N]
     out = scores.sum()  # sum, not mean: each sample's gradient is its own
     if loss_scale is not None:
         out = out * loss_scale
     (grad,) = torch.autograd.grad(out, mix, create_graph=True)  # [N, C, H, W]
-    grad = _wide(grad)
+    grad = at_least_fp32(grad)
     if loss_scale is not None:
         grad = grad / loss_scale
     # vector_norm's backward is 0 at a zero gradient, where sqrt(sum(x^2)) would give nan.
@@ -125,6 +122,6 @@ def discriminator_loss(
                                gp_target, loss_scale, mix_weights)
     loss = wasserstein + penalty + drift
     parts = {"critic": wasserstein.detach(), "gradient_penalty": penalty.detach(),
-             "drift": drift.detach(), "real_score": _wide(real_scores.detach()).mean(),
-             "fake_score": _wide(fake_scores.detach()).mean()}
+             "drift": drift.detach(), "real_score": at_least_fp32(real_scores.detach()).mean(),
+             "fake_score": at_least_fp32(fake_scores.detach()).mean()}
     return loss, parts

@@ -36,13 +36,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from progan import checkpoints
 from progan.data import DEFAULT_MEMORY_BUDGET, MultiResolutionDataset, dataset_fingerprint, read_metadata
 from progan.ema import make_ema, update_ema
 from progan.fileio import append_jsonl, atomic_write_text
 from progan.images import make_grid, save_png, to_uint8
+from progan.layers import downsample2x, upsample2x
 from progan.losses import discriminator_loss, generator_loss
 from progan.networks import Discriminator, Generator
 from progan.progress import format_duration
@@ -210,7 +210,7 @@ def fade_reals(reals: torch.Tensor, alpha: float) -> torch.Tensor:
     """During a fade, blend reals with their 2x-blurred version as the networks blend: lerp(up(down(x)), x, alpha)."""
     if alpha >= 1.0:
         return reals
-    blurred = F.interpolate(F.avg_pool2d(reals, 2), scale_factor=2, mode="nearest")
+    blurred = upsample2x(downsample2x(reals))
     return torch.lerp(blurred, reals, alpha)
 
 

@@ -8,14 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from progan import Discriminator, Generator, ModelConfig
+from progan.networks import count_parameters
 
 
 def small(resolution: int) -> ModelConfig:
     return ModelConfig.preset("small", resolution)
-
-
-def n_params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 # --- ModelConfig ------------------------------------------------------------------------------
@@ -78,8 +75,8 @@ def test_config_is_frozen_and_replace_revalidates():
 def test_parameter_counts_match_the_paper_code_at_1024():
     with torch.device("meta"):  # counts only: no memory, no init cost
         G, D = Generator(ModelConfig()), Discriminator(ModelConfig())
-    assert n_params(G) == 23_079_115
-    assert n_params(D) == 23_087_249
+    assert count_parameters(G) == 23_079_115
+    assert count_parameters(D) == 23_087_249
 
 
 def test_architecture_details_the_counts_imply():
