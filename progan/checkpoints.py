@@ -156,24 +156,35 @@ class GeneratorInfo:
     run_dir: Path | None    # the run folder, for a training checkpoint
 
 
-def load_generator(
-    path: str | Path, device: str | torch.device = "cpu", ema: bool = True
-) -> tuple[torch.nn.Module, GeneratorInfo]:
-    """A ready (eval-mode) generator and its info from a run folder, checkpoint or export."""
-    from progan.networks import Generator
+def build_generator(data: dict[str, Any], key: str, path: Path):
+    """(generator, config, (resolution, alpha, images_shown)) from a loaded checkpoint's `key`
+    weights; CheckpointError if they do not fit this progan's Generator or the stage is impossible."""
+    from progan.networks import Generator, check_phase
 
-    resolved = resolve_checkpoint_path(path)
-    data = load_checkpoint(resolved)
-    if data.get("kind") == GENERATOR_KIND and not ema:
-        raise CheckpointError(f"{resolved} is an exported generator: it holds the EMA weights only")
-    key = "generator_ema" if ema else "generator"
     try:
         config = ModelConfig.from_dict(data["model_config"])
         generator = Generator(config)
         generator.load_state_dict(data[key])
-        stage = int(data["resolution"]), float(data["alpha"]), int(data["images_shown"])
+        resolution, images_shown = int(data["resolution"]), int(data["images_shown"])
+        try:
+            alpha = check_phase(config, resolution, float(data["alpha"]))
+        except ValueError as exc:
+            raise ValueError(f"impossible stage {resolution}x{resolution}, alpha {data['alpha']}: {exc}") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{resolved} does not match this progan's generator ({first_line(exc)})") from None
+        what = "EMA generator" if key == "generator_ema" else "generator"
+        raise CheckpointError(f"{path} holds no usable {what} for this progan ({first_line(exc)})") from None
+    return generator, config, (resolution, alpha, images_shown)
+
+
+def load_generator(
+    path: str | Path, device: str | torch.device = "cpu", ema: bool = True
+) -> tuple[torch.nn.Module, GeneratorInfo]:
+    """A ready (eval-mode) generator and its info from a run folder, checkpoint or export."""
+    resolved = resolve_checkpoint_path(path)
+    data = load_checkpoint(resolved)
+    if data.get("kind") == GENERATOR_KIND and not ema:
+        raise CheckpointError(f"{resolved} is an exported generator: it holds the EMA weights only")
+    generator, config, stage = build_generator(data, "generator_ema" if ema else "generator", resolved)
     generator.eval().requires_grad_(False).to(device)
     info = GeneratorInfo(
         model_config=config,

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from progan.checkpoints import GeneratorInfo
-from progan.config import ModelConfig
+from progan.networks import check_phase
 
 MAX_SEED = 2**32 - 1  # the range numpy and most tools accept; keeps file names short
 MAX_SEEDS = 10_000_000  # a typo like 0-4294967295 should fail fast, not fill memory
@@ -96,10 +96,10 @@ def sampling_stage(info: GeneratorInfo, resolution: int | None = None) -> tuple[
     resolution asked for explicitly keeps the current alpha (a stage still fading in has no
     stable output yet). Anything else raises ValueError with the choices.
     """
-    if not _possible_stage(info.model_config, info.resolution, info.alpha):
-        final = info.model_config.resolution
-        raise ValueError(f"{info.path} records an impossible stage ({info.resolution}x{info.resolution}, "
-                         f"alpha {info.alpha}) for a {final}x{final} model")
+    try:
+        check_phase(info.model_config, info.resolution, info.alpha)
+    except ValueError as exc:
+        raise ValueError(f"{info.path} records an impossible stage ({exc})") from None
     trained = [r for r in info.model_config.resolutions if r <= info.resolution]
     if resolution is None or resolution == info.resolution:
         return info.resolution, info.alpha
@@ -110,11 +110,6 @@ def sampling_stage(info: GeneratorInfo, resolution: int | None = None) -> tuple[
         raise ValueError(f"resolution {resolution} is above the {info.resolution}x{info.resolution} this "
                          f"checkpoint has trained to; choose one of {choices}")
     raise ValueError(f"resolution {resolution} is not one this generator has; choose one of {choices}")
-
-
-def _possible_stage(config: ModelConfig, resolution: int, alpha: float) -> bool:
-    fading_at_4 = resolution == 4 and alpha != 1.0  # nothing below 4x4 to fade from
-    return resolution in config.resolutions and 0.0 <= alpha <= 1.0 and not fading_at_4
 
 
 # -- running the generator ------------------------------------------------------------------
@@ -263,7 +258,7 @@ def export(source: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     The EMA weights are checked against the model config first, so a file that is written
     always loads. Raises CheckpointError (one line) for anything unusable.
     """
-    from progan.checkpoints import (CheckpointError, export_generator, load_checkpoint,
+    from progan.checkpoints import (CheckpointError, build_generator, export_generator, load_checkpoint,
                                     resolve_checkpoint_path)
 
     resolved = resolve_checkpoint_path(source)
@@ -273,21 +268,6 @@ def export(source: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     if out_path.exists() and out_path.resolve() == resolved.resolve():
         raise CheckpointError(f"{out_path} is the checkpoint being exported; write the export elsewhere")
     data = load_checkpoint(resolved)
-    _check_generator_weights(data, resolved)
+    build_generator(data, "generator_ema", resolved)  # refuse an export nobody could sample
     out_path.parent.mkdir(parents=True, exist_ok=True)
     return export_generator(data, out_path)
-
-
-def _check_generator_weights(data: dict, path: Path) -> None:
-    from progan.checkpoints import CheckpointError
-    from progan.networks import Generator
-
-    try:
-        config = ModelConfig.from_dict(data["model_config"])
-        Generator(config).load_state_dict(data["generator_ema"])
-        resolution, alpha, _ = int(data["resolution"]), float(data["alpha"]), int(data["images_shown"])
-        if not _possible_stage(config, resolution, alpha):
-            raise ValueError(f"impossible stage {resolution}x{resolution}, alpha {alpha}")
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} holds no usable EMA generator ({detail})") from None
