@@ -174,11 +174,10 @@ def seeds_to_images(
 
 
 def _latent_size(generator: torch.nn.Module) -> int:
-    for name in ("cfg", "config", "model_config"):
-        size = getattr(getattr(generator, name, None), "latent_size", None)
-        if size is not None:
-            return int(size)
-    raise ValueError("cannot tell the generator's latent size; pass latent_size=")
+    size = getattr(generator, "latent_size", None)  # progan's Generator (also through torch.compile)
+    if size is None:
+        raise ValueError("cannot tell the generator's latent size; pass latent_size=")
+    return int(size)
 
 
 # -- latent walks ---------------------------------------------------------------------------
