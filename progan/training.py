@@ -177,29 +177,23 @@ class RealImages:
     def __init__(self, data_path: str, resolution: int, order: DataOrder, start_images: int,
                  global_batch: int, part: slice, workers: int, memory_budget: int) -> None:
         self.dataset = MultiResolutionDataset(data_path, resolution, memory_budget_bytes=memory_budget)
-        self.order, self.global_batch, self.part = order, global_batch, part
-        self.images = start_images
-        self._iterator = None
-        if not self.dataset.in_memory:
-            loader = torch.utils.data.DataLoader(
+        index_batches = _IndexBatches(order, start_images, global_batch, part)
+        if self.dataset.in_memory:
+            self._batches = map(self.dataset.get_batch, index_batches)
+        else:
+            self._batches = iter(torch.utils.data.DataLoader(
                 BatchReader(self.dataset),
-                batch_sampler=_IndexBatches(order, start_images, global_batch, part),
+                batch_sampler=index_batches,
                 collate_fn=_identity,
                 num_workers=workers,
                 pin_memory=torch.cuda.is_available(),
                 prefetch_factor=4 if workers > 0 else None,
                 persistent_workers=False,
-            )
-            self._iterator = iter(loader)
+            ))
 
     def next(self) -> torch.Tensor:
         """uint8 [n, C, R, R] for the next step."""
-        if self._iterator is not None:
-            batch = next(self._iterator)
-        else:
-            batch = self.dataset.get_batch(self.order.indices(self.images, self.global_batch)[self.part])
-        self.images += self.global_batch
-        return batch
+        return next(self._batches)
 
 
 def _identity(batch):

@@ -19,7 +19,7 @@ from conftest import REPO, run_cli
 from progan import checkpoints
 from progan.schedule import state_at
 from progan.setup_run import prepare_run
-from progan.training import DataOrder, Trainer, _load_adam_state, fade_reals, step_inputs
+from progan.training import DataOrder, RealImages, Trainer, _load_adam_state, fade_reals, step_inputs
 
 # 16 images per step: 4x4 stable for 4 steps, fade into 8x8 over 8 steps, then stable 8x8.
 TINY = ["--config", "small", "--resolution", "8", "--stable-kimg", "0.064", "--fade-kimg", "0.128",
@@ -331,3 +331,21 @@ def test_resumed_adam_keeps_this_devices_kernel_and_continues_the_same():
     new.step()
     torch.testing.assert_close(new_param, old_param, rtol=1e-6, atol=1e-7)
     assert float(new.state[new_param]["step"]) == 3.0
+
+
+def test_streamed_reals_are_the_in_memory_reals(demo_lmdb):
+    # The DataLoader path (level too big for memory) must serve exactly the batches the
+    # in-memory path does: same order, same process slice, across an epoch boundary.
+    from progan.data import MultiResolutionDataset
+
+    count = len(MultiResolutionDataset(str(demo_lmdb), 8))
+    order = DataOrder(seed=3, num_images=count)
+    kwargs = dict(order=order, start_images=count - 8, global_batch=12, part=slice(1, None, 2))
+    in_memory = RealImages(str(demo_lmdb), 8, workers=0, memory_budget=1 << 30, **kwargs)
+    streamed = RealImages(str(demo_lmdb), 8, workers=1, memory_budget=0, **kwargs)
+    assert in_memory.dataset.in_memory and not streamed.dataset.in_memory
+    for step in range(3):
+        expected = MultiResolutionDataset(str(demo_lmdb), 8).get_batch(
+            order.indices(count - 8 + 12 * step, 12)[1::2])
+        a, b = in_memory.next(), streamed.next()
+        assert a.shape == (6, 3, 8, 8) and torch.equal(a, expected) and torch.equal(b, expected)
