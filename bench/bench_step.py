@@ -27,7 +27,6 @@ the table shows the median and the best iteration; GFLOP/s use the best.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -61,9 +60,7 @@ def sync() -> None:
 
 
 def autocast():
-    if AUTOCAST_DTYPE is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=DEVICE.type, dtype=AUTOCAST_DTYPE)
+    return layers.autocast(DEVICE, AUTOCAST_DTYPE)
 
 
 # --- the training iteration ---------------------------------------------------------------

@@ -8,6 +8,7 @@ double backward, which the gradient penalty needs.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -151,6 +152,13 @@ class EqualizedDownConv2d(EqualizedConv2d):
 
 
 # --- normalisation and statistics ------------------------------------------------------------
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """torch.autocast to `dtype` on `device`'s type; a no-op context for None or fp32."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
 
 def at_least_fp32(x: Tensor) -> Tensor:
     """fp16/bf16 -> fp32 for statistics; fp32 and fp64 stay as they are."""

@@ -22,7 +22,6 @@ import math
 import os
 import re
 from collections import Counter
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from progan.checkpoints import GeneratorInfo
+from progan.layers import autocast
 from progan.networks import check_phase
 
 MAX_SEED = 2**32 - 1  # the range numpy and most tools accept; keeps file names short
@@ -117,12 +117,6 @@ def _device_of(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None or dtype == torch.float32:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def iter_image_batches(
     generator: torch.nn.Module,
     latents: torch.Tensor,
@@ -143,7 +137,7 @@ def iter_image_batches(
         # Entered per batch, not around the yield: a suspended generator would otherwise leave
         # no_grad and autocast switched on in the caller's code. no_grad rather than
         # inference_mode so the images are ordinary tensors the caller may use any way.
-        with torch.no_grad(), _autocast(device, autocast_dtype):
+        with torch.no_grad(), autocast(device, autocast_dtype):
             images = generator(chunk.to(device), resolution=resolution, alpha=alpha)
         yield images.float().cpu()
 

@@ -30,7 +30,6 @@ import json
 import os
 import signal
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +41,7 @@ from progan.data import DEFAULT_MEMORY_BUDGET, MultiResolutionDataset, dataset_f
 from progan.ema import make_ema, update_ema
 from progan.fileio import append_jsonl, atomic_write_text
 from progan.images import make_grid, save_png, to_uint8
-from progan.layers import downsample2x, upsample2x
+from progan.layers import autocast, downsample2x, upsample2x
 from progan.losses import discriminator_loss, generator_loss
 from progan.networks import Discriminator, Generator
 from progan.progress import format_duration
@@ -398,9 +397,7 @@ class Trainer:
                           state.batch_size, self.part, self.config.workers, budget)
 
     def _autocast(self):
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        return autocast(self.device, self.autocast_dtype)
 
     # -- checkpoints ------------------------------------------------------------------------
     def _load(self, data: dict):
