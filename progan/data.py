@@ -9,6 +9,9 @@ A database is an LMDB environment folder (e.g. `faces.lmdb/`) holding:
                         without it is an unfinished build
     {R}-{i:08d}         image i at resolution R: RGB uint8 pixels in HWC order, encoded as
                         metadata["encoding"] says (see ENCODINGS)
+    crc32/{R}           crc32 of every record of level R as stored, uint32 little-endian in index
+                        order; metadata["checksums"] holds each table's own crc32. Databases built
+                        before checksums have neither and are read unchecked.
     build/state         progress of an unfinished build (removed when the build finishes)
     build/chunk/{n:08d} what chunk n of an unfinished build committed (removed likewise)
 
@@ -28,6 +31,7 @@ import io
 import json
 import operator
 import os
+import zlib
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -35,6 +39,7 @@ import lmdb
 import numpy as np
 from PIL import Image
 
+from progan.cli import first_line
 from progan.config import RESOLUTION_RULE, is_valid_resolution
 
 FORMAT_NAME = "progan-multires-lmdb"
@@ -45,6 +50,8 @@ PYRAMID_RULE = "2x2 box average of the stored level above, rounded half up"
 META_KEY = b"meta"
 STATE_KEY = b"build/state"
 CHUNK_PREFIX = b"build/chunk/"
+CHECKSUM = "crc32"
+CHECKSUM_PREFIX = b"crc32/"
 
 # name -> lossless. Numbers behind the default: bench/RESULTS.md, "Dataset build and reading".
 ENCODINGS = {"raw": True, "png": True, "webp": True, "jpeg": False}
@@ -76,6 +83,15 @@ def image_key(resolution: int, index: int) -> bytes:
 
 def chunk_key(number: int) -> bytes:
     return CHUNK_PREFIX + b"%08d" % number
+
+
+def checksum_key(resolution: int) -> bytes:
+    return CHECKSUM_PREFIX + b"%d" % resolution
+
+
+def record_checksum(data) -> int:
+    """crc32 of a stored record's bytes (any buffer)."""
+    return zlib.crc32(data)
 
 
 def resolutions_between(min_res: int, max_res: int) -> list[int]:
@@ -270,32 +286,47 @@ def dataset_fingerprint(path) -> str:
     return hashlib.sha256(record).hexdigest()[:16]
 
 
-def verify(path, on_record: Callable[[], None] | None = None) -> int:
-    """Decode every record at every level and check shapes and count; returns the record count.
+class RecordError(ValueError):
+    """What is wrong with one stored record: missing, unreadable, bad checksum, bad encoding."""
 
-    Raises DatasetError naming the first bad key.
-    """
-    metadata = read_metadata(path)
-    count, encoding = metadata["count"], metadata["encoding"]
-    with _reading(path) as env:
-        with env.begin(buffers=True) as txn:
-            for resolution in metadata["resolutions"]:
-                for index in range(count):
-                    key = image_key(resolution, index)
-                    data = txn.get(key)
-                    if data is None:
-                        raise DatasetError(f"{path}: record {key.decode()} is missing")
-                    try:
-                        decode_image(data, encoding, resolution)
-                    except ValueError as error:
-                        raise DatasetError(f"{path}: record {key.decode()} {error}") from None
-                    if on_record is not None:
-                        on_record()
-            expected = 1 + count * len(metadata["resolutions"])
-            found = txn.stat()["entries"]
-    if found != expected:
-        raise DatasetError(f"{path}: holds {found} records, expected {expected} (stray keys)")
-    return count * len(metadata["resolutions"])
+
+def read_checksum_table(txn, path, checksums: dict | None, resolution: int, count: int):
+    """The crc32 of every record of one level (uint32 [count]); None for a database built without
+    checksums (`checksums` is its metadata["checksums"]). DatasetError if the table is missing,
+    unreadable or damaged."""
+    if checksums is None:
+        return None
+    key = checksum_key(resolution)
+    try:
+        data = txn.get(key)
+    except lmdb.Error:  # a damaged page on the way to it
+        data = None
+    if data is None or len(data) != 4 * count or record_checksum(data) != checksums["tables"].get(str(resolution)):
+        raise DatasetError(
+            f"{path}: checksum table {key.decode()} is missing or damaged; "
+            f"run `python -m data_prep verify {path}` and rebuild the database")
+    return np.frombuffer(data, dtype="<u4").copy()
+
+
+def read_record(txn, resolution: int, index: int, encoding: str, checksums) -> np.ndarray:
+    """Image `index` at `resolution` as uint8 [R, R, 3], checked against its level's checksum
+    table (None: unchecked) before decoding; RecordError or ValueError saying what is wrong."""
+    try:
+        data = txn.get(image_key(resolution, index))
+    except lmdb.Error as error:  # a damaged page on the way to the record
+        raise RecordError(f"cannot be read ({first_line(error)})") from None
+    if data is None:
+        raise RecordError("is missing")
+    if checksums is not None and record_checksum(data) != checksums[index]:
+        raise RecordError(f"fails its {CHECKSUM} checksum (its bytes changed since the build)")
+    return decode_image(data, encoding, resolution)
+
+
+def damaged_record(path, resolution: int, index: int, reason: str) -> str:
+    """One line for a bad record: its key, image and level, and the command listing them all."""
+    key = image_key(resolution, index).decode()
+    return (f"{path}: record {key} {reason} (image {index} at {resolution}x{resolution}); "
+            f"run `python -m data_prep verify {path}` to list every bad record")
 
 
 # ----------------------------------------------------------------------------- reading
@@ -333,6 +364,8 @@ class MultiResolutionDataset:
         self.length = metadata["count"]
         self.level_bytes = self.length * CHANNELS * resolution * resolution
         self.in_memory = self.level_bytes <= (memory_budget_bytes or 0)
+        self._checksum_info = metadata.get("checksums")
+        self._checksums = None  # the level's crc32 table, read with the first record
         self._env = None
         self._env_pid = None
         self._level = None  # [N, 3, R, R] uint8 once loaded
@@ -413,17 +446,15 @@ class MultiResolutionDataset:
         return self._env
 
     def _read_chw(self, txn, index: int, out: np.ndarray) -> None:
-        """Decode image `index` into `out` ([3, R, R], any strides): its only copy."""
-        key = image_key(self.resolution, index)
-        data = txn.get(key)
-        if data is None:
-            raise DatasetError(
-                f"{self.path}: record {key.decode()} is missing; run `python -m data_prep verify {self.path}`"
-            )
+        """Decode image `index` into `out` ([3, R, R], any strides): its only copy. Records are
+        checked against their checksums: a damaged one stops here, never reaches training."""
+        if self._checksums is None and self._checksum_info is not None:
+            self._checksums = read_checksum_table(
+                txn, self.path, self._checksum_info, self.resolution, self.length)
         try:
-            hwc = decode_image(data, self.encoding, self.resolution)
+            hwc = read_record(txn, self.resolution, index, self.encoding, self._checksums)
         except ValueError as error:
-            raise DatasetError(f"{self.path}: record {key.decode()} {error}") from None
+            raise DatasetError(damaged_record(self.path, self.resolution, index, str(error))) from None
         out[...] = hwc.transpose(2, 0, 1)
 
     def _loaded_level(self) -> np.ndarray:
@@ -522,6 +553,8 @@ class DatasetWriter:
             "sources": [image.source for image in images],
             "source_sha256": [image.source_sha256 for image in images],
             "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
+            # Computed from the bytes handed to LMDB, so damage at any later point shows.
+            CHECKSUM: [[record_checksum(data) for data in image.levels] for image in images],
         }
         new_state = dict(
             state, next_file=end_file, next_index=first_index + len(images), chunks=state["chunks"] + 1
@@ -548,7 +581,10 @@ class DatasetWriter:
 
         def write(txn):
             chunks = _read_chunk_records(txn, self.state["chunks"])
-            metadata = _assemble_metadata(self.state["plan"], chunks)
+            tables = _checksum_tables(txn, self.state["plan"]["resolutions"], chunks)
+            for resolution, table in tables.items():
+                txn.put(checksum_key(resolution), table)
+            metadata = _assemble_metadata(self.state["plan"], chunks, tables)
             txn.put(META_KEY, canonical_json(metadata))
             for number in range(len(chunks)):
                 txn.delete(chunk_key(number))
@@ -648,7 +684,23 @@ def _read_chunk_records(txn, count: int) -> list[dict]:
     return chunks
 
 
-def _assemble_metadata(plan: dict, chunks: list[dict]) -> dict:
+def _checksum_tables(txn, resolutions: list[int], chunks: list[dict]) -> dict[int, bytes]:
+    """Each level's crc32 table (uint32 little-endian per image) from the chunk records; a chunk
+    committed by a progan without checksums (a build resumed across versions) has its records
+    read back instead."""
+    per_image = []
+    for chunk in chunks:
+        if CHECKSUM in chunk:
+            per_image.extend(chunk[CHECKSUM])
+            continue
+        for offset in range(len(chunk["sources"])):
+            index = chunk["first_index"] + offset
+            per_image.append([record_checksum(txn.get(image_key(res, index))) for res in resolutions])
+    table = np.array(per_image, dtype="<u4").reshape(len(per_image), len(resolutions))
+    return {res: table[:, level].tobytes() for level, res in enumerate(resolutions)}
+
+
+def _assemble_metadata(plan: dict, chunks: list[dict], tables: dict[int, bytes]) -> dict:
     sources = [source for chunk in chunks for source in chunk["sources"]]
     source_digest = hashlib.sha256()
     for chunk in chunks:
@@ -670,4 +722,9 @@ def _assemble_metadata(plan: dict, chunks: list[dict]) -> dict:
         "source_sha256": source_digest.hexdigest(),
         "sources": sources,
         "skipped": [skip for chunk in chunks for skip in chunk["skipped"]],
+        "checksums": {
+            "algorithm": CHECKSUM,
+            "key_format": CHECKSUM_PREFIX.decode() + "{resolution}",
+            "tables": {str(res): record_checksum(table) for res, table in tables.items()},
+        },
     }

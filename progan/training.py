@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from progan import checkpoints
-from progan.data import DEFAULT_MEMORY_BUDGET, MultiResolutionDataset, dataset_fingerprint, read_metadata
+from progan.data import DEFAULT_MEMORY_BUDGET, DatasetError, MultiResolutionDataset, dataset_fingerprint, read_metadata
+from progan.integrity import check_levels
 from progan.ema import make_ema, update_ema
 from progan.fileio import append_jsonl, atomic_write_text
 from progan.images import make_grid, save_png, to_uint8
@@ -148,7 +149,10 @@ class BatchReader(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitems__(self, indices):
-        return self.dataset.get_batch(indices)
+        try:
+            return self.dataset.get_batch(indices)
+        except DatasetError as error:  # handed back whole: a worker's raise becomes a traceback text
+            return error
 
     def __getitem__(self, index):
         return self.dataset[index]
@@ -192,7 +196,10 @@ class RealImages:
 
     def next(self) -> torch.Tensor:
         """uint8 [n, C, R, R] for the next step."""
-        return next(self._batches)
+        batch = next(self._batches)
+        if isinstance(batch, DatasetError):  # a damaged record, read in a loader worker
+            raise batch
+        return batch
 
 
 def _identity(batch):
@@ -712,6 +719,7 @@ def validate_setup(config: TrainConfig, world_size: int) -> None:
             f"{config.data} lacks the resolution(s) {', '.join(map(str, missing))} the schedule needs "
             f"(it has {', '.join(map(str, available))}); rebuild it with --min-res {min(needed)}")
     _validate_metrics(config, int(metadata["count"]))
+    check_levels(config.data, needed)  # damage found now, not when a phase first reads a level
     group = config.model.mbstd_group_size
     for res in needed:
         batch = config.schedule.batch_size(res)
