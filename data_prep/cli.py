@@ -23,6 +23,7 @@ from progan.data import (
 from progan.cli import OneLineErrorParser, fail
 from progan.integrity import verify
 from progan.config import RESOLUTION_RULE, is_valid_resolution
+from progan.diskspace import format_bytes
 from progan.images import make_grid, save_png
 from progan.progress import Progress
 
@@ -143,21 +144,13 @@ def _run_build(args) -> int:
     size = (args.out / "data.mdb").stat().st_size
     print(
         f"built {args.out}: {metadata['count']} images at {resolutions[0]}..{resolutions[-1]} px, "
-        f"{metadata['encoding']} encoding, {_bytes(size)} ({_bytes(size / metadata['count'] * 1000)} "
+        f"{metadata['encoding']} encoding, {format_bytes(size)} ({format_bytes(size / metadata['count'] * 1000)} "
         f"per 1000 images) in {report.seconds:.1f} s"
     )
     if metadata["skipped"]:
         print(f"skipped {len(metadata['skipped'])} files: {skip_summary(metadata['skipped'])} "
               f"(listed in the metadata: python -m data_prep info {args.out})")
     return 0
-
-
-def _bytes(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"
 
 
 def _run_info(args) -> int:

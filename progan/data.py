@@ -41,6 +41,7 @@ from PIL import Image
 
 from progan.cli import first_line
 from progan.config import RESOLUTION_RULE, is_valid_resolution
+from progan.diskspace import disk_full, shortfall, write_failure
 
 FORMAT_NAME = "progan-multires-lmdb"
 FORMAT_VERSION = 1
@@ -532,7 +533,7 @@ class DatasetWriter:
     def start(self, plan: dict) -> None:
         """Record the plan of a new build. plan needs "resolutions" and "encoding"."""
         state = {"plan": plan, "next_file": 0, "next_index": 0, "chunks": 0}
-        write_growing(self.env, lambda txn: txn.put(STATE_KEY, canonical_json(state)))
+        self._write(lambda txn: txn.put(STATE_KEY, canonical_json(state)), self.disk_bytes([]), "the build record")
         self.state = state
 
     def commit_chunk(
@@ -572,7 +573,8 @@ class DatasetWriter:
                 before_commit()
 
         self._make_room(sum(len(data) + 2 * PAGE_OVERHEAD for image in images for data in image.levels))
-        write_growing(self.env, write)
+        sizes = [len(data) for image in images for data in image.levels] + [len(canonical_json(record))]
+        self._write(write, self.disk_bytes(sizes), f"the next chunk ({len(images)} images)")
         self.state = new_state
 
     def finish(self) -> dict:
@@ -591,7 +593,9 @@ class DatasetWriter:
             txn.delete(STATE_KEY)
             result["metadata"] = metadata
 
-        write_growing(self.env, write)
+        count = self.state["next_index"]
+        sizes = [4 * count] * len(self.state["plan"]["resolutions"]) + [100 * count]  # tables, metadata
+        self._write(write, self.disk_bytes(sizes), "the metadata")
         self.finished_metadata, self.state = result["metadata"], None
         return self.finished_metadata
 
@@ -622,6 +626,30 @@ class DatasetWriter:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
+    def disk_bytes(self, value_sizes: Sequence[int], times: int = 1) -> int:
+        """About how much data.mdb grows by in `times` transactions adding values of these sizes:
+        the pages they write (see _pages_written), less room the file already holds past the last
+        committed page (left by a failed commit, and reused)."""
+        psize, info = self.env.stat()["psize"], self.env.info()
+        # + the branch and meta pages a commit rewrites
+        end = (info["last_pgno"] + 9) * psize + times * _pages_written(value_sizes, psize)
+        data_file = self.path / "data.mdb"
+        allocated = data_file.stat().st_blocks * 512 if data_file.exists() else 0
+        return max(0, end - max(allocated, (info["last_pgno"] + 1) * psize))
+
+    def _write(self, fill: Callable, needed: int, what: str) -> None:
+        """write_growing after a free-space check, with a failed write (disk full, I/O error) as
+        one line. A failed transaction leaves the database at its last commit."""
+        done = self.state["chunks"] if self.state else 0
+        remedy = f"rerun the same command to resume ({done} chunks committed so far are kept)"
+        free = shortfall(self.path, needed)
+        if free is not None:
+            raise DatasetError(disk_full(self.path, needed, free, what, remedy))
+        try:
+            write_growing(self.env, fill)
+        except (lmdb.Error, OSError) as error:
+            raise DatasetError(write_failure(self.path, error, needed, what, remedy)) from None
+
     def _make_room(self, incoming: int) -> None:
         """Double the map ahead of a write that would not fit (saves redoing a full chunk)."""
         info, page_size = self.env.info(), self.env.stat()["psize"]
@@ -631,6 +659,21 @@ class DatasetWriter:
             size *= 2
         if size != info["map_size"]:
             self.env.set_mapsize(size)
+
+
+def _pages_written(value_sizes: Sequence[int], psize: int) -> int:
+    """Bytes of pages an LMDB transaction adding values of these sizes writes. A value too big
+    for half a page gets overflow pages of its own; smaller ones share leaf pages, counted as half
+    full (page splits)."""
+    node_max = (psize - 16) // 2 - 2  # LMDB's largest in-page node: header 16, two nodes a page
+    node = 8 + 16  # node header and key (at most 16 bytes here)
+    total = 0
+    for size in value_sizes:
+        if node + size > node_max:
+            total += -(-(16 + size) // psize) * psize + 2 * (node + 8)
+        else:
+            total += 2 * (node + size + 2)
+    return total
 
 
 def _check_output_folder(path: Path) -> None:
