@@ -227,6 +227,8 @@ def _reading(path):
     env = _acquire_env(path)
     try:
         yield env
+    except lmdb.Error as error:  # a damaged page on the way to a record
+        raise DatasetError(f"{path}: the database is damaged ({first_line(error)}); delete it and build it again") from None
     finally:
         _release_env(path)
 
