@@ -8,6 +8,7 @@ import shutil
 import subprocess
 
 import lmdb
+import numpy as np
 import pytest
 
 import progan.data
@@ -148,3 +149,22 @@ def test_real_full_disk_on_a_small_tmpfs(source, tmp_path, capsys, monkeypatch):
         assert all_records(out) == all_records(clean) and dataset_fingerprint(out) == dataset_fingerprint(clean)
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_the_estimate_of_a_chunk_is_close_to_what_the_file_grows_by(tmp_path):
+    # The check before each chunk is only useful if its estimate is near the real growth:
+    # too low lets the commit fail, too high refuses builds that would fit.
+    from progan.data import DatasetWriter, ImageRecord
+
+    rng = np.random.default_rng(0)
+    resolutions = [4, 8, 16, 32, 64]
+    with DatasetWriter(tmp_path / "db.lmdb") as writer:
+        writer.start({"resolutions": resolutions, "encoding": "raw"})
+        for chunk in range(4):
+            images = [ImageRecord(f"{chunk}-{i}", [rng.bytes(3 * r * r) for r in resolutions], "00" * 32)
+                      for i in range(25)]
+            estimate = writer.disk_bytes([len(d) for image in images for d in image.levels])
+            before = (tmp_path / "db.lmdb" / "data.mdb").stat().st_size
+            writer.commit_chunk(25 * (chunk + 1), images, [])
+            grown = (tmp_path / "db.lmdb" / "data.mdb").stat().st_size - before
+            assert grown <= estimate <= 1.3 * grown + 64 * 1024, (chunk, grown, estimate)

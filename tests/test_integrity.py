@@ -274,3 +274,28 @@ def test_every_damaged_page_is_found_or_harmless(demo_lmdb, tmp_path):
         else:  # found by verify; the trainer stops with one line at start or when it reads the level
             assert start == "refused" or read == "stopped", page
     assert sum(code == 1 for _, code, *_ in rows) >= len(rows) * 3 // 4
+
+
+def test_a_build_resumed_from_chunks_without_checksums_gets_its_tables(tmp_path):
+    # A build interrupted under a progan without checksums, finished by this one: the chunk
+    # records lack crc32 lists, so finish() reads those records back.
+    from progan.data import DatasetWriter, ImageRecord, chunk_key
+
+    rng = np.random.default_rng(0)
+    images = [ImageRecord(f"{i}", [rng.bytes(48), rng.bytes(192)], "00" * 32) for i in range(6)]
+    with DatasetWriter(tmp_path / "db.lmdb") as writer:
+        writer.start({"resolutions": [4, 8], "encoding": "raw"})
+        writer.commit_chunk(3, images[:3], [])
+        with writer.env.begin(write=True) as txn:
+            record = json.loads(txn.get(chunk_key(0)))
+            del record["crc32"]
+            txn.put(chunk_key(0), canonical_json(record))
+        writer.commit_chunk(6, images[3:], [])
+        writer.finish()
+    report = verify(tmp_path / "db.lmdb")
+    assert report.checksums and report.records == 12 and not report.bad and report.stray is None
+    env = lmdb.open(str(tmp_path / "db.lmdb"), readonly=True, lock=False)
+    with env.begin() as txn:
+        table = np.frombuffer(txn.get(checksum_key(8)), "<u4")
+    env.close()
+    assert list(table) == [zlib.crc32(image.levels[1]) for image in images]
