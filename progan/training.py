@@ -38,10 +38,10 @@ import torch
 
 from progan import checkpoints
 from progan.data import DEFAULT_MEMORY_BUDGET, DatasetError, MultiResolutionDataset, dataset_fingerprint, read_metadata
-from progan.integrity import check_levels
 from progan.ema import make_ema, update_ema
 from progan.fileio import append_jsonl, atomic_write_text
 from progan.images import make_grid, save_png, to_uint8
+from progan.integrity import check_levels
 from progan.layers import autocast, downsample2x, upsample2x
 from progan.losses import discriminator_loss, generator_loss
 from progan.networks import Discriminator, Generator
@@ -719,7 +719,6 @@ def validate_setup(config: TrainConfig, world_size: int) -> None:
             f"{config.data} lacks the resolution(s) {', '.join(map(str, missing))} the schedule needs "
             f"(it has {', '.join(map(str, available))}); rebuild it with --min-res {min(needed)}")
     _validate_metrics(config, int(metadata["count"]))
-    check_levels(config.data, needed)  # damage found now, not when a phase first reads a level
     group = config.model.mbstd_group_size
     for res in needed:
         batch = config.schedule.batch_size(res)
@@ -737,6 +736,7 @@ def validate_setup(config: TrainConfig, world_size: int) -> None:
             raise TrainingError(
                 f"the per-device batch {micro} at {res}x{res} is not divisible by the minibatch-stddev "
                 f"group size {group}; use batch sizes that are multiples of {group * world_size}")
+    check_levels(config.data, needed)  # last (it reads): damage found now, not when a phase first reads a level
 
 
 def _validate_metrics(config: TrainConfig, num_images: int) -> None:
