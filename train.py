@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from progan.cli import CommandLineError, OneLineErrorParser, fail
+from progan.data import DatasetError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except CommandLineError as exc:
         return fail(str(exc), prog="train.py")
+    except DatasetError as exc:  # a damaged record met in training: only the process that read it knows
+        return fail(str(exc), prog="train.py", every_process=True)
 
 
 def run(args: dict) -> int:

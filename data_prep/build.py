@@ -44,6 +44,7 @@ from progan.data import (
     read_build_records,
     resolutions_between,
 )
+from progan.diskspace import format_bytes, shortfall
 from progan.progress import Progress
 
 CHUNK_BYTES = 64 << 20  # ~raw bytes of images per transaction: bounds memory and redo work
@@ -156,6 +157,7 @@ def _build_with(
     if resumed_at:
         _say(log, f"resuming {config.out}: {resumed_at} of {len(files)} files already done "
                   f"({writer.state['next_index']} images)")
+    _warn_if_short_of_space(config, writer, len(files) - resumed_at, log)
     _encode_remaining(config, files, writer, pool, ring, in_flight, log)
     if writer.state["next_index"] == 0:
         skips = [skip for chunk in writer.chunk_records() for skip in chunk["skipped"]]
@@ -163,6 +165,20 @@ def _build_with(
         raise BuildError(f"{config.source}: no usable images; all {len(files)} files were skipped "
                          f"({skip_summary(skips)})")
     return BuildReport(writer.finish())
+
+
+def _warn_if_short_of_space(config: BuildConfig, writer: DatasetWriter, files_left: int, log) -> None:
+    """Say at the start, not hours in, when the images still to write may not fit the disk.
+    Raw records are the bound (compressed ones are smaller); each chunk is checked again."""
+    images = files_left if config.limit is None else min(files_left, config.limit - writer.state["next_index"])
+    raw_sizes = [3 * res * res for res in writer.state["plan"]["resolutions"]]
+    needed = writer.disk_bytes(raw_sizes, times=images)
+    free = shortfall(config.out, needed)
+    if free is not None:
+        bound = "about" if config.encoding == "raw" else f"up to (less with {config.encoding})"
+        _say(log, f"warning: {config.out}: the {images} images still to write need {bound} "
+                  f"{format_bytes(needed)}, {format_bytes(free)} free there; the build stops when the "
+                  "disk is full and a rerun resumes it")
 
 
 def _check_config(config: BuildConfig) -> list[int]:

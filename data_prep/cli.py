@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 from pathlib import Path
@@ -18,10 +19,11 @@ from progan.data import (
     DatasetError,
     MultiResolutionDataset,
     read_metadata,
-    verify,
 )
 from progan.cli import OneLineErrorParser, fail
+from progan.integrity import verify
 from progan.config import RESOLUTION_RULE, is_valid_resolution
+from progan.diskspace import format_bytes
 from progan.images import make_grid, save_png
 from progan.progress import Progress
 
@@ -74,7 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--brief", action="store_true", help="replace the per-image source and skip lists by their lengths")
     p.set_defaults(run=_run_info)
 
-    p = commands.add_parser("verify", help="decode every record at every level; check shapes and count")
+    p = commands.add_parser("verify", help="read every record at every level; check checksums, shapes and count",
+                            description="Read every record at every level and check its checksum, shape and the "
+                                        "record count. Lists each bad record (level, image, why) and exits 1 if "
+                                        "there is any.")
     p.add_argument("dataset", type=Path, metavar="DATASET")
     p.set_defaults(run=_run_verify)
 
@@ -139,21 +144,13 @@ def _run_build(args) -> int:
     size = (args.out / "data.mdb").stat().st_size
     print(
         f"built {args.out}: {metadata['count']} images at {resolutions[0]}..{resolutions[-1]} px, "
-        f"{metadata['encoding']} encoding, {_bytes(size)} ({_bytes(size / metadata['count'] * 1000)} "
+        f"{metadata['encoding']} encoding, {format_bytes(size)} ({format_bytes(size / metadata['count'] * 1000)} "
         f"per 1000 images) in {report.seconds:.1f} s"
     )
     if metadata["skipped"]:
         print(f"skipped {len(metadata['skipped'])} files: {skip_summary(metadata['skipped'])} "
               f"(listed in the metadata: python -m data_prep info {args.out})")
     return 0
-
-
-def _bytes(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"
 
 
 def _run_info(args) -> int:
@@ -166,11 +163,21 @@ def _run_info(args) -> int:
 
 def _run_verify(args) -> int:
     metadata = read_metadata(args.dataset)
-    total = metadata["count"] * len(metadata["resolutions"])
-    with Progress(total, "verify", unit="rec") as progress:
-        checked = verify(args.dataset, on_record=progress.update)
-    print(f"{args.dataset}: ok, {checked} records ({metadata['count']} images x "
-          f"{len(metadata['resolutions'])} resolutions) decode to the right shapes")
+    levels = len(metadata["resolutions"])
+    with Progress(metadata["count"] * levels, "verify", unit="rec") as progress:
+        report = verify(args.dataset, on_record=progress.update,
+                        on_bad=lambda bad: progress.write(f"bad: {bad.describe()}"))
+    if report.bad or report.stray:
+        per_level = collections.Counter(f"{bad.resolution}x{bad.resolution}" for bad in report.bad)
+        what = [f"{len(report.bad)} bad record(s) of {report.records} "
+                f"({', '.join(f'{n} at {level}' for level, n in per_level.items())})"] if report.bad else []
+        what += [report.stray + " (stray keys)"] if report.stray else []
+        listed = ", listed above" if report.bad else ""
+        raise DatasetError(f"{args.dataset}: {'; '.join(what)}{listed}; delete it and build it again "
+                           "(the same build command gives the same database)")
+    checks = "checksums, decode to the right shapes" if report.checksums else (
+        "decode to the right shapes; no checksums (built before progan stored them: rebuild to add them)")
+    print(f"{args.dataset}: ok, {report.records} records ({metadata['count']} images x {levels} resolutions): {checks}")
     return 0
 
 

@@ -51,7 +51,7 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def fail(message: str, prog: str, code: int = 2) -> int:
-    if is_main_process():
+def fail(message: str, prog: str, code: int = 2, every_process: bool = False) -> int:
+    if every_process or is_main_process():
         print(f"{prog}: error: {message}", file=sys.stderr)
     return code

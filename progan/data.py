@@ -9,6 +9,9 @@ A database is an LMDB environment folder (e.g. `faces.lmdb/`) holding:
                         without it is an unfinished build
     {R}-{i:08d}         image i at resolution R: RGB uint8 pixels in HWC order, encoded as
                         metadata["encoding"] says (see ENCODINGS)
+    crc32/{R}           crc32 of every record of level R as stored, uint32 little-endian in index
+                        order; metadata["checksums"] holds each table's own crc32. Databases built
+                        before checksums have neither and are read unchecked.
     build/state         progress of an unfinished build (removed when the build finishes)
     build/chunk/{n:08d} what chunk n of an unfinished build committed (removed likewise)
 
@@ -28,6 +31,7 @@ import io
 import json
 import operator
 import os
+import zlib
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -35,7 +39,9 @@ import lmdb
 import numpy as np
 from PIL import Image
 
+from progan.cli import first_line
 from progan.config import RESOLUTION_RULE, is_valid_resolution
+from progan.diskspace import disk_full, shortfall, write_failure
 
 FORMAT_NAME = "progan-multires-lmdb"
 FORMAT_VERSION = 1
@@ -45,6 +51,8 @@ PYRAMID_RULE = "2x2 box average of the stored level above, rounded half up"
 META_KEY = b"meta"
 STATE_KEY = b"build/state"
 CHUNK_PREFIX = b"build/chunk/"
+CHECKSUM = "crc32"
+CHECKSUM_PREFIX = b"crc32/"
 
 # name -> lossless. Numbers behind the default: bench/RESULTS.md, "Dataset build and reading".
 ENCODINGS = {"raw": True, "png": True, "webp": True, "jpeg": False}
@@ -76,6 +84,15 @@ def image_key(resolution: int, index: int) -> bytes:
 
 def chunk_key(number: int) -> bytes:
     return CHUNK_PREFIX + b"%08d" % number
+
+
+def checksum_key(resolution: int) -> bytes:
+    return CHECKSUM_PREFIX + b"%d" % resolution
+
+
+def record_checksum(data) -> int:
+    """crc32 of a stored record's bytes (any buffer)."""
+    return zlib.crc32(data)
 
 
 def resolutions_between(min_res: int, max_res: int) -> list[int]:
@@ -210,6 +227,8 @@ def _reading(path):
     env = _acquire_env(path)
     try:
         yield env
+    except lmdb.Error as error:  # a damaged page on the way to a record
+        raise DatasetError(f"{path}: the database is damaged ({first_line(error)}); delete it and build it again") from None
     finally:
         _release_env(path)
 
@@ -270,32 +289,47 @@ def dataset_fingerprint(path) -> str:
     return hashlib.sha256(record).hexdigest()[:16]
 
 
-def verify(path, on_record: Callable[[], None] | None = None) -> int:
-    """Decode every record at every level and check shapes and count; returns the record count.
+class RecordError(ValueError):
+    """What is wrong with one stored record: missing, unreadable, bad checksum, bad encoding."""
 
-    Raises DatasetError naming the first bad key.
-    """
-    metadata = read_metadata(path)
-    count, encoding = metadata["count"], metadata["encoding"]
-    with _reading(path) as env:
-        with env.begin(buffers=True) as txn:
-            for resolution in metadata["resolutions"]:
-                for index in range(count):
-                    key = image_key(resolution, index)
-                    data = txn.get(key)
-                    if data is None:
-                        raise DatasetError(f"{path}: record {key.decode()} is missing")
-                    try:
-                        decode_image(data, encoding, resolution)
-                    except ValueError as error:
-                        raise DatasetError(f"{path}: record {key.decode()} {error}") from None
-                    if on_record is not None:
-                        on_record()
-            expected = 1 + count * len(metadata["resolutions"])
-            found = txn.stat()["entries"]
-    if found != expected:
-        raise DatasetError(f"{path}: holds {found} records, expected {expected} (stray keys)")
-    return count * len(metadata["resolutions"])
+
+def read_checksum_table(txn, path, checksums: dict | None, resolution: int, count: int):
+    """The crc32 of every record of one level (uint32 [count]); None for a database built without
+    checksums (`checksums` is its metadata["checksums"]). DatasetError if the table is missing,
+    unreadable or damaged."""
+    if checksums is None:
+        return None
+    key = checksum_key(resolution)
+    try:
+        data = txn.get(key)
+    except lmdb.Error:  # a damaged page on the way to it
+        data = None
+    if data is None or len(data) != 4 * count or record_checksum(data) != checksums["tables"].get(str(resolution)):
+        raise DatasetError(
+            f"{path}: checksum table {key.decode()} is missing or damaged; "
+            f"run `python -m data_prep verify {path}` and rebuild the database")
+    return np.frombuffer(data, dtype="<u4").copy()
+
+
+def read_record(txn, resolution: int, index: int, encoding: str, checksums) -> np.ndarray:
+    """Image `index` at `resolution` as uint8 [R, R, 3], checked against its level's checksum
+    table (None: unchecked) before decoding; RecordError or ValueError saying what is wrong."""
+    try:
+        data = txn.get(image_key(resolution, index))
+    except lmdb.Error as error:  # a damaged page on the way to the record
+        raise RecordError(f"cannot be read ({first_line(error)})") from None
+    if data is None:
+        raise RecordError("is missing")
+    if checksums is not None and record_checksum(data) != checksums[index]:
+        raise RecordError(f"fails its {CHECKSUM} checksum (its bytes changed since the build)")
+    return decode_image(data, encoding, resolution)
+
+
+def damaged_record(path, resolution: int, index: int, reason: str) -> str:
+    """One line for a bad record: its key, image and level, and the command listing them all."""
+    key = image_key(resolution, index).decode()
+    return (f"{path}: record {key} {reason} (image {index} at {resolution}x{resolution}); "
+            f"run `python -m data_prep verify {path}` to list every bad record")
 
 
 # ----------------------------------------------------------------------------- reading
@@ -333,6 +367,8 @@ class MultiResolutionDataset:
         self.length = metadata["count"]
         self.level_bytes = self.length * CHANNELS * resolution * resolution
         self.in_memory = self.level_bytes <= (memory_budget_bytes or 0)
+        self._checksum_info = metadata.get("checksums")
+        self._checksums = None  # the level's crc32 table, read with the first record
         self._env = None
         self._env_pid = None
         self._level = None  # [N, 3, R, R] uint8 once loaded
@@ -413,17 +449,15 @@ class MultiResolutionDataset:
         return self._env
 
     def _read_chw(self, txn, index: int, out: np.ndarray) -> None:
-        """Decode image `index` into `out` ([3, R, R], any strides): its only copy."""
-        key = image_key(self.resolution, index)
-        data = txn.get(key)
-        if data is None:
-            raise DatasetError(
-                f"{self.path}: record {key.decode()} is missing; run `python -m data_prep verify {self.path}`"
-            )
+        """Decode image `index` into `out` ([3, R, R], any strides): its only copy. Records are
+        checked against their checksums: a damaged one stops here, never reaches training."""
+        if self._checksums is None and self._checksum_info is not None:
+            self._checksums = read_checksum_table(
+                txn, self.path, self._checksum_info, self.resolution, self.length)
         try:
-            hwc = decode_image(data, self.encoding, self.resolution)
+            hwc = read_record(txn, self.resolution, index, self.encoding, self._checksums)
         except ValueError as error:
-            raise DatasetError(f"{self.path}: record {key.decode()} {error}") from None
+            raise DatasetError(damaged_record(self.path, self.resolution, index, str(error))) from None
         out[...] = hwc.transpose(2, 0, 1)
 
     def _loaded_level(self) -> np.ndarray:
@@ -501,7 +535,7 @@ class DatasetWriter:
     def start(self, plan: dict) -> None:
         """Record the plan of a new build. plan needs "resolutions" and "encoding"."""
         state = {"plan": plan, "next_file": 0, "next_index": 0, "chunks": 0}
-        write_growing(self.env, lambda txn: txn.put(STATE_KEY, canonical_json(state)))
+        self._write(lambda txn: txn.put(STATE_KEY, canonical_json(state)), self.disk_bytes([]), "the build record")
         self.state = state
 
     def commit_chunk(
@@ -522,6 +556,8 @@ class DatasetWriter:
             "sources": [image.source for image in images],
             "source_sha256": [image.source_sha256 for image in images],
             "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
+            # Computed from the bytes handed to LMDB, so damage at any later point shows.
+            CHECKSUM: [[record_checksum(data) for data in image.levels] for image in images],
         }
         new_state = dict(
             state, next_file=end_file, next_index=first_index + len(images), chunks=state["chunks"] + 1
@@ -539,7 +575,8 @@ class DatasetWriter:
                 before_commit()
 
         self._make_room(sum(len(data) + 2 * PAGE_OVERHEAD for image in images for data in image.levels))
-        write_growing(self.env, write)
+        sizes = [len(data) for image in images for data in image.levels] + [len(canonical_json(record))]
+        self._write(write, self.disk_bytes(sizes), f"the next chunk ({len(images)} images)")
         self.state = new_state
 
     def finish(self) -> dict:
@@ -548,14 +585,19 @@ class DatasetWriter:
 
         def write(txn):
             chunks = _read_chunk_records(txn, self.state["chunks"])
-            metadata = _assemble_metadata(self.state["plan"], chunks)
+            tables = _checksum_tables(txn, self.state["plan"]["resolutions"], chunks)
+            for resolution, table in tables.items():
+                txn.put(checksum_key(resolution), table)
+            metadata = _assemble_metadata(self.state["plan"], chunks, tables)
             txn.put(META_KEY, canonical_json(metadata))
             for number in range(len(chunks)):
                 txn.delete(chunk_key(number))
             txn.delete(STATE_KEY)
             result["metadata"] = metadata
 
-        write_growing(self.env, write)
+        count = self.state["next_index"]
+        sizes = [4 * count] * len(self.state["plan"]["resolutions"]) + [100 * count]  # tables, metadata
+        self._write(write, self.disk_bytes(sizes), "the metadata")
         self.finished_metadata, self.state = result["metadata"], None
         return self.finished_metadata
 
@@ -586,6 +628,30 @@ class DatasetWriter:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
+    def disk_bytes(self, value_sizes: Sequence[int], times: int = 1) -> int:
+        """About how much data.mdb grows by in `times` transactions adding values of these sizes:
+        the pages they write (see _pages_written), less room the file already holds past the last
+        committed page (left by a failed commit, and reused)."""
+        psize, info = self.env.stat()["psize"], self.env.info()
+        # + the branch and meta pages a commit rewrites
+        end = (info["last_pgno"] + 9) * psize + times * _pages_written(value_sizes, psize)
+        data_file = self.path / "data.mdb"
+        allocated = data_file.stat().st_blocks * 512 if data_file.exists() else 0
+        return max(0, end - max(allocated, (info["last_pgno"] + 1) * psize))
+
+    def _write(self, fill: Callable, needed: int, what: str) -> None:
+        """write_growing after a free-space check, with a failed write (disk full, I/O error) as
+        one line. A failed transaction leaves the database at its last commit."""
+        done = self.state["chunks"] if self.state else 0
+        remedy = f"rerun the same command to resume ({done} chunks committed so far are kept)"
+        free = shortfall(self.path, needed)
+        if free is not None:
+            raise DatasetError(disk_full(self.path, needed, free, what, remedy))
+        try:
+            write_growing(self.env, fill)
+        except (lmdb.Error, OSError) as error:
+            raise DatasetError(write_failure(self.path, error, needed, what, remedy)) from None
+
     def _make_room(self, incoming: int) -> None:
         """Double the map ahead of a write that would not fit (saves redoing a full chunk)."""
         info, page_size = self.env.info(), self.env.stat()["psize"]
@@ -595,6 +661,21 @@ class DatasetWriter:
             size *= 2
         if size != info["map_size"]:
             self.env.set_mapsize(size)
+
+
+def _pages_written(value_sizes: Sequence[int], psize: int) -> int:
+    """Bytes of pages an LMDB transaction adding values of these sizes writes. A value too big
+    for half a page gets overflow pages of its own; smaller ones share leaf pages, counted as half
+    full (page splits)."""
+    node_max = (psize - 16) // 2 - 2  # LMDB's largest in-page node: header 16, two nodes a page
+    node = 8 + 16  # node header and key (at most 16 bytes here)
+    total = 0
+    for size in value_sizes:
+        if node + size > node_max:
+            total += -(-(16 + size) // psize) * psize + 2 * (node + 8)
+        else:
+            total += 2 * (node + size + 2)
+    return total
 
 
 def _check_output_folder(path: Path) -> None:
@@ -648,7 +729,23 @@ def _read_chunk_records(txn, count: int) -> list[dict]:
     return chunks
 
 
-def _assemble_metadata(plan: dict, chunks: list[dict]) -> dict:
+def _checksum_tables(txn, resolutions: list[int], chunks: list[dict]) -> dict[int, bytes]:
+    """Each level's crc32 table (uint32 little-endian per image) from the chunk records; a chunk
+    committed by a progan without checksums (a build resumed across versions) has its records
+    read back instead."""
+    per_image = []
+    for chunk in chunks:
+        if CHECKSUM in chunk:
+            per_image.extend(chunk[CHECKSUM])
+            continue
+        for offset in range(len(chunk["sources"])):
+            index = chunk["first_index"] + offset
+            per_image.append([record_checksum(txn.get(image_key(res, index))) for res in resolutions])
+    table = np.array(per_image, dtype="<u4").reshape(len(per_image), len(resolutions))
+    return {res: table[:, level].tobytes() for level, res in enumerate(resolutions)}
+
+
+def _assemble_metadata(plan: dict, chunks: list[dict], tables: dict[int, bytes]) -> dict:
     sources = [source for chunk in chunks for source in chunk["sources"]]
     source_digest = hashlib.sha256()
     for chunk in chunks:
@@ -670,4 +767,9 @@ def _assemble_metadata(plan: dict, chunks: list[dict]) -> dict:
         "source_sha256": source_digest.hexdigest(),
         "sources": sources,
         "skipped": [skip for chunk in chunks for skip in chunk["skipped"]],
+        "checksums": {
+            "algorithm": CHECKSUM,
+            "key_format": CHECKSUM_PREFIX.decode() + "{resolution}",
+            "tables": {str(res): record_checksum(table) for res, table in tables.items()},
+        },
     }

@@ -37,10 +37,11 @@ import numpy as np
 import torch
 
 from progan import checkpoints
-from progan.data import DEFAULT_MEMORY_BUDGET, MultiResolutionDataset, dataset_fingerprint, read_metadata
+from progan.data import DEFAULT_MEMORY_BUDGET, DatasetError, MultiResolutionDataset, dataset_fingerprint, read_metadata
 from progan.ema import make_ema, update_ema
 from progan.fileio import append_jsonl, atomic_write_text
 from progan.images import make_grid, save_png, to_uint8
+from progan.integrity import check_levels
 from progan.layers import autocast, downsample2x, upsample2x
 from progan.losses import discriminator_loss, generator_loss
 from progan.networks import Discriminator, Generator
@@ -148,7 +149,10 @@ class BatchReader(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitems__(self, indices):
-        return self.dataset.get_batch(indices)
+        try:
+            return self.dataset.get_batch(indices)
+        except DatasetError as error:  # handed back whole: a worker's raise becomes a traceback text
+            return error
 
     def __getitem__(self, index):
         return self.dataset[index]
@@ -192,7 +196,10 @@ class RealImages:
 
     def next(self) -> torch.Tensor:
         """uint8 [n, C, R, R] for the next step."""
-        return next(self._batches)
+        batch = next(self._batches)
+        if isinstance(batch, DatasetError):  # a damaged record, read in a loader worker
+            raise batch
+        return batch
 
 
 def _identity(batch):
@@ -729,6 +736,7 @@ def validate_setup(config: TrainConfig, world_size: int) -> None:
             raise TrainingError(
                 f"the per-device batch {micro} at {res}x{res} is not divisible by the minibatch-stddev "
                 f"group size {group}; use batch sizes that are multiples of {group * world_size}")
+    check_levels(config.data, needed)  # last (it reads): damage found now, not when a phase first reads a level
 
 
 def _validate_metrics(config: TrainConfig, num_images: int) -> None:

@@ -423,7 +423,7 @@ def test_info_prints_the_metadata(mixed_db, capsys):
     assert code == 0 and json.loads(out)["sources"] == 17
 
 
-def test_verify_accepts_a_good_database_and_names_the_first_bad_key(mixed_source, tmp_path, capsys):
+def test_verify_accepts_a_good_database_and_names_a_bad_key(mixed_source, tmp_path, capsys):
     out = tmp_path / "out.lmdb"
     assert run_cli(capsys, "build", mixed_source, out, "--max-res", 16, "--limit", 3)[0] == 0
     code, stdout, _ = run_cli(capsys, "verify", out)
@@ -433,7 +433,8 @@ def test_verify_accepts_a_good_database_and_names_the_first_bad_key(mixed_source
         txn.put(b"8-00000001", b"\0" * 10)
     env.close()
     code, _, err = run_cli(capsys, "verify", out)
-    assert code == 1 and "record 8-00000001 holds 10 bytes" in err.strip().splitlines()[-1]
+    assert code == 1 and "bad: level 8x8 image 1 (record 8-00000001): fails its crc32 checksum" in err
+    assert f"{out}: 1 bad record(s) of 9 (1 at 8x8), listed above" in err.strip().splitlines()[-1]
 
 
 def test_tools_refuse_a_path_that_is_not_a_dataset(tmp_path, capsys):

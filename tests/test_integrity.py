@@ -1,0 +1,301 @@
+"""Damage in a database: per-record checksums, `data_prep verify` listing every bad record, the
+trainer's check at start and checked reads during training (progan.integrity, progan.data)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zlib
+
+import lmdb
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from conftest_data import run_cli as run_data_prep
+from progan.data import (
+    DatasetError,
+    MultiResolutionDataset,
+    canonical_json,
+    checksum_key,
+    image_key,
+    read_metadata,
+)
+from progan.integrity import check_levels, verify
+from progan.training import DataOrder, RealImages
+
+PAGE = 4096
+
+
+def copy_db(db, tmp_path, name="copy.lmdb"):
+    copy = tmp_path / name
+    copy.mkdir()
+    shutil.copy(db / "data.mdb", copy / "data.mdb")
+    return copy
+
+
+def stored(db, resolution, index) -> bytes:
+    env = lmdb.open(str(db), readonly=True, lock=False)
+    with env.begin() as txn:
+        value = txn.get(image_key(resolution, index))
+    env.close()
+    return value
+
+
+def flip_pixel_byte(db, resolution, index) -> None:
+    """Change one byte inside a record's stored pixels in data.mdb, as a bad disk sector would:
+    LMDB's structure stays valid, only the bytes differ."""
+    value = stored(db, resolution, index)
+    data = bytearray((db / "data.mdb").read_bytes())
+    offset = data.find(value)
+    assert offset >= 0 and data.find(value, offset + 1) == -1, "record bytes not unique in the file"
+    data[offset + len(value) // 2] ^= 0x01
+    (db / "data.mdb").write_bytes(bytes(data))
+
+
+def page_of(db, resolution, index) -> int:
+    """The page of data.mdb holding a small (in-page) record's bytes."""
+    return (db / "data.mdb").read_bytes().find(stored(db, resolution, index)) // PAGE
+
+
+def overwrite_page(db, page: int, fill: bytes = b"\xa5") -> None:
+    with open(db / "data.mdb", "r+b") as f:
+        f.seek(page * PAGE)
+        f.write(fill * PAGE)
+
+
+# -- checksums at build time ----------------------------------------------------------------
+def test_every_record_has_its_crc32_in_a_level_table(demo_lmdb):
+    metadata = read_metadata(demo_lmdb)
+    assert metadata["checksums"]["algorithm"] == "crc32"
+    env = lmdb.open(str(demo_lmdb), readonly=True, lock=False)
+    with env.begin() as txn:
+        for resolution in metadata["resolutions"]:
+            table = txn.get(checksum_key(resolution))
+            assert zlib.crc32(table) == metadata["checksums"]["tables"][str(resolution)]
+            crcs = np.frombuffer(table, "<u4")
+            assert len(crcs) == metadata["count"] == 64
+            assert all(crcs[i] == zlib.crc32(txn.get(image_key(resolution, i))) for i in range(64))
+    env.close()
+
+
+# -- verify ---------------------------------------------------------------------------------
+def test_verify_lists_every_flipped_pixel_byte_by_level_and_index(demo_lmdb, tmp_path, capsys):
+    db = copy_db(demo_lmdb, tmp_path)
+    code, out, _ = run_data_prep(capsys, "verify", db)
+    assert code == 0 and "ok, 192 records" in out and "checksums" in out and "no checksums" not in out
+    flip_pixel_byte(db, 16, 5)
+    flip_pixel_byte(db, 8, 40)
+    # The flipped records still decode to the right shape: only the checksum can tell.
+    assert len(stored(db, 16, 5)) == 16 * 16 * 3
+    code, out, err = run_data_prep(capsys, "verify", db)
+    lines = err.strip().splitlines()
+    assert code == 1 and "Traceback" not in err
+    assert "bad: level 16x16 image 5 (record 16-00000005): fails its crc32 checksum" in err
+    assert "bad: level 8x8 image 40 (record 8-00000040): fails its crc32 checksum" in err
+    assert sum(line.startswith("bad:") for line in lines) == 2
+    assert lines[-1].startswith(f"data_prep verify: error: {db}: 2 bad record(s) of 192 (")
+    assert "1 at 8x8" in lines[-1] and "1 at 16x16" in lines[-1]
+
+
+def test_verify_lists_the_records_of_a_damaged_page_without_a_traceback(demo_lmdb, tmp_path, capsys):
+    db = copy_db(demo_lmdb, tmp_path)
+    overwrite_page(db, page_of(db, 8, 20))  # a leaf page of the 8x8 level
+    code, _, err = run_data_prep(capsys, "verify", db)
+    bad = [line for line in err.splitlines() if line.startswith("bad:")]
+    assert code == 1 and "Traceback" not in err
+    assert any("record 8-00000020" in line for line in bad)
+    assert all("level 8x8" in line and "cannot be read" in line for line in bad)
+    report = verify(db)  # the same through the API: collected, never raised
+    assert [(b.resolution, b.index) for b in report.bad] == [(8, int(line.split("image ")[1].split()[0])) for line in bad]
+
+
+def test_verify_of_4k_overwritten_mid_file(demo_lmdb, tmp_path, capsys):
+    # The issue's test: 4 KiB overwritten in the middle of data.mdb.
+    db = copy_db(demo_lmdb, tmp_path)
+    size = (db / "data.mdb").stat().st_size
+    overwrite_page(db, size // 2 // PAGE, b"\x00")
+    code, _, err = run_data_prep(capsys, "verify", db)
+    assert code == 1 and "Traceback" not in err and "bad: level " in err
+    assert len(err.strip().splitlines()[-1]) > 0 and "bad record(s)" in err.strip().splitlines()[-1]
+
+
+def test_database_without_checksums_still_works_and_verify_says_so(demo_lmdb, tmp_path, capsys):
+    db = copy_db(demo_lmdb, tmp_path)
+    env = lmdb.open(str(db))
+    with env.begin(write=True) as txn:  # what a build before checksums wrote
+        metadata = json.loads(txn.get(b"meta"))
+        for resolution in metadata.pop("checksums")["tables"]:
+            txn.delete(checksum_key(int(resolution)))
+        txn.put(b"meta", canonical_json(metadata))
+    env.close()
+    assert MultiResolutionDataset(db, 16, memory_budget_bytes=0)[3].shape == (3, 16, 16)
+    check_levels(db, [4, 8, 16])
+    code, out, _ = run_data_prep(capsys, "verify", db)
+    assert code == 0 and "ok, 192 records" in out and "no checksums" in out
+    # Without checksums a changed byte goes unseen, as before; a record of the wrong size does not.
+    env = lmdb.open(str(db))
+    with env.begin(write=True) as txn:
+        txn.put(image_key(8, 1), b"\0" * 10)
+    env.close()
+    code, _, err = run_data_prep(capsys, "verify", db)
+    assert code == 1 and "record 8-00000001): holds 10 bytes, expected 192" in err
+
+
+def test_damaged_checksum_table_is_reported(demo_lmdb, tmp_path, capsys):
+    db = copy_db(demo_lmdb, tmp_path)
+    env = lmdb.open(str(db))
+    with env.begin(write=True) as txn:
+        txn.put(checksum_key(8), b"\0" * 256)
+    env.close()
+    code, _, err = run_data_prep(capsys, "verify", db)
+    assert code == 1 and "bad: level 8x8: checksum table missing or damaged" in err
+    with pytest.raises(DatasetError, match=r"checksum table crc32/8 is missing or damaged; run `python -m data_prep verify"):
+        MultiResolutionDataset(db, 8, memory_budget_bytes=0)[0]
+
+
+# -- reading and training -------------------------------------------------------------------
+def test_reads_check_checksums_and_name_the_record(demo_lmdb, tmp_path):
+    db = copy_db(demo_lmdb, tmp_path)
+    flip_pixel_byte(db, 16, 5)
+    expected = (rf"{db}: record 16-00000005 fails its crc32 checksum .*\(image 5 at 16x16\); "
+                rf"run `python -m data_prep verify {db}` to list every bad record")
+    assert MultiResolutionDataset(db, 16, memory_budget_bytes=0)[4].shape == (3, 16, 16)  # others read
+    with pytest.raises(DatasetError, match=expected):
+        MultiResolutionDataset(db, 16, memory_budget_bytes=0)[5]
+    with pytest.raises(DatasetError, match=expected):
+        MultiResolutionDataset(db, 16).preload()  # the in-memory path
+    # A DataLoader worker's error arrives whole (one line), not as a worker traceback text.
+    count = 64
+    order = DataOrder(seed=0, num_images=count)
+    streamed = RealImages(str(db), 16, order, 0, count, slice(None), workers=1, memory_budget=0)
+    with pytest.raises(DatasetError, match=expected) as info:
+        streamed.next()
+    assert "\n" not in str(info.value)
+
+
+def test_check_levels_finds_damage_in_the_levels_it_is_given(demo_lmdb, tmp_path):
+    db = copy_db(demo_lmdb, tmp_path)
+    check_levels(db, [4, 8, 16])
+    flip_pixel_byte(db, 16, 0)  # index 0 is always in the sample
+    check_levels(db, [4, 8])  # only the levels asked for are read
+    with pytest.raises(DatasetError, match=r"record 16-00000000 fails its crc32 checksum"):
+        check_levels(db, [4, 8, 16])
+    db = copy_db(demo_lmdb, tmp_path, "page.lmdb")
+    overwrite_page(db, page_of(db, 8, 30))
+    with pytest.raises(DatasetError, match=rf"{db}: record 8-\d+ cannot be read .*at 8x8\); run `python -m data_prep verify {db}`"):
+        check_levels(db, [8])
+    env = lmdb.open(str(copy_db(demo_lmdb, tmp_path, "gap.lmdb")))
+    with env.begin(write=True) as txn:
+        txn.delete(image_key(4, 7))
+    env.close()
+    with pytest.raises(DatasetError, match=r"record 4-00000007 is missing \(image 7 at 4x4\)"):
+        check_levels(tmp_path / "gap.lmdb", [4])
+
+
+def run_main(capsys, *argv):
+    from train import main
+
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err.strip()
+
+
+def test_trainer_refuses_a_damaged_database_before_training(demo_lmdb, tmp_path, capsys):
+    db = copy_db(demo_lmdb, tmp_path)
+    overwrite_page(db, page_of(db, 8, 30))
+    code, err = run_main(capsys, "--data", db, "--out", tmp_path / "run", "--config", "small",
+                         "--resolution", "16", "--dry-run")
+    assert code == 2 and len(err.splitlines()) == 1 and "at 8x8)" in err and "data_prep verify" in err
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_training_stops_with_one_line_at_a_bad_record_it_reads(demo_lmdb, tmp_path):
+    db = copy_db(demo_lmdb, tmp_path)
+    flip_pixel_byte(db, 8, 1)  # not in the start check's sample: found when the 8x8 level is read
+    tiny = ["--config", "small", "--resolution", "8", "--stable-kimg", "0.064", "--fade-kimg", "0.128",
+            "--batch", "4:16,8:16", "--tick-kimg", "0.032", "--workers", "0"]
+    proc = run_cli(["train.py", "--data", str(db), "--out", str(tmp_path / "run"), *tiny], check=False)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert err[-1] == (f"train.py: error: {db}: record 8-00000001 fails its crc32 checksum (its bytes changed "
+                       f"since the build) (image 1 at 8x8); run `python -m data_prep verify {db}` to list every "
+                       "bad record")
+
+
+SWEEP = r'''
+import contextlib, io, json, os, sys
+import numpy as np
+from data_prep.cli import main as data_prep
+from progan.data import DatasetError, MultiResolutionDataset
+from progan.integrity import check_levels
+
+good, work = sys.argv[1], sys.argv[2]
+original = open(os.path.join(good, "data.mdb"), "rb").read()
+levels = {r: MultiResolutionDataset(good, r).get_batch(np.arange(64)).numpy() for r in (4, 8, 16)}
+rows = []
+for page in range(len(original) // 4096):
+    damaged = bytearray(original)
+    damaged[page * 4096:(page + 1) * 4096] = bytes([page * 37 % 256]) * 2048 + os.urandom(2048)
+    with open(os.path.join(work, "data.mdb"), "wb") as f:
+        f.write(damaged)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = data_prep(["verify", work])
+    try:
+        check_levels(work, [4, 8, 16])
+        start = "ok"
+    except DatasetError as error:
+        start = "refused" if "\n" not in str(error) else "multi-line"
+    try:
+        same = all(np.array_equal(MultiResolutionDataset(work, r).get_batch(np.arange(64)).numpy(), levels[r])
+                   for r in (4, 8, 16))
+        read = "same" if same else "different"
+    except DatasetError as error:
+        read = "stopped" if "\n" not in str(error) else "multi-line"
+    rows.append([page, code, start, read, "Traceback" in err.getvalue()])
+print(json.dumps(rows))
+'''
+
+
+@pytest.mark.slow
+def test_every_damaged_page_is_found_or_harmless(demo_lmdb, tmp_path):
+    # Fault injection over the whole file: each 4 KiB page in turn overwritten. In a separate
+    # process, since a C-level abort in LMDB would end the test process itself.
+    work = copy_db(demo_lmdb, tmp_path, "work.lmdb")
+    (tmp_path / "sweep.py").write_text(SWEEP)
+    proc = run_cli([str(tmp_path / "sweep.py"), str(demo_lmdb), str(work)], timeout=600)
+    rows = json.loads(proc.stdout)
+    assert len(rows) == (demo_lmdb / "data.mdb").stat().st_size // PAGE
+    for page, code, start, read, traceback in rows:
+        assert not traceback and code in (0, 1) and start != "multi-line" and read != "multi-line", page
+        if code == 0:  # verify says ok only where every image still reads the same (an unused page)
+            assert start == "ok" and read == "same", page
+        else:  # found by verify; the trainer stops with one line at start or when it reads the level
+            assert start == "refused" or read == "stopped", page
+    assert sum(code == 1 for _, code, *_ in rows) >= len(rows) * 3 // 4
+
+
+def test_a_build_resumed_from_chunks_without_checksums_gets_its_tables(tmp_path):
+    # A build interrupted under a progan without checksums, finished by this one: the chunk
+    # records lack crc32 lists, so finish() reads those records back.
+    from progan.data import DatasetWriter, ImageRecord, chunk_key
+
+    rng = np.random.default_rng(0)
+    images = [ImageRecord(f"{i}", [rng.bytes(48), rng.bytes(192)], "00" * 32) for i in range(6)]
+    with DatasetWriter(tmp_path / "db.lmdb") as writer:
+        writer.start({"resolutions": [4, 8], "encoding": "raw"})
+        writer.commit_chunk(3, images[:3], [])
+        with writer.env.begin(write=True) as txn:
+            record = json.loads(txn.get(chunk_key(0)))
+            del record["crc32"]
+            txn.put(chunk_key(0), canonical_json(record))
+        writer.commit_chunk(6, images[3:], [])
+        writer.finish()
+    report = verify(tmp_path / "db.lmdb")
+    assert report.checksums and report.records == 12 and not report.bad and report.stray is None
+    env = lmdb.open(str(tmp_path / "db.lmdb"), readonly=True, lock=False)
+    with env.begin() as txn:
+        table = np.frombuffer(txn.get(checksum_key(8)), "<u4")
+    env.close()
+    assert list(table) == [zlib.crc32(image.levels[1]) for image in images]
