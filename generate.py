@@ -5,6 +5,8 @@
     python generate.py CHECKPOINT --out DIR --grid 8x8 --seed 100     # grid.png of seeds 100..163
     python generate.py CHECKPOINT --out DIR --walk --frames 240       # walk-seed0000.gif
     python generate.py export CHECKPOINT OUT.pt                       # generator-only file to share
+    python generate.py export CHECKPOINT OUT.safetensors              # ... as safetensors (no pickle)
+    python generate.py export CHECKPOINT OUT.onnx                     # one stage, for onnxruntime
 
 CHECKPOINT is a run folder (its latest checkpoint), a training checkpoint or an exported
 generator; the network is rebuilt from the config stored inside it. Run with --help for all flags.
@@ -30,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample a trained ProGAN. CHECKPOINT is a run folder (its latest checkpoint), a "
         "training checkpoint or an exported generator. The latent of seed S is drawn on the CPU from S "
         "alone, so a seed gives the same image on any device and batch size. "
-        f"To write a generator-only file to share: {PROG} export CHECKPOINT OUT.pt",
+        f"To write a generator-only file to share: {PROG} export CHECKPOINT OUT.pt|.safetensors|.onnx",
         epilog="Seeds: --seeds 0-63 | --seeds 3,7,42 | --num N --seed S (seeds S..S+N-1). Without them: "
         f"{DEFAULT_NUM_IMAGES} images, the grid's ROWS*COLS, or 1 walk, from --seed (default 0). "
         "Outputs: one seedNNNN.png per seed; with --grid only grid.png (the same seeds without --grid "
@@ -68,10 +70,16 @@ def build_export_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         prog=f"{PROG} export",
         description="Write a generator-only file: the EMA weights, the model config and where training "
-        "stood. It is all `generate.py` and `progan.load_generator` need, and loads safely (weights only).",
+        "stood, in the format OUT's extension names. .pt and .safetensors are all `generate.py` and "
+        "`progan.load_generator` need and load safely (weights only; safetensors without pickle at all). "
+        ".onnx is the generator at one stage for onnxruntime: input latents float32 [batch, latent], "
+        "output images float32 [batch, C, R, R] in [-1, 1]; it needs pip install -e \".[export]\".",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="run folder, training checkpoint or exported generator")
-    p.add_argument("out", metavar="OUT.pt", help="file to write (replaced atomically if it exists)")
+    p.add_argument("out", metavar="OUT", help="file to write: .pt, .safetensors or .onnx (replaced atomically if it exists)")
+    p.add_argument("--resolution", type=int, metavar="R",
+                   help=".onnx only: the stage to export (default: where training stood; a lower trained "
+                   "resolution gives its stable output)")
     return p
 
 
@@ -92,10 +100,10 @@ def main(argv: list[str] | None = None) -> int:
 # -- export ---------------------------------------------------------------------------------
 def run_export(args: argparse.Namespace) -> int:
     from progan.checkpoints import CheckpointError
-    from progan.sampling import export
+    from progan.export import export_file
 
     try:
-        path = export(args.checkpoint, args.out)
+        path = export_file(args.checkpoint, args.out, resolution=args.resolution)
     except CheckpointError as exc:
         raise CommandLineError(str(exc)) from None
     except (FileExistsError, NotADirectoryError):
