@@ -99,7 +99,7 @@ def _stage_metadata(data: dict[str, Any], resolution: int, alpha: float) -> dict
 # -- safetensors ----------------------------------------------------------------------------
 def write_safetensors(data: dict[str, Any], out_path: Path) -> Path:
     """The EMA weights of a loaded checkpoint as safetensors; config and stage in the metadata."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {name: t.detach().cpu().contiguous() for name, t in data["generator_ema"].items()}
     metadata = {
@@ -111,7 +111,7 @@ def write_safetensors(data: dict[str, Any], out_path: Path) -> Path:
         "images_shown": str(int(data["images_shown"])),
     }
     with atomic_output(out_path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.write_bytes(save(tensors, metadata=metadata))  # save_file would replace tmp with a 0600 file
     return out_path
 
 

@@ -96,6 +96,9 @@ def test_cli_exports_safetensors_and_samples_from_it(run_dir, tmp_path, capsys):
     np.testing.assert_array_equal(read_png(tmp_path / "a" / "seed0004.png"), read_png(tmp_path / "b" / "seed0004.png"))
     # and a .safetensors export exports again, to any format
     assert cli(capsys, "export", tmp_path / "g.safetensors", tmp_path / "again.pt")[0] == 0
+    assert cli(capsys, "export", tmp_path / "g.safetensors", tmp_path / "again.onnx")[0] == 0
+    modes = {path.suffix: path.stat().st_mode & 0o777 for path in tmp_path.glob("*.*")}
+    assert len(set(modes.values())) == 1, modes  # every format gets the usual file mode
 
 
 # -- bad input ------------------------------------------------------------------------------
