@@ -211,12 +211,16 @@ def write_onnx(generator: nn.Module, resolution: int, alpha: float, out_path: Pa
     batch = torch.export.Dim("batch")
     with atomic_output(out_path) as tmp, warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnxscript"):
         warnings.simplefilter("ignore")  # the exporter's chatter (no torchvision, converter fallback) is not the user's business
-        program = torch.onnx.export(stage, (example,), input_names=["latents"], output_names=["images"],
-                                    opset_version=onnx_opset(), dynamo=True, verbose=False,
-                                    dynamic_shapes={"latents": {0: batch}})
-        program.model.metadata_props.update(metadata or {})
-        program.save(tmp, external_data=False)
-        onnx.checker.check_model(str(tmp))
+        try:
+            program = torch.onnx.export(stage, (example,), input_names=["latents"], output_names=["images"],
+                                        opset_version=onnx_opset(), dynamo=True, verbose=False,
+                                        dynamic_shapes={"latents": {0: batch}})
+            program.model.metadata_props.update(metadata or {})
+            program.save(tmp, external_data=False)
+            onnx.checker.check_model(str(tmp))
+        except Exception as exc:  # noqa: BLE001 - the exporter's and checker's many error types
+            raise ExportError(f"{out_path}: the ONNX export failed, nothing was written "
+                              f"({type(exc).__name__}: {first_line(exc)})") from exc
     return out_path
 
 
@@ -243,7 +247,7 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None):
     import onnxruntime
 
     if not path.is_file():
-        raise CheckpointError(f"{path} does not exist")
+        raise CheckpointError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
     options = onnxruntime.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads

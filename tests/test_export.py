@@ -164,7 +164,7 @@ def test_onnx_export_without_its_packages_says_what_to_install(run_dir, tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failed_onnx_export_leaves_the_previous_file(run_dir, tmp_path, monkeypatch):
+def test_failed_onnx_export_is_one_line_and_leaves_the_previous_file(run_dir, tmp_path, monkeypatch, capsys):
     import onnx
 
     target = tmp_path / "g.onnx"
@@ -174,7 +174,7 @@ def test_failed_onnx_export_leaves_the_previous_file(run_dir, tmp_path, monkeypa
         raise onnx.checker.ValidationError("refused for the test")
 
     monkeypatch.setattr(onnx.checker, "check_model", refuse)
-    with pytest.raises(onnx.checker.ValidationError):
-        export.export_file(run_dir, target)
+    assert_one_line_error(cli(capsys, "export", run_dir, target), "g.onnx: the ONNX export failed, nothing was written",
+                          "ValidationError: refused for the test")
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["g.onnx"]
