@@ -178,3 +178,15 @@ def test_failed_onnx_export_is_one_line_and_leaves_the_previous_file(run_dir, tm
                           "ValidationError: refused for the test")
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["g.onnx"]
+
+
+@pytest.mark.slow
+def test_command_line_onnx_export_prints_one_line_and_no_exporter_noise(run_dir, tmp_path):
+    from test_generate import _run
+
+    done = _run("export", run_dir, tmp_path / "g.onnx")
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.count("\n") == 1 and "g.onnx" in done.stdout
+    done = _run("export", run_dir, tmp_path / "g.h5")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "unknown export format" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.onnx"]
