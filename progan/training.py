@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from progan import checkpoints, trackers
+from progan import checkpoints
 from progan.data import DEFAULT_MEMORY_BUDGET, MultiResolutionDataset, dataset_fingerprint, read_metadata
 from progan.ema import make_ema, update_ema
 from progan.fileio import append_jsonl, atomic_write_text
@@ -635,7 +635,9 @@ class Trainer:
         path = self.run_dir / f"samples-{self.images_shown:010d}.png"
         save_png(grid, path)
         save_png(grid, self.run_dir / "samples-latest.png")
-        trackers.log_image(self.accelerator, "samples", grid, step=self.images_shown)
+        from progan.trackers import log_image
+
+        log_image(self.accelerator, "samples", grid, step=self.images_shown)
         return path
 
     def truncate_stats(self) -> None:
