@@ -73,21 +73,27 @@ def export_file(source: str | os.PathLike, out_path: str | os.PathLike, resoluti
         raise ExportError(f"{out_path} is the checkpoint being exported; write the export elsewhere")
     data = load_checkpoint(resolved)
     generator, config, stage = build_generator(data, "generator_ema", resolved)  # refuse what nobody could sample
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".onnx":
+        res, alpha = _onnx_stage(config, stage, resolved, resolution)
+    out_path.parent.mkdir(parents=True, exist_ok=True)  # after every check: a refused export leaves no folder
     if suffix == ".safetensors":
         return write_safetensors(data, out_path)
     if suffix == ".onnx":
-        from progan.checkpoints import GeneratorInfo
-        from progan.sampling import sampling_stage
-
-        info = GeneratorInfo(model_config=config, resolution=stage[0], alpha=stage[1], images_shown=stage[2],
-                             ema=True, path=resolved, run_dir=None)
-        try:
-            res, alpha = sampling_stage(info, resolution)
-        except ValueError as exc:
-            raise ExportError(f"--resolution: {exc}") from None
         return write_onnx(generator, res, alpha, out_path, metadata=_stage_metadata(data, res, alpha))
     return export_generator(data, out_path)
+
+
+def _onnx_stage(config, stage: tuple[int, float, int], path: Path, resolution: int | None) -> tuple[int, float]:
+    """(resolution, alpha) of the ONNX export: sampling_stage's choice for --resolution."""
+    from progan.checkpoints import GeneratorInfo
+    from progan.sampling import sampling_stage
+
+    info = GeneratorInfo(model_config=config, resolution=stage[0], alpha=stage[1], images_shown=stage[2],
+                         ema=True, path=path, run_dir=None)
+    try:
+        return sampling_stage(info, resolution)
+    except ValueError as exc:
+        raise ExportError(f"--resolution: {exc}") from None
 
 
 def _stage_metadata(data: dict[str, Any], resolution: int, alpha: float) -> dict[str, str]:

@@ -151,7 +151,7 @@ def test_truncated_onnx_cannot_open_a_session(bad_files):
     ("g.onnx", ["--resolution", "16"], "above the 8x8"),
 ])
 def test_bad_export_options_are_one_line_and_write_nothing(out, args, fragment, run_dir, tmp_path, capsys):
-    assert_one_line_error(cli(capsys, "export", run_dir, tmp_path / out, *args), fragment)
+    assert_one_line_error(cli(capsys, "export", run_dir, tmp_path / "sub" / out, *args), fragment)
     assert list(tmp_path.iterdir()) == []
 
 
