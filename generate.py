@@ -5,6 +5,9 @@
     python generate.py CHECKPOINT --out DIR --grid 8x8 --seed 100     # grid.png of seeds 100..163
     python generate.py CHECKPOINT --out DIR --walk --frames 240       # walk-seed0000.gif
     python generate.py export CHECKPOINT OUT.pt                       # generator-only file to share
+    python generate.py export CHECKPOINT OUT.safetensors              # ... as safetensors (no pickle)
+    python generate.py export CHECKPOINT OUT.onnx                     # one stage, for onnxruntime
+    python generate.py timelapse RUN --out growth.webp                # the run's sample grids as one animation
 
 CHECKPOINT is a run folder (its latest checkpoint), a training checkpoint or an exported
 generator; the network is rebuilt from the config stored inside it. Run with --help for all flags.
@@ -13,6 +16,7 @@ generator; the network is rebuilt from the config stored inside it. Run with --h
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
@@ -30,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample a trained ProGAN. CHECKPOINT is a run folder (its latest checkpoint), a "
         "training checkpoint or an exported generator. The latent of seed S is drawn on the CPU from S "
         "alone, so a seed gives the same image on any device and batch size. "
-        f"To write a generator-only file to share: {PROG} export CHECKPOINT OUT.pt",
+        f"To write a generator-only file to share: {PROG} export CHECKPOINT OUT.pt|.safetensors|.onnx; "
+        f"a run's growth as one animation: {PROG} timelapse RUN --out growth.webp",
         epilog="Seeds: --seeds 0-63 | --seeds 3,7,42 | --num N --seed S (seeds S..S+N-1). Without them: "
         f"{DEFAULT_NUM_IMAGES} images, the grid's ROWS*COLS, or 1 walk, from --seed (default 0). "
         "Outputs: one seedNNNN.png per seed; with --grid only grid.png (the same seeds without --grid "
@@ -68,20 +73,42 @@ def build_export_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         prog=f"{PROG} export",
         description="Write a generator-only file: the EMA weights, the model config and where training "
-        "stood. It is all `generate.py` and `progan.load_generator` need, and loads safely (weights only).",
+        "stood, in the format OUT's extension names. .pt and .safetensors are all `generate.py` and "
+        "`progan.load_generator` need and load safely (weights only; safetensors without pickle at all). "
+        ".onnx is the generator at one stage for onnxruntime: input latents float32 [batch, latent], "
+        "output images float32 [batch, C, R, R] in [-1, 1]; it needs pip install -e \".[export]\".",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="run folder, training checkpoint or exported generator")
-    p.add_argument("out", metavar="OUT.pt", help="file to write (replaced atomically if it exists)")
+    p.add_argument("out", metavar="OUT", help="file to write: .pt, .safetensors or .onnx (replaced atomically if it exists)")
+    p.add_argument("--resolution", type=int, metavar="R",
+                   help=".onnx only: the stage to export (default: where training stood; a lower trained "
+                   "resolution gives its stable output)")
+    return p
+
+
+def build_timelapse_parser() -> argparse.ArgumentParser:
+    p = OneLineErrorParser(
+        prog=f"{PROG} timelapse",
+        description="Turn a run's fixed-latent sample grids (samples-<images>.png) into one looping "
+        "animation: every frame upscaled (nearest) to the final grid's size and labelled with its "
+        "resolution, fade weight and kimg; the last frame is held for 2 s. Pillow only, no ffmpeg.",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder (what train.py --out wrote)")
+    p.add_argument("--out", required=True, metavar="FILE", help="growth.webp or growth.gif (replaced atomically)")
+    p.add_argument("--fps", type=float, default=10.0, help="snapshots per second (default 10; GIF at most 50)")
+    p.add_argument("--size", type=int, metavar="PX", help="frame width and height (default: the final grid's)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    exporting = bool(argv) and argv[0] == "export"
-    prog = f"{PROG} export" if exporting else PROG
+    command = argv[0] if argv and argv[0] in ("export", "timelapse") else None
+    prog = f"{PROG} {command}" if command else PROG
     try:
-        if exporting:
+        if command == "export":
             return run_export(build_export_parser().parse_args(argv[1:]))
+        if command == "timelapse":
+            return run_timelapse(build_timelapse_parser().parse_args(argv[1:]))
         return run_sampling(build_parser().parse_args(argv))
     except CommandLineError as exc:
         return fail(str(exc), prog=prog)
@@ -91,19 +118,36 @@ def main(argv: list[str] | None = None) -> int:
 
 # -- export ---------------------------------------------------------------------------------
 def run_export(args: argparse.Namespace) -> int:
-    from progan.checkpoints import CheckpointError
-    from progan.sampling import export
+    from progan.export import export_file
 
-    try:
-        path = export(args.checkpoint, args.out)
-    except CheckpointError as exc:
-        raise CommandLineError(str(exc)) from None
-    except (FileExistsError, NotADirectoryError):
-        raise CommandLineError(f"cannot write {args.out}: part of its folder path is a file") from None
-    except OSError as exc:
-        raise CommandLineError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+    with _writing_file(args.out):  # CheckpointError is a ValueError
+        path = export_file(args.checkpoint, args.out, resolution=args.resolution)
     print(f"exported the EMA generator of {args.checkpoint} to {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0
+
+
+# -- timelapse ------------------------------------------------------------------------------
+def run_timelapse(args: argparse.Namespace) -> int:
+    from progan.timelapse import write_timelapse
+
+    with _writing_file(args.out):  # TimelapseError and the animation format checks are ValueErrors
+        path, count = write_timelapse(args.run, args.out, fps=args.fps, size=args.size)
+    print(f"wrote {path}: {count} snapshots of {args.run}")
+    return 0
+
+
+@contextlib.contextmanager
+def _writing_file(out: str):
+    """One-line errors for a command that writes the one file `out`: its own checks (ValueError)
+    and the file system's."""
+    try:
+        yield
+    except ValueError as exc:
+        raise CommandLineError(str(exc)) from None
+    except (FileExistsError, NotADirectoryError):
+        raise CommandLineError(f"cannot write {out}: part of its folder path is a file") from None
+    except OSError as exc:
+        raise CommandLineError(f"cannot write {out}: {exc.strerror or exc}") from None
 
 
 # -- sampling -------------------------------------------------------------------------------

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric-kimg", type=float, help="evaluate --metrics every this many kimg")
     p.add_argument("--metric-images", type=int, help="generated images per evaluation")
     p.add_argument("--inception", help="Inception-v3 weights file for --metrics fid")
+    p.add_argument("--log-with", metavar="LIST",
+                   help="experiment trackers through accelerate: auto (default: tensorboard when installed), "
+                   "none, or a comma list such as tensorboard,wandb,mlflow")
     p.add_argument("--dry-run", action="store_true", help="validate, print the config and schedule, and exit")
     return p
 

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_generate.py                   # CPU: 256 and 1024, batch 1 and 8
     .venv/bin/python bench/bench_generate.py --device cuda     # a GPU too, fp32 and bf16
+    .venv/bin/python bench/bench_generate.py --runtime torch --runtime onnxruntime --batch 1   # ONNX next to PyTorch
 
 Networks are the paper's widths (ModelConfig.preset("paper", R)) with random weights; speed
 does not depend on the weights. Each configuration runs in a fresh subprocess so that its peak
@@ -10,7 +11,10 @@ process touched: Python, torch, weights, activations) is its own; "model RSS" is
 figure just after building the generator, before any sampling. On a GPU, peak memory is
 `torch.cuda.max_memory_allocated`. Timing is `progan.sampling.seeds_to_images` (latents from
 seeds, forward passes, conversion to uint8) after one warm-up batch, repeated until at least
-`--seconds` and two batches; PNG writing is not included.
+`--seconds` and two batches; PNG writing is not included. With `--runtime onnxruntime` the
+generator is first exported with `progan.export.write_onnx` (that time is the "ONNX export"
+figure) and timed through `progan.export.onnx_images` on an onnxruntime CPU session with as
+many threads as torch uses (same seeds, latents and uint8 conversion).
 
 Export: a paper-size 1024 training checkpoint (G, G_ema, D, both Adam states) is written with
 the real checkpoint writer, exported with `progan.sampling.export`, and the export's size is
@@ -46,14 +50,25 @@ def peak_rss_mib() -> float:
 
 
 # -- one configuration, in its own process ---------------------------------------------------
-def measure(resolution: int, batch: int, device: str, precision: str, min_seconds: float) -> dict:
+def measure(resolution: int, batch: int, device: str, precision: str, min_seconds: float,
+            runtime: str = "torch") -> dict:
     from progan.sampling import seeds_to_images
 
     generator = Generator(ModelConfig.preset("paper", resolution)).eval().requires_grad_(False).to(device)
+    export_s = None
+    if runtime == "onnxruntime":
+        session, export_s = _onnx_session(generator, resolution)
+        latent_size = generator.latent_size
+        del generator  # only the session runs
     model_rss = peak_rss_mib()
     autocast_dtype = torch.bfloat16 if precision == "bf16" else None
-    run = lambda first: seeds_to_images(generator, range(first, first + batch), resolution,  # noqa: E731
-                                        batch_size=batch, autocast_dtype=autocast_dtype)
+    if runtime == "onnxruntime":
+        from progan.export import onnx_images
+
+        run = lambda first: onnx_images(session, range(first, first + batch), latent_size)  # noqa: E731
+    else:
+        run = lambda first: seeds_to_images(generator, range(first, first + batch), resolution,  # noqa: E731
+                                            batch_size=batch, autocast_dtype=autocast_dtype)
     run(0)  # warm-up: allocator, kernels, lazy init
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -67,12 +82,24 @@ def measure(resolution: int, batch: int, device: str, precision: str, min_second
         "images_per_s": batches * batch / elapsed, "s_per_batch": elapsed / batches,
         "peak_rss_mib": peak_rss_mib(), "model_rss_mib": model_rss,
         "gpu_peak_mib": torch.cuda.max_memory_allocated() / MIB if device == "cuda" else None,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "runtime": runtime, "export_s": export_s,
     }
 
 
-def measure_in_subprocess(resolution, batch, device, precision, min_seconds) -> dict:
-    command = [sys.executable, __file__, "--worker", json.dumps([resolution, batch, device, precision, min_seconds])]
+def _onnx_session(generator: torch.nn.Module, resolution: int):
+    """(onnxruntime session of `generator` at its final stage, seconds the export took)."""
+    from progan.export import onnx_session, write_onnx
+
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        path = write_onnx(generator, resolution, 1.0, Path(folder) / "g.onnx")
+        seconds = time.perf_counter() - start
+        return onnx_session(path, threads=torch.get_num_threads()), seconds
+
+
+def measure_in_subprocess(resolution, batch, device, precision, min_seconds, runtime="torch") -> dict:
+    command = [sys.executable, __file__, "--worker",
+               json.dumps([resolution, batch, device, precision, min_seconds, runtime])]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -110,11 +137,11 @@ def _adam_state(module: torch.nn.Module) -> dict:
 
 # -- report ----------------------------------------------------------------------------------
 def table(rows: list[dict]) -> str:
-    lines = ["| device | precision | resolution | batch | images/s | s/batch | peak RSS MiB | model RSS MiB "
-             "| GPU peak MiB |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| runtime | device | precision | resolution | batch | images/s | s/batch | peak RSS MiB | model RSS MiB "
+             "| GPU peak MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         gpu = f"{r['gpu_peak_mib']:.0f}" if r["gpu_peak_mib"] is not None else "-"
-        lines.append(f"| {r['device']} ({r['threads']} threads) | {r['precision']} | {r['resolution']} "
+        lines.append(f"| {r['runtime']} | {r['device']} ({r['threads']} threads) | {r['precision']} | {r['resolution']} "
                      f"| {r['batch']} | {r['images_per_s']:.2f} | {r['s_per_batch']:.2f} | {r['peak_rss_mib']:.0f} | "
                      f"{r['model_rss_mib']:.0f} | {gpu} |")
     return "\n".join(lines)
@@ -125,6 +152,10 @@ def main() -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), action="append",
                         help="cpu (default); give --device cuda as well to add a GPU")
     parser.add_argument("--seconds", type=float, default=10.0, help="time each configuration at least this long")
+    parser.add_argument("--runtime", choices=("torch", "onnxruntime"), action="append",
+                        help="torch (default); give --runtime onnxruntime too for ONNX rows (CPU only)")
+    parser.add_argument("--resolution", type=int, action="append", help=f"only these (default {RESOLUTIONS})")
+    parser.add_argument("--batch", type=int, action="append", help=f"only these (default {BATCHES})")
     parser.add_argument("--no-export", dest="export", action="store_false", help="skip the export-size check")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -132,14 +163,18 @@ def main() -> int:
         print(json.dumps(measure(*json.loads(args.worker))))
         return 0
     rows = []
-    for device in args.device or ["cpu"]:
-        for precision in (("fp32", "bf16") if device == "cuda" else ("fp32",)):
-            for resolution in RESOLUTIONS:
-                for batch in BATCHES:
-                    rows.append(measure_in_subprocess(resolution, batch, device, precision, args.seconds))
-                    print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    for runtime in args.runtime or ["torch"]:
+        for device in ["cpu"] if runtime == "onnxruntime" else args.device or ["cpu"]:
+            for precision in (("fp32", "bf16") if device == "cuda" else ("fp32",)):
+                for resolution in args.resolution or RESOLUTIONS:
+                    for batch in args.batch or BATCHES:
+                        rows.append(measure_in_subprocess(resolution, batch, device, precision, args.seconds, runtime))
+                        print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs\n")
     print(table(rows))
+    exports = {r["resolution"]: r["export_s"] for r in rows if r["export_s"] is not None}
+    for resolution, seconds in sorted(exports.items()):
+        print(f"\nONNX export at {resolution} (write_onnx: trace, convert, save, onnx.checker): {seconds:.1f} s")
     if args.export:
         sizes = export_sizes()
         print(f"\nExport at {sizes['resolution']} (paper widths): training checkpoint {sizes['training_mib']:.1f} MiB, "

@@ -112,6 +112,10 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load and check a progan file (training checkpoint or exported generator)."""
     path = resolve_checkpoint_path(path)
+    if path.suffix.lower() in (".safetensors", ".onnx"):  # the formats of progan/export.py
+        from progan.export import load_exported
+
+        return load_exported(path, map_location)
     data = load_weights_only(path, "checkpoint", CheckpointError, map_location)
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path} is not a progan checkpoint")

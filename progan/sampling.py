@@ -246,21 +246,8 @@ def parse_grid(text: str) -> tuple[int, int]:
 
 # -- exporting ------------------------------------------------------------------------------
 def export(source: str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """Write the generator-only file of `source` (run folder, checkpoint or export) to `out_path`.
+    """Write the generator-only file of `source` (run folder, checkpoint or export) to `out_path`,
+    in the format its extension names (.pt, .safetensors, .onnx): see progan.export.export_file."""
+    from progan.export import export_file
 
-    The EMA weights are checked against the model config first, so a file that is written
-    always loads. Raises CheckpointError (one line) for anything unusable.
-    """
-    from progan.checkpoints import (CheckpointError, build_generator, export_generator, load_checkpoint,
-                                    resolve_checkpoint_path)
-
-    resolved = resolve_checkpoint_path(source)
-    out_path = Path(out_path)
-    if out_path.is_dir():
-        raise CheckpointError(f"{out_path} is a folder; give the file to write, e.g. {out_path / 'generator.pt'}")
-    if out_path.exists() and out_path.resolve() == resolved.resolve():
-        raise CheckpointError(f"{out_path} is the checkpoint being exported; write the export elsewhere")
-    data = load_checkpoint(resolved)
-    build_generator(data, "generator_ema", resolved)  # refuse an export nobody could sample
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    return export_generator(data, out_path)
+    return export_file(source, out_path)

@@ -22,7 +22,7 @@ CONFIG_FILE = "config.json"
 SIMPLE_FLAGS = (
     "data", "out", "mixed_precision", "seed", "workers", "max_batch_per_device", "mirror",
     "reset_optimizer", "tick_kimg", "snapshot_ticks", "checkpoint_minutes", "keep_checkpoints",
-    "metric_kimg", "metric_images", "inception",
+    "metric_kimg", "metric_images", "inception", "log_with",
 )
 SCHEDULE_FLAGS = ("fade_kimg", "stable_kimg", "total_kimg", "base_lr")
 
@@ -59,7 +59,7 @@ class RunPlan:
         from progan.training import Trainer
 
         run_dir = Path(self.config.out)
-        accelerator = make_accelerator(run_dir)
+        accelerator = make_accelerator(run_dir, self.config.log_with, self.config.to_dict())
         if accelerator.is_main_process:
             from progan.fileio import atomic_write_text
 
@@ -77,28 +77,26 @@ class RunPlan:
         return 0
 
 
-def make_accelerator(run_dir: Path):
-    """accelerate picks the devices and the process group; TensorBoard logs when it is installed."""
-    import importlib.util
-
+def make_accelerator(run_dir: Path, log_with: str = "auto", config: dict | None = None):
+    """accelerate picks the devices and the process group, and starts the --log-with trackers."""
     import torch
     from accelerate import Accelerator
+
+    from progan import trackers
 
     # accelerate forms a multi-process CPU group (gloo) only when told it is on the CPU; on a
     # machine with no accelerator say so, so `accelerate launch --multi_gpu --num_processes N`
     # (or torchrun) trains N CPU processes instead of N unconnected copies.
     has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
-    kwargs = {"cpu": not has_accelerator}
-    if importlib.util.find_spec("tensorboard") is not None:
-        kwargs.update(log_with="tensorboard", project_dir=str(run_dir))
-    accelerator = Accelerator(**kwargs)
-    if "log_with" in kwargs:
-        accelerator.init_trackers("tensorboard")
+    names = trackers.resolve(log_with)
+    accelerator = Accelerator(cpu=not has_accelerator, **trackers.accelerator_options(names, run_dir))
+    trackers.start(accelerator, names, config)
     return accelerator
 
 
 def prepare_run(args: dict) -> RunPlan:
     """Turn parsed flags (only those given) into a RunPlan, or raise CommandLineError."""
+    from progan import trackers
     from progan.data import DatasetError
     from progan.training import TrainingError, validate_setup
 
@@ -123,6 +121,10 @@ def prepare_run(args: dict) -> RunPlan:
         raise CommandLineError(str(exc)) from None
     except (ValueError, TypeError) as exc:
         raise CommandLineError(f"invalid configuration: {exc}") from None
+    try:
+        trackers.resolve(config.log_with)  # an unknown or missing tracker fails here, before any work
+    except ValueError as exc:
+        raise CommandLineError(str(exc)) from None
     return RunPlan(config=config, resume=resume, resume_path=resume_path, world_size=world_size)
 
 

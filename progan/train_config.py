@@ -25,7 +25,7 @@ OPERATIONAL_FIELDS = frozenset(
     {
         "data", "out", "workers", "max_batch_per_device", "tick_kimg", "snapshot_ticks",
         "checkpoint_minutes", "keep_checkpoints", "metrics", "metric_kimg", "metric_images",
-        "inception", "mixed_precision",
+        "inception", "mixed_precision", "log_with",
     }
 )
 OPERATIONAL_SCHEDULE_FIELDS = frozenset({"total_kimg"})
@@ -58,6 +58,7 @@ class TrainConfig:
     metric_kimg: float = 0.0                # every this many kimg (0: never)
     metric_images: int = 1024               # generated images per evaluation
     inception: str | None = None            # Inception weights file for FID
+    log_with: str = "auto"                  # trackers: auto | none | tensorboard,wandb,... (progan/trackers.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", tuple(self.metrics))

@@ -634,7 +634,7 @@ class Trainer:
         if not self.is_main:
             return None
         res, alpha = self.state.resolution, self.state.alpha
-        side = max(2, min(8, 2048 // res))
+        side = sample_grid_side(res)
         latents = self.grid_latents[: side * side].to(self.device)
         images = [self.G_ema(chunk, resolution=res, alpha=alpha).float().cpu()
                   for chunk in latents.split(max(self.state.batch_size, 4))]
@@ -642,6 +642,9 @@ class Trainer:
         path = self.run_dir / f"samples-{self.images_shown:010d}.png"
         save_png(grid, path)
         save_png(grid, self.run_dir / "samples-latest.png")
+        from progan.trackers import log_image
+
+        log_image(self.accelerator, "samples", grid, step=self.images_shown)
         return path
 
     def truncate_stats(self) -> None:
@@ -700,6 +703,11 @@ class Trainer:
             replicas = f", {self.world_size} replicas identical" if self.world_size > 1 else ""
             self.log(f"{how} at {self.images_shown / KIMG:.1f} kimg; checkpoint {path}{replicas}")
         return outcome
+
+
+def sample_grid_side(resolution: int) -> int:
+    """Cells per side of the run's sample grids: 8x8 up to 256, then at most 2048 pixels wide."""
+    return max(2, min(8, 2048 // resolution))
 
 
 # -- checks before any work ------------------------------------------------------------------

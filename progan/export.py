@@ -1,0 +1,275 @@
+"""Generator files to share and serve: `.pt` (progan's own), `.safetensors` and `.onnx`.
+
+    generate.py export RUN generator.safetensors    # EMA weights + config in the header; no pickle
+    generate.py export RUN generator.onnx           # one stage, dynamic batch, for onnxruntime
+
+`.safetensors`: the EMA generator's state dict as tensors; the header's metadata holds the
+model config (its JSON round trip, so every ModelConfig field travels), the stage training had
+reached and images shown. `progan.load_generator` and `generate.py` read it like a `.pt` export.
+
+`.onnx`: the generator at one stage (default: where training stood, the final stage of a
+finished run). Input `latents` float32 [batch, latent_size] (draw them with
+`progan.sampling.latents_for_seeds`), output `images` float32 [batch, C, R, R] clamped to
+[-1, 1]: pixel = round((x + 1) * 127.5). The batch is dynamic; the opset is the newest that
+both the installed onnx and onnxruntime support. Needs the `export` extra:
+`pip install -e ".[export]"`.
+
+Every file is written to a temporary name and renamed once complete (and, for ONNX, checked
+with onnx.checker), so a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from progan.checkpoints import (FORMAT_NAME, FORMAT_VERSION, GENERATOR_KIND, CheckpointError, build_generator,
+                                export_generator, load_checkpoint, resolve_checkpoint_path)
+from progan.cli import first_line
+from progan.fileio import atomic_output
+
+FORMATS = (".pt", ".safetensors", ".onnx")
+SAFETENSORS_FORMAT = "progan-generator"  # the header's "format" entry: this file is ours
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # onnxscript: torch's ONNX exporter needs it
+ONNX_INSTALL_HINT = 'pip install -e ".[export]" (onnx, onnxscript, onnxruntime)'
+MIN_ONNX_OPSET = 18  # the oldest opset torch's exporter writes
+
+
+class ExportError(CheckpointError):
+    """An export that cannot be written (format, missing package); one line for the user."""
+
+
+# -- choosing a format ----------------------------------------------------------------------
+def export_file(source: str | os.PathLike, out_path: str | os.PathLike, resolution: int | None = None) -> Path:
+    """Export the EMA generator of `source` (run folder, checkpoint or export) to `out_path`,
+    in the format its extension names. `resolution` picks the ONNX stage (see sampling_stage).
+
+    The weights are checked against the model config before anything is written, so a file
+    that is written always loads. Raises CheckpointError (one line) for anything unusable.
+    """
+    out_path = Path(out_path)
+    suffix = out_path.suffix.lower()
+    if out_path.is_dir():
+        raise ExportError(f"{out_path} is a folder; give the file to write, e.g. {out_path / 'generator.safetensors'}")
+    if suffix not in FORMATS:
+        raise ExportError(f"{out_path}: unknown export format {suffix or '(no extension)'!r}; "
+                          f"end the file name in {', '.join(FORMATS)}")
+    if resolution is not None and suffix != ".onnx":
+        raise ExportError(f"--resolution picks the stage of an .onnx export; {suffix} files keep the whole generator")
+    if suffix == ".onnx":
+        missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+        if missing:
+            raise ExportError(f"writing {out_path} needs {', '.join(missing)}: {ONNX_INSTALL_HINT}")
+    resolved = resolve_checkpoint_path(source)
+    if out_path.exists() and out_path.resolve() == resolved.resolve():
+        raise ExportError(f"{out_path} is the checkpoint being exported; write the export elsewhere")
+    data = load_checkpoint(resolved)
+    generator, config, stage = build_generator(data, "generator_ema", resolved)  # refuse what nobody could sample
+    if suffix == ".onnx":
+        res, alpha = _onnx_stage(config, stage, resolved, resolution)
+    out_path.parent.mkdir(parents=True, exist_ok=True)  # after every check: a refused export leaves no folder
+    if suffix == ".safetensors":
+        return write_safetensors(data, out_path)
+    if suffix == ".onnx":
+        return write_onnx(generator, res, alpha, out_path, metadata=_stage_metadata(data, res, alpha))
+    return export_generator(data, out_path)
+
+
+def _onnx_stage(config, stage: tuple[int, float, int], path: Path, resolution: int | None) -> tuple[int, float]:
+    """(resolution, alpha) of the ONNX export: sampling_stage's choice for --resolution."""
+    from progan.checkpoints import GeneratorInfo
+    from progan.sampling import sampling_stage
+
+    info = GeneratorInfo(model_config=config, resolution=stage[0], alpha=stage[1], images_shown=stage[2],
+                         ema=True, path=path, run_dir=None)
+    try:
+        return sampling_stage(info, resolution)
+    except ValueError as exc:
+        raise ExportError(f"--resolution: {exc}") from None
+
+
+def _stage_metadata(data: dict[str, Any], resolution: int, alpha: float) -> dict[str, str]:
+    return {"format": SAFETENSORS_FORMAT, "model_config": json.dumps(data["model_config"], sort_keys=True),
+            "resolution": str(resolution), "alpha": repr(float(alpha)), "images_shown": str(int(data["images_shown"])),
+            "output": "images float32 [N, C, R, R] in [-1, 1]; pixel = round((x + 1) * 127.5)"}
+
+
+# -- safetensors ----------------------------------------------------------------------------
+def write_safetensors(data: dict[str, Any], out_path: Path) -> Path:
+    """The EMA weights of a loaded checkpoint as safetensors; config and stage in the metadata."""
+    from safetensors.torch import save
+
+    tensors = {name: t.detach().cpu().contiguous() for name, t in data["generator_ema"].items()}
+    metadata = {
+        "format": SAFETENSORS_FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "model_config": json.dumps(data["model_config"], sort_keys=True),
+        "resolution": str(int(data["resolution"])),
+        "alpha": repr(float(data["alpha"])),  # repr: the exact float back
+        "images_shown": str(int(data["images_shown"])),
+    }
+    with atomic_output(out_path) as tmp:
+        tmp.write_bytes(save(tensors, metadata=metadata))  # save_file would replace tmp with a 0600 file
+    return out_path
+
+
+def read_safetensors(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A `.safetensors` export as the dict `load_checkpoint` gives for a `.pt` export."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...: all mean "unreadable"
+        raise CheckpointError(f"{path} is not a readable .safetensors file (truncated or corrupt: "
+                              f"{first_line(exc)})") from None
+    if metadata.get("format") != SAFETENSORS_FORMAT:
+        raise CheckpointError(f"{path} is not a progan generator (its header has no progan metadata); "
+                              f"export one with: generate.py export RUN {path.name}")
+    if metadata.get("format_version") != str(FORMAT_VERSION):
+        raise CheckpointError(f"{path} has progan format version {metadata.get('format_version')}; this progan "
+                              f"reads version {FORMAT_VERSION} (use the progan release that wrote it)")
+    try:
+        header = {"model_config": json.loads(metadata["model_config"]), "resolution": int(metadata["resolution"]),
+                  "alpha": float(metadata["alpha"]), "images_shown": int(metadata["images_shown"])}
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path} has damaged progan metadata ({first_line(exc)}); export it again") from None
+    tensors = {name: t.to(map_location) for name, t in tensors.items()}
+    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "kind": GENERATOR_KIND, **header,
+            "generator_ema": tensors}
+
+
+def load_exported(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a non-`.pt` generator file for `load_checkpoint`: `.safetensors`; `.onnx` is refused."""
+    if path.suffix.lower() == ".onnx":
+        raise CheckpointError(f"{path} is an ONNX model: run it with onnxruntime (progan.export.onnx_session); "
+                              "progan samples .pt and .safetensors files")
+    return read_safetensors(path, map_location)
+
+
+# -- ONNX -----------------------------------------------------------------------------------
+class _Stage(nn.Module):
+    """The generator at one fixed stage: latents [N, latent] -> images [N, C, R, R] in [-1, 1]."""
+
+    def __init__(self, generator: nn.Module, resolution: int, alpha: float):
+        super().__init__()
+        self.generator, self.resolution, self.alpha = generator, resolution, alpha
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.generator(latents, self.resolution, self.alpha).clamp(-1.0, 1.0)
+
+
+def _fold_equalized_scales(generator: nn.Module) -> None:
+    """Multiply each equalized layer's run-time scale into its weight (scale 1 afterwards).
+
+    The same function; the graph then has no per-batch choice of which operand to scale
+    (layers._Equalized._scaled compares sizes, which a dynamic batch would turn into a guard).
+    """
+    from progan.layers import _Equalized
+
+    with torch.no_grad():
+        for module in generator.modules():
+            if isinstance(module, _Equalized):
+                module.weight.mul_(module.scale)
+                module.scale = 1.0
+
+
+def onnx_opset() -> int:
+    """The newest ONNX opset that both the installed onnx and onnxruntime support."""
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    probe = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    for opset in range(onnx.defs.onnx_opset_version(), MIN_ONNX_OPSET, -1):
+        model = helper.make_model(probe, opset_imports=[helper.make_opsetid("", opset)])
+        try:
+            onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            return opset
+        except Exception:  # noqa: BLE001 - "opset not supported" is how the runtime says no
+            continue
+    return MIN_ONNX_OPSET
+
+
+def write_onnx(generator: nn.Module, resolution: int, alpha: float, out_path: Path,
+               metadata: dict[str, str] | None = None) -> Path:
+    """Write `generator` at (resolution, alpha) as an ONNX model with a dynamic batch; checked
+    with onnx.checker before it is renamed into place. The generator is modified (scales folded)."""
+    import warnings
+
+    import onnx
+
+    generator = generator.float().cpu().eval().requires_grad_(False)
+    _fold_equalized_scales(generator)
+    stage = _Stage(generator, resolution, alpha)
+    example = torch.zeros(2, generator.latent_size)  # 2, not 1: export would fix a batch of 1
+    batch = torch.export.Dim("batch")
+    with atomic_output(out_path) as tmp, warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnxscript"):
+        warnings.simplefilter("ignore")  # the exporter's chatter (no torchvision, converter fallback) is not the user's business
+        try:
+            program = torch.onnx.export(stage, (example,), input_names=["latents"], output_names=["images"],
+                                        opset_version=onnx_opset(), dynamo=True, verbose=False,
+                                        dynamic_shapes={"latents": {0: batch}})
+            program.model.metadata_props.update(metadata or {})
+            program.save(tmp, external_data=False)
+            onnx.checker.check_model(str(tmp))
+        except Exception as exc:  # noqa: BLE001 - the exporter's and checker's many error types
+            raise ExportError(f"{out_path}: the ONNX export failed, nothing was written "
+                              f"({type(exc).__name__}: {first_line(exc)})") from exc
+    return out_path
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def onnx_session(path: str | os.PathLike, threads: int | None = None):
+    """An onnxruntime CPU session for an exported `.onnx` generator; CheckpointError (one line)
+    for a file that is missing, truncated or not an ONNX model."""
+    path = Path(path)
+    missing = [name for name in ("onnxruntime",) if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ExportError(f"running {path} needs onnxruntime: {ONNX_INSTALL_HINT}")
+    import onnxruntime
+
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - InvalidProtobuf, Fail, ...: all mean "unusable"
+        raise CheckpointError(f"{path} is not a readable ONNX model (truncated or corrupt: {first_line(exc)})") from None
+
+
+def onnx_images(session, seeds, latent_size: int) -> "np.ndarray":  # noqa: F821
+    """Seeds -> uint8 images [N, R, R, C] from an ONNX session, with the latents of
+    progan.sampling (the same image for a seed as the PyTorch generator, within float rounding)."""
+    from progan.images import to_uint8
+    from progan.sampling import latents_for_seeds
+
+    latents = latents_for_seeds(seeds, latent_size).numpy()
+    (images,) = session.run(["images"], {"latents": latents})
+    return to_uint8(torch.from_numpy(images))

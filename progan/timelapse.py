@@ -1,0 +1,138 @@
+"""A run's growth as one animation: its fixed-latent sample grids (`samples-<images>.png`) in
+order, every frame upscaled (nearest) to the final grid's size, labelled with its resolution,
+fade weight and kimg. Pillow only (progan/animation.py writes the GIF or WebP).
+
+    python generate.py timelapse checkpoints/RUN --out growth.webp
+
+The grids keep the same latents all run long, but hold 8x8 cells up to 256x256 and fewer above
+(training.sample_grid_side); each frame shows the cells of the final grid, so every cell is one
+latent growing from 4x4 to the end.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from progan.schedule import KIMG, state_at
+
+SNAPSHOT = re.compile(r"^samples-(\d+)\.png$")
+HOLD_LAST_SECONDS = 2.0  # the finished faces stay on screen before the loop starts again
+
+
+class TimelapseError(ValueError):
+    """A run folder or snapshot that cannot be used; one line for the user."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    path: Path
+    images_shown: int
+    resolution: int   # of each cell
+    alpha: float      # fade weight of that resolution when the grid was drawn
+    side: int         # cells per row and column
+
+
+def find_snapshots(run_dir: str | os.PathLike) -> list[Snapshot]:
+    """The run's sample grids in training order, each with the stage it was drawn at."""
+    from progan.setup_run import CONFIG_FILE
+    from progan.train_config import TrainConfig
+    from progan.training import sample_grid_side
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise TimelapseError(f"{run_dir} is not a run folder (give the folder train.py --out wrote)")
+    try:
+        schedule = TrainConfig.from_json((run_dir / CONFIG_FILE).read_text()).schedule
+    except FileNotFoundError:
+        raise TimelapseError(f"{run_dir} has no {CONFIG_FILE}; give the folder train.py --out wrote") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TimelapseError(f"{run_dir / CONFIG_FILE} is not a readable training config ({exc})") from None
+    found = sorted((int(m.group(1)), p) for p in run_dir.iterdir() if (m := SNAPSHOT.match(p.name)))
+    if not found:
+        raise TimelapseError(f"{run_dir} holds no sample grids (samples-<images>.png); train longer or "
+                             f"with fewer --snapshot-ticks")
+    snapshots = []
+    for images_shown, path in found:
+        width, height = _size(path)
+        # Grids drawn mid-run show the stage of the step just taken, the last one the stage after it.
+        for st in (state_at(schedule, max(images_shown - 1, 0)), state_at(schedule, images_shown)):
+            side = sample_grid_side(st.resolution)
+            if width == height == side * st.resolution:
+                snapshots.append(Snapshot(path, images_shown, st.resolution, st.alpha, side))
+                break
+        else:
+            raise TimelapseError(f"{path} is {width}x{height}, not a sample grid of this run's schedule at "
+                                 f"{images_shown / KIMG:g} kimg; move it out of the run folder")
+    return snapshots
+
+
+def _size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as picture:
+            return picture.size
+    except (OSError, ValueError) as exc:
+        raise TimelapseError(f"{path} is not a readable image ({exc}); move it out of the run folder") from None
+
+
+def timelapse_frames(snapshots: list[Snapshot], size: int | None = None) -> Iterator[np.ndarray]:
+    """uint8 [S, S, 3] frames: each snapshot's first side_f x side_f cells (the final grid's
+    latents), upscaled nearest to the final grid's size (or `size`), labelled."""
+    final = snapshots[-1]
+    side = final.side
+    frame_size = size or side * final.resolution
+    font = ImageFont.load_default(size=max(10, frame_size // 40))
+    for snap in snapshots:
+        with Image.open(snap.path) as picture:
+            grid = np.asarray(picture.convert("RGB"))
+        r = snap.resolution
+        cells = [grid[(i // snap.side) * r:(i // snap.side + 1) * r, (i % snap.side) * r:(i % snap.side + 1) * r]
+                 for i in range(side * side)]
+        rows = [np.concatenate(cells[row * side:(row + 1) * side], axis=1) for row in range(side)]
+        frame = Image.fromarray(np.concatenate(rows, axis=0)).resize((frame_size, frame_size), Image.Resampling.NEAREST)
+        kimg = snap.images_shown / KIMG
+        yield np.asarray(_label(frame, f"{r}x{r}  alpha {snap.alpha:.2f}  {kimg:.1f} kimg" if kimg >= 10 else
+                                f"{r}x{r}  alpha {snap.alpha:.2f}  {kimg:.3g} kimg", font))
+
+
+def _label(frame: Image.Image, text: str, font) -> Image.Image:
+    draw = ImageDraw.Draw(frame)
+    pad = max(2, font.size // 4)
+    left, top, right, bottom = draw.textbbox((pad, pad), text, font=font)
+    draw.rectangle((0, 0, right + pad, bottom + pad), fill=(0, 0, 0))
+    draw.text((pad, pad), text, fill=(255, 255, 255), font=font)
+    return frame
+
+
+def write_timelapse(run_dir: str | os.PathLike, out_path: str | os.PathLike, fps: float = 10.0,
+                    size: int | None = None) -> tuple[Path, int]:
+    """Write the run's timelapse to `out_path` (.gif or .webp, atomically); (path, snapshots used)."""
+    from progan.animation import check_animation_options, write_animation
+
+    out_path = Path(out_path)
+    fmt = out_path.suffix.lower().lstrip(".")
+    if fmt not in ("gif", "webp"):
+        raise TimelapseError(f"--out {out_path}: end the file name in .gif or .webp")
+    check_animation_options(fmt, fps)
+    if size is not None and size < 16:
+        raise TimelapseError(f"--size must be at least 16 pixels, got {size}")
+    snapshots = find_snapshots(run_dir)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    write_animation(_hold_last(timelapse_frames(snapshots, size), round(HOLD_LAST_SECONDS * fps)),
+                    out_path, fps=fps, fmt=fmt)
+    return out_path, len(snapshots)
+
+
+def _hold_last(frames: Iterator[np.ndarray], times: int) -> Iterator[np.ndarray]:
+    """The frames, the last one `times` times: encoders merge the repeats into one longer frame."""
+    frame = None
+    for frame in frames:
+        yield frame
+    for _ in range(max(0, times - 1)):
+        yield frame
