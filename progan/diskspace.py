@@ -1,0 +1,89 @@
+"""Free space and failed writes in the run folder, as one line a user can act on.
+
+A full disk shows up in many shapes: OSError(ENOSPC) from Python writes, and RuntimeErrors
+such as "basic_ios::clear: iostream error" or "unexpected pos" from torch.save's C++ writer.
+`write_failed` turns any of them into one line naming the folder, the bytes needed and the
+bytes free before the write; it is called after the atomic write has removed its temporary
+file, so nothing already written is touched.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+
+from progan.cli import first_line
+
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_DISK_FULL_WORDS = ("no space left", "disk quota", "file too large")
+
+
+class WriteFailed(Exception):
+    """The run folder could not be written (train.py exits 4); the message is one line."""
+
+
+def format_bytes(n: int | None) -> str:
+    if n is None:
+        return "an unknown amount"
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def free_bytes(folder: str | os.PathLike) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def state_nbytes(obj) -> int:
+    """Bytes of all tensors in a (nested) state dict: about the size torch.save will write."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(state_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(state_nbytes(v) for v in obj)
+    return 0
+
+
+def is_disk_full(exc: BaseException, needed: int | None = None, free: int | None = None) -> bool:
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+        return True
+    text = str(exc).lower()
+    if any(word in text for word in _DISK_FULL_WORDS):
+        return True
+    # torch.save's C++ writer reports a full disk only as a stream error.
+    return needed is not None and free is not None and free < needed
+
+
+def write_failed(exc: BaseException, folder: str | os.PathLike, what: str, needed: int | None,
+                 free: int | None = None) -> WriteFailed:
+    """The one-line error for a failed write of `what` (about `needed` bytes) into `folder`, which
+    had `free` bytes before the write (measured now when not given)."""
+    folder = Path(folder)
+    free = free_bytes(folder) if free is None else free
+    amounts = f"needs about {format_bytes(needed)}, {format_bytes(free)} free"
+    if is_disk_full(exc, needed, free):
+        return WriteFailed(f"no space left in {folder} for {what} ({amounts}); free some space "
+                           f"(or move the run), then rerun with --resume auto")
+    return WriteFailed(f"could not write {what} in {folder} ({first_line(exc)}; {amounts}); "
+                       f"fix the folder, then rerun with --resume auto")
+
+
+def low_space_warning(folder: str | os.PathLike, expected: int, saves: int = 2) -> str | None:
+    """A warning when `folder` has room for fewer than `saves` more writes of `expected` bytes
+    (a new checkpoint is written before an old one is pruned), else None."""
+    free = free_bytes(folder)
+    if free is None or expected <= 0 or free >= saves * expected:
+        return None
+    room = free // expected
+    return (f"warning: {folder} has {format_bytes(free)} free, room for {room} more checkpoint(s) of "
+            f"{format_bytes(expected)}; free some space before the run stops")
