@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from progan.cli import CommandLineError, OneLineErrorParser, fail
+import os
+
+from progan.cli import EXIT_USAGE, EXIT_WRITE_FAILED, VERBOSE_ENV, CommandLineError, OneLineErrorParser, fail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,15 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric-images", type=int, help="generated images per evaluation")
     p.add_argument("--inception", help="Inception-v3 weights file for --metrics fid")
     p.add_argument("--dry-run", action="store_true", help="validate, print the config and schedule, and exit")
+    p.add_argument("--verbose", action="store_true", help="never shorten error messages")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 finished, 2 bad input or run folder in use, 3 pre-empted (SIGTERM/SIGINT,
+    checkpoint saved), 4 run folder not writable (disk full); 1 is an unexpected error."""
+    from progan.diskspace import WriteFailed
+
     args = vars(build_parser().parse_args(argv))
+    if args.pop("verbose", False):
+        os.environ[VERBOSE_ENV] = "1"
     try:
         return run(args)
     except CommandLineError as exc:
-        return fail(str(exc), prog="train.py")
+        return fail(str(exc), prog="train.py", code=EXIT_USAGE)
+    except WriteFailed as exc:
+        return fail(str(exc), prog="train.py", code=EXIT_WRITE_FAILED)
 
 
 def run(args: dict) -> int:
