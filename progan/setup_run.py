@@ -63,6 +63,9 @@ class RunPlan:
         from progan.training import Trainer
 
         run_dir = Path(self.config.out)
+        from progan.elastic import init_process_group
+
+        init_process_group(cpu=not _has_accelerator())  # fresh keys after a torchrun restart
         lock = lock_run_folder(run_dir, cpu=not _has_accelerator())  # before anything is written
         accelerator = make_accelerator(run_dir)
         if accelerator.is_main_process:
