@@ -282,6 +282,12 @@ class GradientSync:
         return finite, flat[-self.NUM_FLAGS :].tolist()
 
 
+def memory_budget_per_process() -> int:
+    """The node's budget for in-memory levels shared by its processes: each holds its own copy.
+    Counted per node (LOCAL_WORLD_SIZE), so every node of a multi-node run gets the whole budget."""
+    return DEFAULT_MEMORY_BUDGET // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 # -- the trainer -----------------------------------------------------------------------------
 class StopRequest:
     """Turns SIGINT/SIGTERM into a flag the loop checks between steps (a second Ctrl-C aborts)."""
@@ -366,6 +372,10 @@ class Trainer:
             _load_adam_state(self.opt_d, optimizer_states[1])
             self._set_learning_rate(self.state.learning_rate)
         self.reals = self._real_images(self.state)
+        if self.world_size > 1 and self.accelerator.is_local_main_process:  # one line per node
+            print(f"node {os.environ.get('GROUP_RANK', '0')}: {os.environ.get('LOCAL_WORLD_SIZE', '1')} of "
+                  f"{self.world_size} processes, real-image memory budget {memory_budget_per_process() >> 20} MiB "
+                  f"per process", flush=True)
         self.grid_latents = torch.randn(
             64, model.latent_size, generator=seeded_generator(config.seed, _STREAM_GRID, 0))
         self._reset_tick_stats()
@@ -394,10 +404,8 @@ class Trainer:
                 group["lr"] = lr
 
     def _real_images(self, state: TrainingState) -> RealImages:
-        # Processes on one machine each hold their own copy of an in-memory level.
-        budget = DEFAULT_MEMORY_BUDGET // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         return RealImages(self.config.data, state.resolution, self.order, self.images_shown,
-                          state.batch_size, self.part, self.config.workers, budget)
+                          state.batch_size, self.part, self.config.workers, memory_budget_per_process())
 
     def _autocast(self):
         return autocast(self.device, self.autocast_dtype)
