@@ -107,3 +107,22 @@ def test_two_nodes_on_localhost(demo_lmdb, two_process_run, tmp_path):
 
 def test_two_processes_on_one_node_share_its_budget(two_process_run):
     assert "node 0: 2 of 2 processes, real-image memory budget 1024 MiB per process" in two_process_run[1]
+
+
+def test_every_process_refuses_a_folder_in_use(demo_lmdb, tmp_path):
+    from test_reliability import hold_lock
+
+    out = tmp_path / "run"
+    holder = hold_lock(out)
+    try:
+        launch = ("--nnodes", "1", "--nproc_per_node", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0")
+        proc = run_cli([*torchrun(*launch), *train_args(demo_lmdb, out)], timeout=300, env=ENV, check=False)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert output.count(f"is in use by another training run (PID {holder.pid} on host") == 1  # said once
+    # The first rank to exit 2 ends the group (torchrun stops the other): nobody hung or trained.
+    assert "exitcode  : 2" in output and "tick" not in output, output
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
