@@ -727,7 +727,7 @@ class Trainer:
         path = self.save_checkpoint()
         failure = share_from_main(self.write_failure, self.world_size)
         if failure is not None:
-            raise WriteFailed(f"{failure} (stopped at {self.images_shown / KIMG:.1f} kimg, checkpoint {path} saved)")
+            raise WriteFailed(f"{failure} (stopped at {self.images_shown / KIMG:.3f} kimg, checkpoint {path} saved)")
         if self.is_main:
             how = f"stopped by {self.stop.signal_name}" if outcome == "stopped" else "finished"
             replicas = f", {self.world_size} replicas identical" if self.world_size > 1 else ""

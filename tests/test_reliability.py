@@ -225,3 +225,21 @@ def test_sigterm_exits_with_the_preempted_code(demo_lmdb, tmp_path):
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_PREEMPTED, output
     assert "stopped by SIGTERM" in output and final_state(out)["images_shown"] < 10_000
+
+
+def test_a_failed_stats_write_stops_the_run_with_a_checkpoint(demo_lmdb, tmp_path, monkeypatch, one_torch_thread):
+    import progan.training as training
+    from test_training import make_trainer
+
+    def full_disk(path, record):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    trainer = make_trainer(demo_lmdb, tmp_path / "run", "--total-kimg", "0.128")
+    monkeypatch.setattr(training, "append_jsonl", full_disk)
+    with pytest.raises(WriteFailed) as failed:
+        trainer.run()
+    message = str(failed.value)
+    assert message.startswith(f"no space left in {tmp_path / 'run'} for stats.jsonl")
+    # The first tick (32 images) failed to log; the run stopped one step later and saved it all.
+    assert "stopped at 0.048 kimg, checkpoint" in message and len(message.splitlines()) == 1
+    assert final_state(tmp_path / "run")["images_shown"] == 48
