@@ -26,7 +26,7 @@ class WriteFailed(Exception):
 
 def format_bytes(n: int | None) -> str:
     if n is None:
-        return "an unknown amount"
+        return "an unknown amount of space"
     for unit in ("bytes", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
@@ -70,11 +70,12 @@ def write_failed(exc: BaseException, folder: str | os.PathLike, what: str, neede
     had `free` bytes before the write (measured now when not given)."""
     folder = Path(folder)
     free = free_bytes(folder) if free is None else free
-    amounts = f"needs about {format_bytes(needed)}, {format_bytes(free)} free"
+    amounts = f"{format_bytes(free)} free" if needed is None else f"needs about {format_bytes(needed)}, {format_bytes(free)} free"
     if is_disk_full(exc, needed, free):
         return WriteFailed(f"no space left in {folder} for {what} ({amounts}); free some space "
                            f"(or move the run), then rerun with --resume auto")
-    return WriteFailed(f"could not write {what} in {folder} ({first_line(exc)}; {amounts}); "
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
+    return WriteFailed(f"could not write {what} in {folder} ({reason}; {amounts}); "
                        f"fix the folder, then rerun with --resume auto")
 
 

@@ -89,18 +89,21 @@ class RunPlan:
         from progan.fileio import atomic_write_text
         from progan.runlock import remove_stale_temp_files
 
-        removed = remove_stale_temp_files(run_dir)
-        if removed:
-            log(f"removed {len(removed)} temporary file(s) left by an interrupted run: "
-                f"{', '.join(p.name for p in removed)}")
-        for path, why in self.damaged:
-            moved = checkpoints.set_aside(path)
-            log(f"warning: {why}; resuming from {self.resume_path.name if self.resume_path else 'the start'} "
-                f"instead (the damaged file is kept as {moved.name})")
+        what = "the run folder"
         try:
+            removed = remove_stale_temp_files(run_dir)
+            if removed:
+                log(f"removed {len(removed)} temporary file(s) left by an interrupted run: "
+                    f"{', '.join(p.name for p in removed)}")
+            for path, why in self.damaged:
+                what = f"{path.name}{checkpoints.DAMAGED_SUFFIX}"
+                moved = checkpoints.set_aside(path)
+                log(f"warning: {why}; resuming from {self.resume_path.name if self.resume_path else 'the start'} "
+                    f"instead (the damaged file is kept as {moved.name})")
+            what = CONFIG_FILE
             atomic_write_text(run_dir / CONFIG_FILE, self.config.to_json())
         except OSError as exc:
-            raise write_failed(exc, run_dir, CONFIG_FILE, len(self.config.to_json())) from None
+            raise write_failed(exc, run_dir, what, None) from None
 
 
 def _has_accelerator() -> bool:

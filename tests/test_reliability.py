@@ -243,3 +243,16 @@ def test_a_failed_stats_write_stops_the_run_with_a_checkpoint(demo_lmdb, tmp_pat
     # The first tick (32 images) failed to log; the run stopped one step later and saved it all.
     assert "stopped at 0.048 kimg, checkpoint" in message and len(message.splitlines()) == 1
     assert final_state(tmp_path / "run")["images_shown"] == 48
+
+
+def test_unwritable_run_folder_is_one_line(demo_lmdb, tmp_path, capsys, monkeypatch):
+    import progan.fileio as fileio
+
+    def no_rename(src, dst):
+        raise OSError(errno.EIO, "Input/output error", str(dst))
+
+    monkeypatch.setattr(fileio.os, "replace", no_rename)  # config.json, the first write of a run
+    code, err = run_main(capsys, "--data", demo_lmdb, "--out", tmp_path / "run", *TINY)
+    assert code == EXIT_WRITE_FAILED and len(err.splitlines()) == 1
+    assert f"could not write config.json in {tmp_path / 'run'} (Input/output error" in err and "free" in err
+    assert not (tmp_path / "run" / "config.json").exists() and not list((tmp_path / "run").glob(".*.tmp"))
