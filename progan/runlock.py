@@ -39,6 +39,8 @@ class RunLock:
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
 
+    __del__ = release  # a run that raised inside a longer-lived process (a notebook, tests) lets go too
+
 
 def acquire(run_dir: str | os.PathLike) -> RunLock:
     """Create `run_dir` if needed and lock it, or raise RunFolderBusy naming the holder."""

@@ -256,3 +256,14 @@ def test_unwritable_run_folder_is_one_line(demo_lmdb, tmp_path, capsys, monkeypa
     assert code == EXIT_WRITE_FAILED and len(err.splitlines()) == 1
     assert f"could not write config.json in {tmp_path / 'run'} (Input/output error" in err and "free" in err
     assert not (tmp_path / "run" / "config.json").exists() and not list((tmp_path / "run").glob(".*.tmp"))
+
+
+def test_a_failed_run_in_process_lets_go_of_its_folder(demo_lmdb, tmp_path, capsys, monkeypatch):
+    import progan.fileio as fileio
+
+    real_replace = fileio.os.replace
+    monkeypatch.setattr(fileio.os, "replace", lambda src, dst: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    code, _ = run_main(capsys, "--data", demo_lmdb, "--out", tmp_path / "run", *TINY)
+    assert code == EXIT_WRITE_FAILED
+    monkeypatch.setattr(fileio.os, "replace", real_replace)
+    acquire(tmp_path / "run").release()  # not refused: the failed run released its lock
