@@ -11,9 +11,8 @@ Run `python train.py --help` for every flag.
 from __future__ import annotations
 
 import argparse
-import sys
-
 import os
+import sys
 
 from progan.cli import EXIT_USAGE, EXIT_WRITE_FAILED, VERBOSE_ENV, CommandLineError, OneLineErrorParser, fail
 

@@ -59,14 +59,14 @@ class RunPlan:
     def train(self) -> int:
         """Lock the run folder, start (or join) the process group and train; returns the exit code
         (EXIT_FINISHED, or EXIT_PREEMPTED when a signal stopped it after saving a checkpoint)."""
+        from progan.elastic import init_process_group
         from progan.runlock import lock_run_folder
         from progan.training import Trainer
 
         run_dir = Path(self.config.out)
-        from progan.elastic import init_process_group
-
-        init_process_group(cpu=not _has_accelerator())  # fresh keys after a torchrun restart
-        lock = lock_run_folder(run_dir, cpu=not _has_accelerator())  # before anything is written
+        cpu = not _has_accelerator()
+        init_process_group(cpu)  # fresh keys after a torchrun restart
+        lock = lock_run_folder(run_dir, cpu)  # before anything is written
         accelerator = make_accelerator(run_dir)
         if accelerator.is_main_process:
             self._prepare_folder(run_dir, accelerator.print)
