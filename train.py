@@ -14,7 +14,8 @@ import argparse
 import os
 import sys
 
-from progan.cli import EXIT_USAGE, EXIT_WRITE_FAILED, VERBOSE_ENV, CommandLineError, OneLineErrorParser, fail
+from progan.cli import (EXIT_LOST_PEER, EXIT_USAGE, EXIT_WRITE_FAILED, VERBOSE_ENV, CommandLineError,
+                        OneLineErrorParser, fail, first_line)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,8 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 finished, 2 bad input or run folder in use, 3 pre-empted (SIGTERM/SIGINT,
-    checkpoint saved), 4 run folder not writable (disk full); 1 is an unexpected error."""
+    checkpoint saved), 4 run folder not writable (disk full), 5 another process of the group died;
+    1 is an unexpected error."""
     from progan.diskspace import WriteFailed
+    from progan.elastic import lost_peer
 
     args = vars(build_parser().parse_args(argv))
     if args.pop("verbose", False):
@@ -69,6 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc), prog="train.py", code=EXIT_USAGE)
     except WriteFailed as exc:
         return fail(str(exc), prog="train.py", code=EXIT_WRITE_FAILED)
+    except RuntimeError as exc:
+        if not lost_peer(exc):
+            raise
+        # Said by every surviving rank: the main process may be the one that died.
+        rank = os.environ.get("RANK", "0")
+        print(f"train.py: error: process {rank} lost another process of the run ({first_line(exc)}); the "
+              f"last checkpoint is intact: torchrun --max-restarts restarts the group, else rerun with "
+              f"--resume auto", file=sys.stderr)
+        return EXIT_LOST_PEER
 
 
 def run(args: dict) -> int:

@@ -37,3 +37,15 @@ def init_process_group(cpu: bool) -> bool:
     dist.init_process_group("gloo" if cpu else "nccl", store=dist.PrefixStore(f"progan/restart{restart}", store),
                             rank=rank, world_size=world_size, timeout=timeout)
     return True
+
+
+_LOST_PEER_WORDS = ("connection reset by peer", "connection closed by peer", "broken pipe",
+                    "communicator was aborted", "connection refused")
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """True when `exc` is a collective failing because another process of the group died."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 or not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc).lower()
+    return type(exc).__name__ in ("DistNetworkError",) or any(word in text for word in _LOST_PEER_WORDS)
