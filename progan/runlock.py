@@ -61,8 +61,9 @@ def acquire(run_dir: str | os.PathLike) -> RunLock:
                             f"wait for it to end or stop it, or choose another --out") from None
     # Rewritten in place, never renamed: a rename would put an unlocked file at the lock's name.
     record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+    with contextlib.suppress(OSError):  # a full disk: the lock holds all the same, the run's first write reports it
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
     return RunLock(path, fd)
 
 
