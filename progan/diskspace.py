@@ -88,3 +88,10 @@ def low_space_warning(folder: str | os.PathLike, expected: int, saves: int = 2) 
     room = free // expected
     return (f"warning: {folder} has {format_bytes(free)} free, room for {room} more checkpoint(s) of "
             f"{format_bytes(expected)}; free some space before the run stops")
+
+
+def check_room(folder: str | os.PathLike, needed: int, what: str) -> None:
+    """Raise WriteFailed (before anything is written) when `folder` has less than `needed` bytes free."""
+    free = free_bytes(folder)
+    if free is not None and free < needed:
+        raise write_failed(OSError(errno.ENOSPC, "No space left on device"), folder, what, needed, free)

@@ -59,18 +59,29 @@ class RunPlan:
     def train(self) -> int:
         """Lock the run folder, start (or join) the process group and train; returns the exit code
         (EXIT_FINISHED, or EXIT_PREEMPTED when a signal stopped it after saving a checkpoint)."""
+        from progan.diskspace import WriteFailed, check_room, write_failed
         from progan.elastic import init_process_group
-        from progan.runlock import lock_run_folder
+        from progan.runlock import lock_run_folder, share_from_main
         from progan.training import Trainer
 
         run_dir = Path(self.config.out)
         cpu = not _has_accelerator()
         init_process_group(cpu)  # fresh keys after a torchrun restart
         lock = lock_run_folder(run_dir, cpu)  # before anything is written
-        accelerator = make_accelerator(run_dir)
-        if accelerator.is_main_process:
-            self._prepare_folder(run_dir, accelerator.print)
-        accelerator.wait_for_everyone()
+        error = None
+        try:  # on the main process; a failure stops every process alike
+            if lock is not None and self.resume_path is not None:  # room for the next checkpoint, before any write
+                check_room(run_dir, self.resume_path.stat().st_size, "the next checkpoint")
+            accelerator = make_accelerator(run_dir)  # writes TensorBoard's first file
+            if accelerator.is_main_process:
+                self._prepare_folder(run_dir, accelerator.print)
+        except WriteFailed as exc:
+            error = str(exc)
+        except OSError as exc:
+            error = str(write_failed(exc, run_dir, "TensorBoard's log", None))
+        error = share_from_main(error, self.world_size)  # also the barrier before training
+        if error is not None:
+            raise WriteFailed(error)
         trainer = Trainer(self.config, accelerator, resume=self.resume, log=accelerator.print)
         self.resume = None  # the trainer holds what it needs; free the CPU copy
         if trainer.images_shown:

@@ -4,6 +4,7 @@ stale temporary files cleared, long messages shortened at a word boundary."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -210,6 +211,16 @@ def test_full_disk_in_a_real_run(demo_lmdb, small_tmpfs):
     assert "room for 0 more checkpoint(s)" in proc.stdout or "room for 1 more checkpoint(s)" in proc.stdout
     saved = final_state(out)  # the first checkpoint is intact and latest.json points at it
     assert saved["images_shown"] == 64 and not list(out.glob(".*.tmp"))
+    # A disk full to the last byte: the resume's first write fails, in one line, losing nothing.
+    with open(small_tmpfs / "filler", "wb") as filler, contextlib.suppress(OSError):
+        while True:
+            filler.write(b"\0" * 65536)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != LOCK_NAME}
+    proc = train_cli(demo_lmdb, out, "--total-kimg", "0.256", "--resume", "auto", check=False)
+    err = proc.stderr.strip()
+    assert proc.returncode == EXIT_WRITE_FAILED and len(err.splitlines()) == 1, proc.stdout + proc.stderr
+    assert f"no space left in {out}" in err and "0 bytes free" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != LOCK_NAME} == before
 
 
 # -- exit codes ----------------------------------------------------------------------------
