@@ -11,9 +11,11 @@ Run `python train.py --help` for every flag.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from progan.cli import CommandLineError, OneLineErrorParser, fail
+from progan.cli import (EXIT_LOST_PEER, EXIT_USAGE, EXIT_WRITE_FAILED, VERBOSE_ENV, CommandLineError,
+                        OneLineErrorParser, fail, first_line)
 from progan.data import DatasetError
 
 
@@ -54,17 +56,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="experiment trackers through accelerate: auto (default: tensorboard when installed), "
                    "none, or a comma list such as tensorboard,wandb,mlflow")
     p.add_argument("--dry-run", action="store_true", help="validate, print the config and schedule, and exit")
+    p.add_argument("--verbose", action="store_true", help="never shorten error messages")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 finished, 2 bad input or run folder in use, 3 pre-empted (SIGTERM/SIGINT,
+    checkpoint saved), 4 run folder not writable (disk full), 5 another process of the group died;
+    1 is an unexpected error."""
+    from progan.diskspace import WriteFailed
+    from progan.elastic import lost_peer
+
     args = vars(build_parser().parse_args(argv))
+    if args.pop("verbose", False):
+        os.environ[VERBOSE_ENV] = "1"
     try:
         return run(args)
     except CommandLineError as exc:
-        return fail(str(exc), prog="train.py")
+        return fail(str(exc), prog="train.py", code=EXIT_USAGE)
     except DatasetError as exc:  # a damaged record met in training: only the process that read it knows
-        return fail(str(exc), prog="train.py", every_process=True)
+        return fail(str(exc), prog="train.py", code=EXIT_USAGE, every_process=True)
+    except WriteFailed as exc:
+        return fail(str(exc), prog="train.py", code=EXIT_WRITE_FAILED)
+    except RuntimeError as exc:
+        if not lost_peer(exc):
+            raise
+        # Said by every surviving rank: the main process may be the one that died.
+        rank = os.environ.get("RANK", "0")
+        print(f"train.py: error: process {rank} lost another process of the run ({first_line(exc)}); the "
+              f"last checkpoint is intact: torchrun --max-restarts restarts the group, else rerun with "
+              f"--resume auto", file=sys.stderr)
+        return EXIT_LOST_PEER
 
 
 def run(args: dict) -> int:

@@ -23,6 +23,7 @@ import torch
 
 from progan.cli import first_line
 from progan.config import ModelConfig
+from progan.diskspace import free_bytes, state_nbytes, write_failed
 from progan.fileio import atomic_output, atomic_write_text
 
 FORMAT_NAME = "progan-checkpoint"
@@ -47,11 +48,15 @@ def save_training_checkpoint(run_dir: str | Path, state: dict, keep: int = 3) ->
     run_dir = Path(run_dir)
     state = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "kind": TRAINING_KIND, **state}
     path = run_dir / checkpoint_name(int(state["images_shown"]))
-    with atomic_output(path) as tmp:
-        torch.save(state, tmp)
-    pointer = {"checkpoint": path.name, "images_shown": int(state["images_shown"])}
-    atomic_write_text(run_dir / LATEST_POINTER, json.dumps(pointer) + "\n")
-    _prune(run_dir, keep=keep, protect=path)
+    free = free_bytes(run_dir)  # before: a failed torch.save may still hold its unlinked file open
+    try:
+        with atomic_output(path) as tmp:
+            torch.save(state, tmp)
+        pointer = {"checkpoint": path.name, "images_shown": int(state["images_shown"])}
+        atomic_write_text(run_dir / LATEST_POINTER, json.dumps(pointer) + "\n")
+        _prune(run_dir, keep=keep, protect=path)
+    except (OSError, RuntimeError) as exc:  # a full disk reaches torch.save as a RuntimeError
+        raise write_failed(exc, run_dir, f"checkpoint {path.name}", state_nbytes(state), free) from None
     return path
 
 
@@ -94,6 +99,42 @@ def find_latest_checkpoint(run_dir: str | Path) -> Path | None:
         pass  # no pointer or a damaged one: fall back to the files themselves
     candidates = sorted(run_dir.glob(CHECKPOINT_GLOB))
     return candidates[-1] if candidates else None
+
+
+DAMAGED_SUFFIX = ".damaged"
+
+
+def load_newest_readable(run_dir: str | Path) -> tuple[Path | None, dict | None, list[tuple[Path, str]]]:
+    """(path, loaded training checkpoint, [(unreadable newer checkpoint, why)]) for a run folder:
+    latest.json's checkpoint, else the newest by name that loads. A truncated or corrupt newest
+    checkpoint is skipped, not fatal, so an automatically requeued job never stalls on it.
+    (None, None, skipped) when no checkpoint loads."""
+    run_dir = Path(run_dir)
+    first = find_latest_checkpoint(run_dir)
+    candidates = [first] if first is not None else []
+    candidates += [p for p in sorted(run_dir.glob(CHECKPOINT_GLOB), reverse=True) if p != first]
+    skipped = []
+    for path in candidates:
+        try:
+            data = load_checkpoint(path)
+            if data.get("kind") != TRAINING_KIND:
+                raise CheckpointError(f"{path} is an exported generator, not a training checkpoint")
+        except CheckpointError as exc:
+            skipped.append((path, str(exc)))
+            continue
+        return path, data, skipped
+    return None, None, skipped
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unreadable checkpoint out of the run's way (never delete it): checkpoint-N.pt.damaged."""
+    target = path.with_name(path.name + DAMAGED_SUFFIX)
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}{DAMAGED_SUFFIX}{n}")
+    path.rename(target)
+    return target
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from progan import checkpoints
-from progan.cli import CommandLineError
+from progan.cli import EXIT_FINISHED, EXIT_PREEMPTED, CommandLineError
 from progan.schedule import KIMG, parse_table
 from progan.train_config import PRESETS, TrainConfig, load_config_file, preset_defaults
 
@@ -38,6 +38,7 @@ class RunPlan:
     resume: dict | None         # the loaded checkpoint to continue from
     resume_path: Path | None
     world_size: int
+    damaged: list[tuple[Path, str]] = field(default_factory=list)  # unreadable checkpoints --resume auto skipped
 
     def describe(self) -> str:
         from progan.schedule import state_at
@@ -52,34 +53,78 @@ class RunPlan:
         lines.append(f"total: {self.config.schedule.total_images / KIMG:.1f} kimg on {self.world_size} process(es)")
         if self.resume_path:
             lines.append(f"resume from: {self.resume_path} ({self.resume['images_shown'] / KIMG:.1f} kimg)")
+        lines += [f"skipped unreadable: {why}" for _, why in self.damaged]
         return "\n".join(lines)
 
     def train(self) -> int:
-        """Start (or join) the process group and train; returns the exit code."""
+        """Lock the run folder, start (or join) the process group and train; returns the exit code
+        (EXIT_FINISHED, or EXIT_PREEMPTED when a signal stopped it after saving a checkpoint)."""
+        from progan.diskspace import WriteFailed, check_room, write_failed
+        from progan.elastic import init_process_group
+        from progan.runlock import lock_run_folder, share_from_main
         from progan.training import Trainer
 
         run_dir = Path(self.config.out)
-        accelerator = make_accelerator(run_dir, self.config.log_with, self.config.to_dict())
-        if accelerator.is_main_process:
-            from progan.fileio import atomic_write_text
-
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(run_dir / CONFIG_FILE, self.config.to_json())
-        accelerator.wait_for_everyone()
+        cpu = not _has_accelerator()
+        init_process_group(cpu)  # fresh keys after a torchrun restart
+        lock = lock_run_folder(run_dir, cpu)  # before anything is written
+        error = None
+        try:  # on the main process; a failure stops every process alike
+            if lock is not None and self.resume_path is not None:  # room for the next checkpoint, before any write
+                check_room(run_dir, self.resume_path.stat().st_size, "the next checkpoint")
+            accelerator = make_accelerator(run_dir, self.config.log_with, self.config.to_dict())  # trackers write their first files
+            if accelerator.is_main_process:
+                self._prepare_folder(run_dir, accelerator.print)
+        except WriteFailed as exc:
+            error = str(exc)
+        except OSError as exc:
+            error = str(write_failed(exc, run_dir, "the trackers' logs", None))
+        error = share_from_main(error, self.world_size)  # also the barrier before training
+        if error is not None:
+            raise WriteFailed(error)
         trainer = Trainer(self.config, accelerator, resume=self.resume, log=accelerator.print)
         self.resume = None  # the trainer holds what it needs; free the CPU copy
         if trainer.images_shown:
             trainer.truncate_stats()
             accelerator.print(f"resumed from {self.resume_path} at {trainer.images_shown / KIMG:.1f} kimg, "
                               f"{trainer.state.resolution}x{trainer.state.resolution} alpha {trainer.state.alpha:.3f}")
-        trainer.run()
+        outcome = trainer.run()
         accelerator.end_training()
-        return 0
+        if lock is not None:
+            lock.release()
+        return EXIT_PREEMPTED if outcome == "stopped" else EXIT_FINISHED
+
+    def _prepare_folder(self, run_dir: Path, log) -> None:
+        """Main process, lock held: clear what killed runs left, set damaged checkpoints aside, save the config."""
+        from progan.diskspace import write_failed
+        from progan.fileio import atomic_write_text
+        from progan.runlock import remove_stale_temp_files
+
+        what = "the run folder"
+        try:
+            removed = remove_stale_temp_files(run_dir)
+            if removed:
+                log(f"removed {len(removed)} temporary file(s) left by an interrupted run: "
+                    f"{', '.join(p.name for p in removed)}")
+            for path, why in self.damaged:
+                what = f"{path.name}{checkpoints.DAMAGED_SUFFIX}"
+                moved = checkpoints.set_aside(path)
+                log(f"warning: {why}; resuming from {self.resume_path.name if self.resume_path else 'the start'} "
+                    f"instead (the damaged file is kept as {moved.name})")
+            what = CONFIG_FILE
+            atomic_write_text(run_dir / CONFIG_FILE, self.config.to_json())
+        except OSError as exc:
+            raise write_failed(exc, run_dir, what, None) from None
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
 
 
 def make_accelerator(run_dir: Path, log_with: str = "auto", config: dict | None = None):
     """accelerate picks the devices and the process group, and starts the --log-with trackers."""
-    import torch
     from accelerate import Accelerator
 
     from progan import trackers
@@ -87,9 +132,8 @@ def make_accelerator(run_dir: Path, log_with: str = "auto", config: dict | None 
     # accelerate forms a multi-process CPU group (gloo) only when told it is on the CPU; on a
     # machine with no accelerator say so, so `accelerate launch --multi_gpu --num_processes N`
     # (or torchrun) trains N CPU processes instead of N unconnected copies.
-    has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
     names = trackers.resolve(log_with)
-    accelerator = Accelerator(cpu=not has_accelerator, **trackers.accelerator_options(names, run_dir))
+    accelerator = Accelerator(cpu=not _has_accelerator(), **trackers.accelerator_options(names, run_dir))
     trackers.start(accelerator, names, config)
     return accelerator
 
@@ -101,7 +145,7 @@ def prepare_run(args: dict) -> RunPlan:
     from progan.training import TrainingError, validate_setup
 
     world_size = _world_size()
-    resume_path, resume = _find_resume(args)
+    resume_path, resume, damaged = _find_resume(args)
     try:
         if resume is not None:
             saved = TrainConfig.from_dict(resume["config"])
@@ -125,24 +169,29 @@ def prepare_run(args: dict) -> RunPlan:
         trackers.resolve(config.log_with)  # an unknown or missing tracker fails here, before any work
     except ValueError as exc:
         raise CommandLineError(str(exc)) from None
-    return RunPlan(config=config, resume=resume, resume_path=resume_path, world_size=world_size)
+    return RunPlan(config=config, resume=resume, resume_path=resume_path, world_size=world_size, damaged=damaged)
 
 
-def _find_resume(args: dict) -> tuple[Path | None, dict | None]:
+def _find_resume(args: dict) -> tuple[Path | None, dict | None, list[tuple[Path, str]]]:
+    """(checkpoint path, loaded checkpoint, unreadable newer checkpoints that --resume auto skipped)."""
     which = args.get("resume")
     if which is None:
-        return None, None
+        return None, None, []
     if which == "auto":
         if "out" not in args:
             raise CommandLineError("--resume auto needs --out (the run folder to continue)")
-        path = checkpoints.find_latest_checkpoint(args["out"]) if Path(args["out"]).is_dir() else None
-        if path is None:
-            return None, None  # nothing to resume yet: start the run
-    else:
-        try:
-            path = checkpoints.resolve_checkpoint_path(which)
-        except checkpoints.CheckpointError as exc:
-            raise CommandLineError(f"--resume: {exc}") from None
+        if not Path(args["out"]).is_dir():
+            return None, None, []  # nothing to resume yet: start the run
+        path, data, damaged = checkpoints.load_newest_readable(args["out"])
+        if damaged and path is None:
+            raise CommandLineError(
+                f"--resume auto: no checkpoint in {args['out']} is readable ({damaged[0][1]}); "
+                f"move the damaged files away to start the run over")
+        return path, data, damaged  # (None, None, []): nothing to resume yet, start the run
+    try:
+        path = checkpoints.resolve_checkpoint_path(which)
+    except checkpoints.CheckpointError as exc:
+        raise CommandLineError(f"--resume: {exc}") from None
     try:
         data = checkpoints.load_checkpoint(path)
     except checkpoints.CheckpointError as exc:
@@ -150,7 +199,7 @@ def _find_resume(args: dict) -> tuple[Path | None, dict | None]:
     if data.get("kind") != checkpoints.TRAINING_KIND:
         raise CommandLineError(f"--resume: {path} is an exported generator, not a training checkpoint")
     args.setdefault("out", str(path.parent))
-    return path, data
+    return path, data, []
 
 
 def _base_config(args: dict) -> dict:

@@ -38,6 +38,7 @@ import torch
 
 from progan import checkpoints
 from progan.data import DEFAULT_MEMORY_BUDGET, DatasetError, MultiResolutionDataset, dataset_fingerprint, read_metadata
+from progan.diskspace import WriteFailed
 from progan.ema import make_ema, update_ema
 from progan.fileio import append_jsonl, atomic_write_text
 from progan.images import make_grid, save_png, to_uint8
@@ -46,6 +47,7 @@ from progan.layers import autocast, downsample2x, upsample2x
 from progan.losses import discriminator_loss, generator_loss
 from progan.networks import Discriminator, Generator
 from progan.progress import format_duration
+from progan.runlock import share_from_main
 from progan.schedule import KIMG, TrainingState, state_at
 from progan.train_config import TrainConfig
 
@@ -287,6 +289,12 @@ class GradientSync:
         return finite, flat[-self.NUM_FLAGS :].tolist()
 
 
+def memory_budget_per_process() -> int:
+    """The node's budget for in-memory levels shared by its processes: each holds its own copy.
+    Counted per node (LOCAL_WORLD_SIZE), so every node of a multi-node run gets the whole budget."""
+    return DEFAULT_MEMORY_BUDGET // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 # -- the trainer -----------------------------------------------------------------------------
 class StopRequest:
     """Turns SIGINT/SIGTERM into a flag the loop checks between steps (a second Ctrl-C aborts)."""
@@ -332,6 +340,7 @@ class Trainer:
         # gradient-accumulation rounds) compute exactly the groups one process would.
         self.part = slice(self.rank, None, self.world_size)
         self.stop = StopRequest()
+        self.write_failure: str | None = None  # set on the main process by a failed upkeep write
 
         metadata = read_metadata(config.data)
         self.num_images = int(metadata["count"]) if "count" in metadata else len(
@@ -370,6 +379,10 @@ class Trainer:
             _load_adam_state(self.opt_d, optimizer_states[1])
             self._set_learning_rate(self.state.learning_rate)
         self.reals = self._real_images(self.state)
+        if self.world_size > 1 and self.accelerator.is_local_main_process:  # one line per node
+            print(f"node {os.environ.get('GROUP_RANK', '0')}: {os.environ.get('LOCAL_WORLD_SIZE', '1')} of "
+                  f"{self.world_size} processes, real-image memory budget {memory_budget_per_process() >> 20} MiB "
+                  f"per process", flush=True)
         self.grid_latents = torch.randn(
             64, model.latent_size, generator=seeded_generator(config.seed, _STREAM_GRID, 0))
         self._reset_tick_stats()
@@ -398,10 +411,8 @@ class Trainer:
                 group["lr"] = lr
 
     def _real_images(self, state: TrainingState) -> RealImages:
-        # Processes on one machine each hold their own copy of an in-memory level.
-        budget = DEFAULT_MEMORY_BUDGET // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         return RealImages(self.config.data, state.resolution, self.order, self.images_shown,
-                          state.batch_size, self.part, self.config.workers, budget)
+                          state.batch_size, self.part, self.config.workers, memory_budget_per_process())
 
     def _autocast(self):
         return autocast(self.device, self.autocast_dtype)
@@ -459,14 +470,40 @@ class Trainer:
             raise RuntimeError("the processes' networks have diverged; this is a bug, please report it")
 
     def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint on the main process; a failed write (disk full) stops every process
+        with one line (WriteFailed), the previous checkpoints untouched."""
+        from progan.diskspace import low_space_warning
+
         self.verify_replicas()
-        path = None
+        path, error = None, None
         if self.is_main:
-            path = checkpoints.save_training_checkpoint(
-                self.run_dir, self.checkpoint_state(), keep=self.config.keep_checkpoints)
-        self.accelerator.wait_for_everyone()
+            try:
+                state = self.checkpoint_state()
+                latest = checkpoints.find_latest_checkpoint(self.run_dir)
+                warning = low_space_warning(self.run_dir, latest.stat().st_size) if latest else None
+                if warning:
+                    self.log(warning)
+                path = checkpoints.save_training_checkpoint(self.run_dir, state, keep=self.config.keep_checkpoints)
+            except WriteFailed as exc:
+                error = str(exc)
+        error = share_from_main(error, self.world_size)  # also the barrier after the write
+        if error is not None:
+            raise WriteFailed(error)
         self._last_checkpoint_time = time.monotonic()
         return path
+
+    def _upkeep_write(self, what: str, write) -> None:
+        """Run a main-process upkeep write (stats line, sample grid); if it fails, say so and stop
+        the run at the next step (the stop flag reaches every process) with a last checkpoint."""
+        from progan.diskspace import write_failed
+
+        try:
+            write()
+        except OSError as exc:
+            if self.write_failure is None:
+                self.write_failure = str(write_failed(exc, self.run_dir, what, None))
+                self.log(f"error: {self.write_failure}; stopping")
+            self.stop.requested = True
 
     # -- one step --------------------------------------------------------------------------
     def _micro_slices(self, n: int) -> list[slice]:
@@ -591,7 +628,7 @@ class Trainer:
                 f"tick {self.ticks:<4d} kimg {stats['kimg']:<9.1f} res {st.resolution:<4d} alpha {st.alpha:.3f}  "
                 f"{rate:7.1f} img/s  {stats['sec_per_kimg'] or 0:6.2f} s/kimg  ETA {eta:>9}  "
                 f"D {loss_d:+.3f}  G {loss_g:+.3f}  gp {gp:.3f}  skipped {self.skipped_d}/{self.skipped_g}")
-            append_jsonl(self.run_dir / "stats.jsonl", stats)
+            self._upkeep_write("stats.jsonl", lambda: append_jsonl(self.run_dir / "stats.jsonl", stats))
             if getattr(self.accelerator, "trackers", None):  # step in images: ticks may be < 1 kimg
                 self.accelerator.log({k: v for k, v in stats.items() if isinstance(v, (int, float))},
                                      step=self.images_shown)
@@ -683,7 +720,7 @@ class Trainer:
                     self.tick()
                     next_tick = (self.images_shown // tick_images + 1) * tick_images
                     if self.ticks % c.snapshot_ticks == 0 and self.images_shown < total and not stop_now:
-                        self.save_sample_grid()
+                        self._upkeep_write("a sample grid", self.save_sample_grid)
                         save_now = True
                 if next_metric is not None and self.images_shown >= next_metric and not stop_now:
                     self.evaluate_metrics()
@@ -696,8 +733,11 @@ class Trainer:
         finally:
             self.stop.uninstall()
         self.state = state_at(c.schedule, self.images_shown)
-        self.save_sample_grid()
+        self._upkeep_write("a sample grid", self.save_sample_grid)
         path = self.save_checkpoint()
+        failure = share_from_main(self.write_failure, self.world_size)
+        if failure is not None:
+            raise WriteFailed(f"{failure} (stopped at {self.images_shown / KIMG:.3f} kimg, checkpoint {path} saved)")
         if self.is_main:
             how = f"stopped by {self.stop.signal_name}" if outcome == "stopped" else "finished"
             replicas = f", {self.world_size} replicas identical" if self.world_size > 1 else ""

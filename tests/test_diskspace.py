@@ -106,12 +106,12 @@ def test_write_failure_names_the_space_or_the_error(tmp_path, monkeypatch):
     monkeypatch.setattr(progan.diskspace, "free_bytes", lambda folder: 1_500_000)
     full = OSError(errno.ENOSPC, "No space left on device")
     assert write_failure(tmp_path, full, 1000, "the chunk", "rerun") == (
-        f"{tmp_path}: disk full: the chunk needs about 1.0 KB, 1.5 MB free; free some space, then rerun")
+        f"{tmp_path}: disk full: the chunk needs about 1000 B, 1.4 MiB free; free some space, then rerun")
     other = lmdb.DiskError("mdb_txn_commit: Input/output error")
     assert write_failure(tmp_path, other, 1000, "the chunk", "rerun") == (
-        f"{tmp_path}: writing the chunk failed (mdb_txn_commit: Input/output error, 1.5 MB free there); rerun")
+        f"{tmp_path}: writing the chunk failed (mdb_txn_commit: Input/output error, 1.4 MiB free there); rerun")
     assert write_failure(tmp_path, other, 2_000_000, "the chunk", "rerun").startswith(f"{tmp_path}: disk full:")
-    assert [format_bytes(n) for n in (999, 1000, 2_500_000, 3e12)] == ["999 B", "1.0 KB", "2.5 MB", "3000.0 GB"]
+    assert [format_bytes(n) for n in (999, 1000, 2_500_000, 3e12)] == ["999 B", "1000 B", "2.4 MiB", "2794.0 GiB"]
 
 
 def can_mount_tmpfs(folder) -> bool:
