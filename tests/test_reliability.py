@@ -219,7 +219,7 @@ def test_full_disk_in_a_real_run(demo_lmdb, small_tmpfs):
     proc = train_cli(demo_lmdb, out, "--total-kimg", "0.256", "--resume", "auto", check=False)
     err = proc.stderr.strip()
     assert proc.returncode == EXIT_WRITE_FAILED and len(err.splitlines()) == 1, proc.stdout + proc.stderr
-    assert f"no space left in {out}" in err and "0 bytes free" in err
+    assert f"no space left in {out}" in err and "0 B free" in err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != LOCK_NAME} == before
 
 
