@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from progan import checkpoints
-from progan.data import DEFAULT_MEMORY_BUDGET, MultiResolutionDataset, dataset_fingerprint, read_metadata
+from progan.data import (DEFAULT_MEMORY_BUDGET, MultiResolutionDataset, dataset_aspect, dataset_fingerprint,
+                         read_metadata)
 from progan.ema import make_ema, update_ema
 from progan.fileio import append_jsonl, atomic_write_text
 from progan.images import make_grid, save_png, to_uint8
@@ -699,6 +700,12 @@ class Trainer:
 def validate_setup(config: TrainConfig, world_size: int) -> None:
     """Raise TrainingError (one line) for any setup problem before training starts."""
     metadata = read_metadata(config.data)
+    aspect = dataset_aspect(metadata)
+    if aspect != config.model.aspect:
+        raise TrainingError(
+            f"--data {config.data} holds {aspect} images (width:height) but this run's model is "
+            f"{config.model.aspect}; pass a {config.model.aspect} database (data_prep build --aspect "
+            f"{config.model.aspect}) or start a new run on this one")
     available = sorted(int(r) for r in metadata["resolutions"])
     needed = config.schedule.resolutions
     top = max(available)
