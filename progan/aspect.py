@@ -49,6 +49,11 @@ def level_size(aspect: str, resolution: int) -> tuple[int, int]:
     return w0 * resolution // BASE, h0 * resolution // BASE
 
 
+def aspect_of(width: int, height: int) -> str:
+    """The supported ratio of an image width x height; ValueError (one line) if it has none."""
+    return parse_aspect(f"{width}:{height}")
+
+
 def describe_level(aspect: str, resolution: int) -> str:
     """'768x1024' (width x height) for logs and messages."""
     width, height = level_size(aspect, resolution)

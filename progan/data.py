@@ -666,7 +666,7 @@ def _assemble_metadata(plan: dict, chunks: list[dict]) -> dict:
         for digest in chunk["source_sha256"]:
             source_digest.update(bytes.fromhex(digest))
     encoding = plan["encoding"]
-    aspect = plan["options"].get("aspect", DEFAULT_ASPECT)
+    aspect = plan.get("options", {}).get("aspect", DEFAULT_ASPECT)
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,

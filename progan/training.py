@@ -598,7 +598,8 @@ class Trainer:
 
         c, st = self.config, self.state
         # The names as validated at setup: lower case, duplicates dropped ("SWD,swd" is swd).
-        names = [n for n in parse_metric_names(c.metrics) if unavailable_reason(n, st.resolution, inception_path=c.inception) is None]
+        names = [n for n in parse_metric_names(c.metrics)
+                 if unavailable_reason(n, st.resolution, inception_path=c.inception, aspect=c.model.aspect) is None]
         if not names:
             return None
         started = time.monotonic()
@@ -608,7 +609,7 @@ class Trainer:
             names, source, self.reals.dataset, st.resolution, c.metric_images, rank=self.rank,
             world_size=self.world_size, all_gather=self.accelerator.gather,
             cache_dir=self.run_dir / "metric-cache", seed=c.seed, inception_path=c.inception,
-            device=self.device, progress=False)
+            device=self.device, progress=False, aspect=c.model.aspect)
         seconds = time.monotonic() - started
         self._tick_start_time += seconds  # evaluation time is not training time
         if self.is_main:
