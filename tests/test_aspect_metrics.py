@@ -140,3 +140,39 @@ def test_evaluate_metrics_on_a_portrait_generator_and_a_mismatched_database(tmp_
     real_vs_real = evaluate_metrics(["swd"], DatasetSource(TensorDataset(noise_images(8, 32, 24, seed=9)), 8),
                                     db, 32, num_images=8, progress=False, aspect="4:3")
     assert real_vs_real["swd_x1e3_avg"] > 0
+
+
+def test_metrics_cli_scores_a_portrait_checkpoint_against_a_portrait_database(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from conftest import run_cli
+    from data_prep.build import BuildConfig, build
+    from progan import Discriminator, checkpoints
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(10):
+        Image.fromarray(noise_images(1, 30, 40, seed=i)[0].permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+    db = tmp_path / "portrait.lmdb"
+    build(BuildConfig(folder, db, max_res=32, workers=1, aspect="3:4"))
+    config = ModelConfig(resolution=32, latent_size=16, fmap_base=64, fmap_max=16, aspect="3:4")
+    torch.manual_seed(0)
+    generator = Generator(config)
+    run = tmp_path / "run"
+    run.mkdir()
+    checkpoints.save_training_checkpoint(run, dict(
+        config={"seed": 0}, model_config=config.to_dict(), images_shown=1000, resolution=32, alpha=1.0,
+        generator=generator.state_dict(), discriminator=Discriminator(config).state_dict(),
+        generator_ema=generator.state_dict(), optimizer_g={}, optimizer_d={}, loss_scale_d=1.0,
+        loss_scale_g=1.0, counters={}, dataset_fingerprint="test"))
+    proc = run_cli(["-m", "progan.metrics", "swd,msssim", "--real", str(db), "--fake", str(run), "--num", "8",
+                    "--device", "cpu", "--no-log"])
+    record = json.loads(proc.stdout)
+    assert record["aspect"] == "3:4" and record["resolution"] == 32
+    assert set(record) >= {"swd_x1e3_32", "swd_x1e3_avg", "msssim"} and "swd_x1e3_16" not in record
+    # Level 16 is 12x16: too small for MS-SSIM's five scales, said in one line.
+    proc = run_cli(["-m", "progan.metrics", "msssim", "--fake", str(run), "--num", "8", "--resolution", "16",
+                    "--device", "cpu"], check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "got 12x16" in proc.stderr
