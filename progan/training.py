@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from progan import checkpoints
+from progan.aspect import describe_level
 from progan.data import (DEFAULT_MEMORY_BUDGET, MultiResolutionDataset, dataset_aspect, dataset_fingerprint,
                          read_metadata)
 from progan.ema import make_ema, update_ema
@@ -712,7 +713,7 @@ def validate_setup(config: TrainConfig, world_size: int) -> None:
     top = max(available)
     if config.model.resolution > top:
         raise TrainingError(
-            f"--resolution {config.model.resolution} is above the database's largest level {top}x{top}; "
+            f"--resolution {config.model.resolution} is above the database's largest level {describe_level(aspect, top)}; "
             f"train at {top} or rebuild {config.data} with --max-res {config.model.resolution}")
     missing = [r for r in needed if r not in available]
     if missing:

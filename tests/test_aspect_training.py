@@ -115,3 +115,13 @@ def test_checkpoints_from_before_the_aspect_field_load_as_square(tmp_path):
     assert info.model_config == config and info.model_config.base_size == (4, 4)
     assert seeds_to_images(loaded, [3], 8).shape == (1, 8, 8, 3)
     assert np.array_equal(seeds_to_images(loaded, [3], 8), seeds_to_images(generator, [3], 8))
+
+
+def test_dry_run_takes_the_database_shape_and_names_it_in_errors(databases, tmp_path):
+    proc = run_cli(["train.py", "--data", str(databases["4:3"]), "--out", str(tmp_path / "run"), "--config", "small",
+                    "--dry-run"])
+    assert '"aspect": "4:3"' in proc.stdout and not (tmp_path / "run").exists()
+    proc = run_cli(["train.py", "--data", str(databases["4:3"]), "--out", str(tmp_path / "run"), "--config", "small",
+                    "--resolution", "16", "--dry-run"], check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "above the database's largest level 8x6" in lines[0]
