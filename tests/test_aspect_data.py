@@ -169,3 +169,20 @@ def test_square_database_without_aspect_metadata_opens_as_before(tmp_path, capsy
     assert verify(db) == 3 * 3
     code, out, _ = run_cli(capsys, "build", tmp_path / "src", db, "--max-res", "16", "--workers", "1")
     assert code == 0 and "already complete" in out
+
+
+def test_upscale_and_the_narrowest_ratio_down_to_one_pixel_wide(tmp_path, capsys):
+    save(photo(12, 16, 1), tmp_path / "small" / "a.png")
+    db = tmp_path / "up.lmdb"
+    code, _, err = run_cli(capsys, "build", tmp_path / "small", db, "--max-res", "32", "--aspect", "3:4",
+                           "--upscale", "--workers", "1")
+    assert code == 0, err
+    assert level_array(db, 32).shape == (1, 3, 32, 24)
+    save(photo(20, 90, 2), tmp_path / "tall" / "b.png")
+    db = tmp_path / "tall.lmdb"
+    code, _, err = run_cli(capsys, "build", tmp_path / "tall", db, "--max-res", "64", "--aspect", "1:4",
+                           "--workers", "1", "--encoding", "png")
+    assert code == 0, err
+    assert read_metadata(db)["level_sizes"] == [[1, 4], [2, 8], [4, 16], [8, 32], [16, 64]]
+    assert level_array(db, 4).shape == (1, 3, 4, 1) and level_array(db, 64).shape == (1, 3, 64, 16)
+    assert verify(db) == 5
