@@ -154,6 +154,7 @@ def _writing_file(out: str):
 def run_sampling(args: argparse.Namespace) -> int:
     import torch
 
+    from progan.aspect import describe_level
     from progan.checkpoints import CheckpointError, load_generator
     from progan.sampling import sampling_stage
 
@@ -169,7 +170,7 @@ def run_sampling(args: argparse.Namespace) -> int:
     out_dir = _prepare_out_dir(Path(args.out))  # after the checks, so a bad run leaves no folder
     autocast_dtype = torch.bfloat16 if args.precision == "bf16" else None
     print(f"{PROG}: {info.path} ({'EMA' if info.ema else 'raw'} generator, {info.images_shown / 1000:.1f} kimg) "
-          f"at {resolution}x{resolution}, alpha {alpha:.3f}, on {device}", file=sys.stderr)
+          f"at {describe_level(info.model_config.aspect, resolution)}, alpha {alpha:.3f}, on {device}", file=sys.stderr)
     job = dict(generator=generator, seeds=seeds, resolution=resolution, alpha=alpha, batch_size=args.batch,
                autocast_dtype=autocast_dtype, latent_size=info.model_config.latent_size)
     try:

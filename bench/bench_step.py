@@ -15,6 +15,7 @@ that resolution ([batch, C(R), R, R] -> C(R), the better of NCHW and channels_la
     .venv/bin/python bench/bench_step.py                        # paper + small, 4..256, batch 16
     .venv/bin/python bench/bench_step.py --presets small --resolutions 4 8 16 --iters 5
     .venv/bin/python bench/bench_step.py --compare channels_last   # A/B one option, interleaved
+    .venv/bin/python bench/bench_step.py --presets small --resolutions 32 --aspects 1:1 3:4  # non-square rows
     python bench/bench_step.py --device cuda --precision bf16 --resolutions 64 128 256 512 1024
 
 On a GPU the timings synchronize the device; bf16 runs the networks under torch.autocast (as the
@@ -42,6 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from progan import layers, networks  # noqa: E402
+from progan.aspect import ASPECTS  # noqa: E402
 from progan.config import ModelConfig  # noqa: E402
 from progan.ema import make_ema, update_ema  # noqa: E402
 from progan.losses import discriminator_loss, generator_loss  # noqa: E402
@@ -178,7 +180,8 @@ def build(cfg: ModelConfig, batch: int, device: torch.device | str, v: Variant, 
         G, D = Generator(cfg), Discriminator(cfg)
         apply_variant(G, D, v)
         G_ema = make_ema(G)
-        real = torch.rand(batch, cfg.num_channels, cfg.resolution, cfg.resolution) * 2 - 1
+        width, height = cfg.level_size(cfg.resolution)
+        real = torch.rand(batch, cfg.num_channels, height, width) * 2 - 1
     kw = dict(lr=1e-3, betas=(0.0, 0.99), eps=1e-8)
     kw["fused" if v.adam == "fused" else "foreach"] = True
     G_fwd, D_fwd = (torch.compile(G), torch.compile(D)) if v.compile else (G, D)
@@ -300,6 +303,8 @@ def main(argv=None) -> None:
     p.add_argument("--presets", nargs="+", default=["paper", "small"], choices=["paper", "small"])
     p.add_argument("--resolutions", nargs="+", type=int, default=[4, 8, 16, 32, 64, 128, 256])
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--aspects", nargs="+", default=["1:1"], choices=list(ASPECTS),
+                   help="width:height of the models (default 1:1); the conv ceiling stays square")
     p.add_argument("--iters", type=int, default=0, help="timed iterations per variant (0: by size)")
     p.add_argument("--compare", choices=sorted(COMPARISONS), help="A/B one option instead of the default")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
@@ -337,16 +342,17 @@ def main(argv=None) -> None:
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     profiles = []
-    for preset in args.presets:
+    for preset, aspect in [(preset, aspect) for preset in args.presets for aspect in args.aspects]:
+        label = preset if aspect == "1:1" else f"{preset} {aspect}"
         for res in args.resolutions:
-            cfg = ModelConfig.preset(preset, res)
+            cfg = ModelConfig.preset(preset, res, aspect)
             iters = args.iters or default_iters(res, preset)
             conv_repeats = 3 if res <= 64 else 2
             ceiling = conv_ceiling(args.batch, cfg.channels(res), res, conv_repeats)
             mm = matmul_ceiling()
             times = time_variants(cfg, args.batch, variants, iters)
             if args.profile:
-                profiles.append((preset, res, profile_shares(cfg, args.batch, variants[0])))
+                profiles.append((label, res, profile_shares(cfg, args.batch, variants[0])))
             ceiling = max(ceiling, conv_ceiling(args.batch, cfg.channels(res), res, conv_repeats))
             mm = max(mm, matmul_ceiling())
             # FLOPs of the same iteration without fused resampling convs (upsample + 3x3 conv,
@@ -356,7 +362,7 @@ def main(argv=None) -> None:
                 gflop = count_flops(cfg, args.batch, v) / 1e9
                 best, median = min(times[v.name]), statistics.median(times[v.name])
                 rate = gflop / best
-                print(f"| {preset} | {res} | {v.name} | {gflop:.1f} | {median:.3f} | {best:.3f} | "
+                print(f"| {label} | {res} | {v.name} | {gflop:.1f} | {median:.3f} | {best:.3f} | "
                       f"{args.batch / best:.1f} | {rate:.0f} | {unfused_gflop / best:.0f} | {ceiling:.0f} | "
                       f"{100 * rate / ceiling:.0f}% | {mm:.0f} | {100 * rate / mm:.0f}% |", flush=True)
     for preset, res, shares in profiles:

@@ -35,6 +35,7 @@ from data_prep.decode import (
 )
 from data_prep.sources import IMAGE_EXTENSIONS, find_image_files, listing_digest
 from data_prep.transfer import TransferRing
+from progan.aspect import DEFAULT_ASPECT, parse_aspect
 from progan.data import (
     DEFAULT_ENCODING,
     ENCODINGS,
@@ -72,6 +73,7 @@ class BuildConfig:
     limit: int | None = None
     encoding: str = DEFAULT_ENCODING
     max_pixels: int = DEFAULT_MAX_PIXELS
+    aspect: str = DEFAULT_ASPECT  # width:height, progan.aspect.ASPECTS
 
 
 @dataclass
@@ -188,6 +190,10 @@ def _check_config(config: BuildConfig) -> list[int]:
         raise BuildError(str(error)) from None
     if config.encoding not in ENCODINGS:
         raise BuildError(f"unknown encoding {config.encoding!r}; choose from {', '.join(ENCODINGS)}")
+    try:
+        config.aspect = parse_aspect(config.aspect)
+    except ValueError as error:
+        raise BuildError(f"--aspect {error}") from None
     if config.crop not in ("center", "none"):
         raise BuildError(f"unknown crop {config.crop!r}; choose center or none")
     if config.limit is not None and config.limit < 1:
@@ -211,7 +217,7 @@ def _scan(source: Path, log: TextIO):
 
 def _make_plan(config: BuildConfig, resolutions: list[int], files, unreadable) -> dict:
     """Everything that decides the database contents; a resume must match it exactly."""
-    return {
+    plan = {
         "source": str(config.source.resolve()),
         "resolutions": resolutions,
         "encoding": config.encoding,
@@ -230,6 +236,9 @@ def _make_plan(config: BuildConfig, resolutions: list[int], files, unreadable) -
         "source_listing_sha256": listing_digest(files),
         "unreadable_folders": unreadable,
     }
+    if config.aspect != DEFAULT_ASPECT:  # recorded only then: square builds made before --aspect still match
+        plan["options"]["aspect"] = config.aspect
+    return plan
 
 
 def _check_same_plan(out: Path, recorded: dict, plan: dict, finished: bool) -> None:
@@ -277,7 +286,8 @@ def _encode_remaining(
     if next_file >= len(files) or (limit is not None and images_done >= limit):
         return
     options = DecodeOptions(
-        config.max_res, config.min_res, config.crop, config.upscale, config.max_pixels, config.encoding
+        config.max_res, config.min_res, config.crop, config.upscale, config.max_pixels, config.encoding,
+        config.aspect,
     )
     chunk_files = _chunk_files(writer.state["plan"]["resolutions"])
     todo = len(files) - next_file

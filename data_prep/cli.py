@@ -18,8 +18,10 @@ from progan.data import (
     ENCODINGS,
     DatasetError,
     MultiResolutionDataset,
+    dataset_aspect,
     read_metadata,
 )
+from progan.aspect import ASPECT_RULE, DEFAULT_ASPECT, describe_level
 from progan.cli import OneLineErrorParser, fail
 from progan.integrity import verify
 from progan.config import RESOLUTION_RULE, is_valid_resolution
@@ -58,8 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-res", type=_resolution, default=4, help="lowest resolution (default 4)")
     p.add_argument("--workers", type=_positive, default=None,
                    help=f"decoding processes (default: all cores, here {default_workers()})")
+    p.add_argument("--aspect", default=DEFAULT_ASPECT, metavar="W:H",
+                   help=f"width:height of every image, {ASPECT_RULE}; default {DEFAULT_ASPECT}. Level R is "
+                        "R on its long side: --aspect 3:4 --max-res 1024 stores 768x1024")
     p.add_argument("--crop", choices=("center", "none"), default="center",
-                   help="center: centre-crop to the shorter side (default); none: skip non-square images")
+                   help="center: the largest centred crop of --aspect (default); none: skip images not "
+                        "already at --aspect")
     p.add_argument("--upscale", action="store_true",
                    help="keep images smaller than --max-res by upscaling them (default: skip them)")
     p.add_argument("--limit", type=_positive, default=None, help="stop after this many images")
@@ -133,17 +139,19 @@ def _run_build(args) -> int:
     config = BuildConfig(
         source=args.source, out=args.out, max_res=args.max_res, min_res=args.min_res,
         workers=args.workers or 0, crop=args.crop, upscale=args.upscale,
-        limit=args.limit, encoding=args.encoding, max_pixels=args.max_pixels,
+        limit=args.limit, encoding=args.encoding, max_pixels=args.max_pixels, aspect=args.aspect,
     )
     report = build(config)
     metadata = report.metadata
     resolutions = metadata["resolutions"]
+    aspect = dataset_aspect(metadata)
+    shape = "" if aspect == DEFAULT_ASPECT else f" (aspect {aspect}, top level {describe_level(aspect, resolutions[-1])})"
     if report.already_complete:
         print(f"{args.out} is already complete ({metadata['count']} images); nothing to do")
         return 0
     size = (args.out / "data.mdb").stat().st_size
     print(
-        f"built {args.out}: {metadata['count']} images at {resolutions[0]}..{resolutions[-1]} px, "
+        f"built {args.out}: {metadata['count']} images at {resolutions[0]}..{resolutions[-1]} px{shape}, "
         f"{metadata['encoding']} encoding, {format_bytes(size)} ({format_bytes(size / metadata['count'] * 1000)} "
         f"per 1000 images) in {report.seconds:.1f} s"
     )
@@ -186,7 +194,7 @@ def _run_preview(args) -> int:
     count = min(args.count, len(dataset))
     batch = dataset.get_batch(np.arange(count)).numpy()
     save_png(make_grid(batch.transpose(0, 2, 3, 1), padding=2), args.out)
-    print(f"wrote {args.out}: {count} images at {args.res}x{args.res}")
+    print(f"wrote {args.out}: {count} images at {describe_level(dataset.aspect, args.res)}")
     return 0
 
 

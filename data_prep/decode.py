@@ -1,4 +1,4 @@
-"""Source file -> square RGB image -> encoded pyramid. Runs in the build's worker processes.
+"""Source file -> RGB image (square, or of --aspect) -> encoded pyramid. Runs in the build's worker processes.
 
 Everything a photo folder holds is accepted: EXIF orientation is applied; grayscale, palette,
 CMYK, 16-bit and float images become 8-bit RGB; transparency (RGBA, LA, palette with a
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from progan.aspect import ASPECTS, DEFAULT_ASPECT, level_size
 from progan.data import build_pyramid, encode_image
 
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels become white
@@ -52,6 +53,7 @@ class DecodeOptions:
     upscale: bool
     max_pixels: int
     encoding: str
+    aspect: str = DEFAULT_ASPECT  # width:height of every level (progan.aspect)
 
 
 _RING = None  # this worker's view of the parent's TransferRing, when there is one
@@ -110,21 +112,21 @@ def read_source(path: str) -> bytes:
 
 
 def load_square(data: bytes, options: DecodeOptions) -> Image.Image:
-    """The source cropped to a square and resized to the top resolution, as RGB."""
+    """The source cropped to the aspect (a square by default) and resized to the top level, as RGB."""
     image = open_checked(data, options.max_pixels)
     orientation = exif_orientation(image)
     width, height = image.size
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     check_geometry(width, height, options)
-    shrink_while_decoding(image, min(width, height), options.resolution)
+    shrink_while_decoding(image, (width, height), level_size(options.aspect, options.resolution))
     try:
         image.load()
     except Exception as error:
         raise Skip(f"truncated or corrupt: {error}") from None
     if orientation in _ORIENTATION_TRANSPOSE:
         image = image.transpose(_ORIENTATION_TRANSPOSE[orientation])
-    return crop_and_resize(to_rgb(image), options.resolution)
+    return crop_and_resize(to_rgb(image), options.resolution, options.aspect)
 
 
 def open_checked(data: bytes, max_pixels: int) -> Image.Image:
@@ -153,20 +155,25 @@ def exif_orientation(image: Image.Image) -> int:
 
 
 def check_geometry(width: int, height: int, options: DecodeOptions) -> None:
-    if options.crop == "none" and width != height:
-        raise Skip(f"not square: {width}x{height} (--crop none keeps only square images)")
-    if min(width, height) < options.resolution and not options.upscale:
-        raise Skip(
-            f"too small: {width}x{height}, shorter side below {options.resolution} (--upscale keeps it)"
-        )
+    w0, h0 = ASPECTS[options.aspect]
+    square = options.aspect == DEFAULT_ASPECT
+    if options.crop == "none" and width * h0 != height * w0:
+        kept = "square images" if square else f"images at --aspect {options.aspect}"
+        raise Skip(f"not {'square' if square else options.aspect}: {width}x{height} (--crop none keeps only {kept})")
+    # The centred crop of the aspect is at least the top level iff both sides are.
+    top_width, top_height = level_size(options.aspect, options.resolution)
+    if (width < top_width or height < top_height) and not options.upscale:
+        below = f"shorter side below {options.resolution}" if square else f"below {top_width}x{top_height}"
+        raise Skip(f"too small: {width}x{height}, {below} (--upscale keeps it)")
 
 
-def shrink_while_decoding(image: Image.Image, short_side: int, resolution: int) -> None:
-    """Let libjpeg decode big JPEGs at 1/2, 1/4 or 1/8 scale, keeping >= 2x the target size."""
+def shrink_while_decoding(image: Image.Image, size: tuple[int, int], target: tuple[int, int]) -> None:
+    """Let libjpeg decode big JPEGs at 1/2, 1/4 or 1/8 scale, keeping >= 2x the target size
+    (width, height) on both sides; `size` is the upright (width, height)."""
     if image.format != "JPEG":
         return
     factor = 8
-    while factor > 1 and short_side // factor < 2 * resolution:
+    while factor > 1 and (size[0] // factor < 2 * target[0] or size[1] // factor < 2 * target[1]):
         factor //= 2
     if factor > 1:
         image.draft(None, (image.width // factor, image.height // factor))
@@ -192,15 +199,21 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def crop_and_resize(image: Image.Image, resolution: int) -> Image.Image:
-    """Centre square crop (no-op for square images), resized with Lanczos (antialiased)."""
+def crop_and_resize(image: Image.Image, resolution: int, aspect: str = DEFAULT_ASPECT) -> Image.Image:
+    """The largest centred crop of the aspect (a square by default; a no-op for images already at
+    it), resized to the top level with Lanczos (antialiased)."""
     width, height = image.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    box = (left, top, left + side, top + side)
-    if side == resolution:
-        return image if (width, height) == (side, side) else image.crop(box)
-    return image.resize((resolution, resolution), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
+    w0, h0 = ASPECTS[aspect]
+    if width * h0 >= height * w0:  # wider than the aspect: keep the full height
+        crop_width, crop_height = height * w0 // h0, height
+    else:
+        crop_width, crop_height = width, width * h0 // w0
+    left, top = (width - crop_width) // 2, (height - crop_height) // 2
+    box = (left, top, left + crop_width, top + crop_height)
+    target = level_size(aspect, resolution)
+    if (crop_width, crop_height) == target:
+        return image if (width, height) == target else image.crop(box)
+    return image.resize(target, Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
 
 
 def _die_with_parent() -> None:

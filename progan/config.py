@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from progan.aspect import ASPECT_RULE, ASPECTS, DEFAULT_ASPECT, level_size
+
 # The resolutions progan supports, for networks, schedules and datasets alike. This module
 # imports no torch, so progan.data and data_prep workers can use these cheaply.
 MIN_RESOLUTION = 4
@@ -46,6 +48,9 @@ class ModelConfig:
     fmap_min: int = 0  # floor on channels; 0 = none, as the paper (its networks never go below 16)
     mbstd_group_size: int = 4  # <= 1 turns minibatch stddev off, as in the paper's code
     leaky_slope: float = 0.2
+    # width:height (progan.aspect); level R is level_size(R) = (w0*R/4, h0*R/4). Configs saved
+    # before this field existed have none and load as the square 1:1.
+    aspect: str = DEFAULT_ASPECT
 
     def __post_init__(self) -> None:
         self.validate()
@@ -72,6 +77,8 @@ class ModelConfig:
         slope = self.leaky_slope
         if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not (0.0 <= slope < 1.0):
             raise ValueError(f"ModelConfig.leaky_slope must be a number in [0, 1), got {slope!r}")
+        if not isinstance(self.aspect, str) or self.aspect not in ASPECTS:
+            raise ValueError(f"ModelConfig.aspect must be {ASPECT_RULE}, got {self.aspect!r}")
         if self.channels(r) < 1:
             raise ValueError(
                 f"ModelConfig: fmap_base={self.fmap_base} leaves 0 channels at {r}x{r}; "
@@ -93,14 +100,23 @@ class ModelConfig:
         """[4, 8, ..., resolution]."""
         return [2**k for k in range(2, int(math.log2(self.resolution)) + 1)]
 
+    @property
+    def base_size(self) -> tuple[int, int]:
+        """(width, height) of the base block: (4, 4) square, (3, 4) for 3:4, ..."""
+        return ASPECTS[self.aspect]
+
+    def level_size(self, res: int) -> tuple[int, int]:
+        """(width, height) of the images at level res (named by its long side)."""
+        return level_size(self.aspect, res)
+
     # --- presets and serialisation ------------------------------------------------------
     @classmethod
-    def preset(cls, name: str, resolution: int) -> "ModelConfig":
+    def preset(cls, name: str, resolution: int, aspect: str = DEFAULT_ASPECT) -> "ModelConfig":
         """'paper' (latent 512, fmap_base 8192, fmap_max 512) or 'small' (latent 64, fmap_base
         256, fmap_max 64, fmap_min 8: the same architecture for CPU demos up to about 64x64)."""
         if name not in _PRESETS:
             raise ValueError(f"unknown ModelConfig preset {name!r}; choose one of {sorted(_PRESETS)}")
-        return cls(resolution=resolution, **_PRESETS[name])
+        return cls(resolution=resolution, aspect=aspect, **_PRESETS[name])
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

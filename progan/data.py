@@ -8,7 +8,8 @@ A database is an LMDB environment folder (e.g. `faces.lmdb/`) holding:
     meta                canonical JSON metadata (`read_metadata`); written last, so a database
                         without it is an unfinished build
     {R}-{i:08d}         image i at resolution R: RGB uint8 pixels in HWC order, encoded as
-                        metadata["encoding"] says (see ENCODINGS)
+                        metadata["encoding"] says (see ENCODINGS); R x R, or for a non-square
+                        database (metadata["aspect"], e.g. "3:4") level_size(aspect, R)
     crc32/{R}           crc32 of every record of level R as stored, uint32 little-endian in index
                         order; metadata["checksums"] holds each table's own crc32. Databases built
                         before checksums have neither and are read unchecked.
@@ -39,6 +40,7 @@ import lmdb
 import numpy as np
 from PIL import Image
 
+from progan.aspect import DEFAULT_ASPECT, describe_level, level_size
 from progan.cli import first_line
 from progan.config import RESOLUTION_RULE, is_valid_resolution
 from progan.diskspace import disk_full, shortfall, write_failure
@@ -106,12 +108,13 @@ def resolutions_between(min_res: int, max_res: int) -> list[int]:
 
 
 def build_pyramid(top: Image.Image, min_res: int) -> list[Image.Image]:
-    """All levels from `top` (square RGB) down to min_res, ascending resolution.
+    """All levels from `top` (RGB, square or of a supported aspect) down to the level whose long
+    side is min_res, ascending resolution.
 
     Each level is made from the level above as stored (uint8), never from the original.
     """
     levels = [top]
-    while levels[-1].width > min_res:
+    while max(levels[-1].size) > min_res:
         levels.append(levels[-1].reduce(2))  # (a + b + c + d + 2) >> 2 per channel
     return levels[::-1]
 
@@ -135,12 +138,13 @@ def encode_image(image: Image.Image, encoding: str) -> bytes:
     return buffer.getvalue()
 
 
-def decode_image(data, encoding: str, resolution: int) -> np.ndarray:
-    """Decode one stored record to uint8 [R, R, 3]; ValueError if it is not that."""
-    shape = (resolution, resolution, CHANNELS)
+def decode_image(data, encoding: str, resolution: int, aspect: str = DEFAULT_ASPECT) -> np.ndarray:
+    """Decode one stored record to uint8 [H, W, 3] (R x R when square); ValueError if it is not that."""
+    width, height = level_size(aspect, resolution)
+    shape = (height, width, CHANNELS)
     if encoding == "raw":
-        if len(data) != resolution * resolution * CHANNELS:
-            raise ValueError(f"holds {len(data)} bytes, expected {resolution * resolution * CHANNELS}")
+        if len(data) != height * width * CHANNELS:
+            raise ValueError(f"holds {len(data)} bytes, expected {height * width * CHANNELS}")
         return np.frombuffer(data, dtype=np.uint8).reshape(shape)
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -278,6 +282,11 @@ def read_metadata(path) -> dict:
     return _read_metadata_record(path)[1]
 
 
+def dataset_aspect(metadata: dict) -> str:
+    """A database's aspect ratio; databases built before non-square ones existed are square."""
+    return metadata.get("aspect", DEFAULT_ASPECT)
+
+
 def dataset_fingerprint(path) -> str:
     """16 hex digits identifying the database contents.
 
@@ -311,8 +320,9 @@ def read_checksum_table(txn, path, checksums: dict | None, resolution: int, coun
     return np.frombuffer(data, dtype="<u4").copy()
 
 
-def read_record(txn, resolution: int, index: int, encoding: str, checksums) -> np.ndarray:
-    """Image `index` at `resolution` as uint8 [R, R, 3], checked against its level's checksum
+def read_record(txn, resolution: int, index: int, encoding: str, checksums,
+                aspect: str = DEFAULT_ASPECT) -> np.ndarray:
+    """Image `index` at `resolution` as uint8 [H, W, 3], checked against its level's checksum
     table (None: unchecked) before decoding; RecordError or ValueError saying what is wrong."""
     try:
         data = txn.get(image_key(resolution, index))
@@ -322,13 +332,13 @@ def read_record(txn, resolution: int, index: int, encoding: str, checksums) -> n
         raise RecordError("is missing")
     if checksums is not None and record_checksum(data) != checksums[index]:
         raise RecordError(f"fails its {CHECKSUM} checksum (its bytes changed since the build)")
-    return decode_image(data, encoding, resolution)
+    return decode_image(data, encoding, resolution, aspect)
 
 
-def damaged_record(path, resolution: int, index: int, reason: str) -> str:
+def damaged_record(path, resolution: int, index: int, reason: str, aspect: str = DEFAULT_ASPECT) -> str:
     """One line for a bad record: its key, image and level, and the command listing them all."""
     key = image_key(resolution, index).decode()
-    return (f"{path}: record {key} {reason} (image {index} at {resolution}x{resolution}); "
+    return (f"{path}: record {key} {reason} (image {index} at {describe_level(aspect, resolution)}); "
             f"run `python -m data_prep verify {path}` to list every bad record")
 
 
@@ -336,7 +346,7 @@ def damaged_record(path, resolution: int, index: int, reason: str) -> str:
 
 
 class MultiResolutionDataset:
-    """Images of one resolution from a database, as uint8 tensors [3, R, R].
+    """Images of one resolution from a database, as uint8 tensors [3, H, W] ([3, R, R] when square).
 
     Map-style (works with torch DataLoader). The LMDB is opened lazily in each process, so the
     object pickles cleanly and works in DataLoader workers under fork and spawn. When the whole
@@ -358,14 +368,16 @@ class MultiResolutionDataset:
         available = metadata["resolutions"]
         if resolution not in available:
             raise DatasetError(
-                f"{self.path}: no {resolution}x{resolution} images; "
+                f"{self.path}: no {describe_level(dataset_aspect(metadata), resolution)} images; "
                 f"available resolutions: {', '.join(map(str, available))}"
             )
         self.resolution = resolution
+        self.aspect = dataset_aspect(metadata)
+        self.width, self.height = level_size(self.aspect, resolution)
         self.mirror = mirror
         self.encoding = metadata["encoding"]
         self.length = metadata["count"]
-        self.level_bytes = self.length * CHANNELS * resolution * resolution
+        self.level_bytes = self.length * CHANNELS * self.height * self.width
         self.in_memory = self.level_bytes <= (memory_budget_bytes or 0)
         self._checksum_info = metadata.get("checksums")
         self._checksums = None  # the level's crc32 table, read with the first record
@@ -384,19 +396,19 @@ class MultiResolutionDataset:
             stored = self._loaded_level()[index]
             image = (stored[:, :, ::-1] if flip else stored).copy()  # one copy, flipped or not
         else:
-            image = np.empty((CHANNELS, self.resolution, self.resolution), np.uint8)
+            image = np.empty((CHANNELS, self.height, self.width), np.uint8)
             with self._environment().begin(buffers=True) as txn:
                 self._read_chw(txn, index, image[:, :, ::-1] if flip else image)
         return torch.from_numpy(image)
 
     def get_batch(self, indices: Sequence[int] | np.ndarray):
-        """uint8 tensor [N, 3, R, R] of the given images: the fast path for training."""
+        """uint8 tensor [N, 3, H, W] of the given images: the fast path for training."""
         torch = _torch()
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if self.in_memory:
             batch = self._loaded_level()[indices]  # IndexError when out of range
         else:
-            batch = np.empty((len(indices), CHANNELS, self.resolution, self.resolution), np.uint8)
+            batch = np.empty((len(indices), CHANNELS, self.height, self.width), np.uint8)
             with self._environment().begin(buffers=True) as txn:
                 for slot, index in enumerate(indices):
                     self._read_chw(txn, self._check_index(int(index)), batch[slot])
@@ -429,7 +441,7 @@ class MultiResolutionDataset:
 
     def __repr__(self) -> str:
         return (
-            f"MultiResolutionDataset({self.path!r}, resolution={self.resolution}, "
+            f"MultiResolutionDataset({self.path!r}, resolution={self.resolution}, aspect={self.aspect!r}, "
             f"images={self.length}, encoding={self.encoding!r}, in_memory={self.in_memory})"
         )
 
@@ -449,20 +461,20 @@ class MultiResolutionDataset:
         return self._env
 
     def _read_chw(self, txn, index: int, out: np.ndarray) -> None:
-        """Decode image `index` into `out` ([3, R, R], any strides): its only copy. Records are
+        """Decode image `index` into `out` ([3, H, W], any strides): its only copy. Records are
         checked against their checksums: a damaged one stops here, never reaches training."""
         if self._checksums is None and self._checksum_info is not None:
             self._checksums = read_checksum_table(
                 txn, self.path, self._checksum_info, self.resolution, self.length)
         try:
-            hwc = read_record(txn, self.resolution, index, self.encoding, self._checksums)
+            hwc = read_record(txn, self.resolution, index, self.encoding, self._checksums, self.aspect)
         except ValueError as error:
-            raise DatasetError(damaged_record(self.path, self.resolution, index, str(error))) from None
+            raise DatasetError(damaged_record(self.path, self.resolution, index, str(error), self.aspect)) from None
         out[...] = hwc.transpose(2, 0, 1)
 
     def _loaded_level(self) -> np.ndarray:
         if self._level is None:
-            level = np.empty((self.length, CHANNELS, self.resolution, self.resolution), np.uint8)
+            level = np.empty((self.length, CHANNELS, self.height, self.width), np.uint8)
             with self._environment().begin(buffers=True) as txn:
                 for index in range(self.length):
                     self._read_chw(txn, index, level[index])
@@ -752,10 +764,13 @@ def _assemble_metadata(plan: dict, chunks: list[dict], tables: dict[int, bytes])
         for digest in chunk["source_sha256"]:
             source_digest.update(bytes.fromhex(digest))
     encoding = plan["encoding"]
+    aspect = plan.get("options", {}).get("aspect", DEFAULT_ASPECT)
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "resolutions": plan["resolutions"],
+        "aspect": aspect,  # width:height; level R is level_sizes[i] = (width, height)
+        "level_sizes": [list(level_size(aspect, res)) for res in plan["resolutions"]],
         "count": len(sources),
         "channels": CHANNELS,
         "pixel_layout": "HWC",

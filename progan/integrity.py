@@ -15,11 +15,13 @@ from typing import Callable, NamedTuple
 import lmdb
 import numpy as np
 
+from progan.aspect import DEFAULT_ASPECT, describe_level
 from progan.cli import first_line
 from progan.data import (
     DatasetError,
     _reading,
     damaged_record,
+    dataset_aspect,
     image_key,
     read_checksum_table,
     read_metadata,
@@ -33,9 +35,10 @@ class BadRecord(NamedTuple):
     resolution: int
     index: int | None  # None: the level as a whole (its checksum table)
     reason: str
+    aspect: str = DEFAULT_ASPECT
 
     def describe(self) -> str:
-        res = f"{self.resolution}x{self.resolution}"
+        res = describe_level(self.aspect, self.resolution)
         if self.index is None:
             return f"level {res}: {self.reason}"
         return f"level {res} image {self.index} (record {image_key(self.resolution, self.index).decode()}): {self.reason}"
@@ -56,7 +59,7 @@ def verify(path, on_record: Callable[[], None] | None = None,
     DatasetError only when the database cannot be opened or its metadata is unusable."""
     metadata = read_metadata(path)
     count, encoding, resolutions = metadata["count"], metadata["encoding"], metadata["resolutions"]
-    checksums = metadata.get("checksums")
+    checksums, aspect = metadata.get("checksums"), dataset_aspect(metadata)
     report = VerifyReport(records=0, checksums=checksums is not None)
 
     def found(bad: BadRecord) -> None:
@@ -72,13 +75,13 @@ def verify(path, on_record: Callable[[], None] | None = None,
                     table = read_checksum_table(txn, path, checksums, resolution, count)
                 except DatasetError:
                     found(BadRecord(resolution, None, "checksum table missing or damaged; "
-                                                      "records checked by decoding only"))
+                                                      "records checked by decoding only", aspect))
                     table, txn = None, _renew(env, txn)
                 for index in range(count):
                     try:
-                        read_record(txn, resolution, index, encoding, table)
+                        read_record(txn, resolution, index, encoding, table, aspect)
                     except ValueError as error:
-                        found(BadRecord(resolution, index, str(error)))
+                        found(BadRecord(resolution, index, str(error), aspect))
                         txn = _renew(env, txn)  # LMDB invalidates a transaction that met a damaged page
                     report.records += 1
                     if on_record is not None:
@@ -104,18 +107,19 @@ def check_levels(path, resolutions, samples: int = SAMPLE_RECORDS) -> None:
     read, checksummed and decoded. DatasetError (one line, naming the record and `verify`)."""
     metadata = read_metadata(path)
     count, encoding, checksums = metadata["count"], metadata["encoding"], metadata.get("checksums")
+    aspect = dataset_aspect(metadata)
     with _reading(path) as env, env.begin(buffers=True) as txn:
         for resolution in resolutions:
-            _check_keys(txn, path, resolution, count)
+            _check_keys(txn, path, resolution, count, aspect)
             table = read_checksum_table(txn, path, checksums, resolution, count)
             for index in np.unique(np.linspace(0, count - 1, min(samples, count)).round().astype(int)):
                 try:
-                    read_record(txn, resolution, int(index), encoding, table)
+                    read_record(txn, resolution, int(index), encoding, table, aspect)
                 except ValueError as error:
-                    raise DatasetError(damaged_record(path, resolution, int(index), str(error))) from None
+                    raise DatasetError(damaged_record(path, resolution, int(index), str(error), aspect)) from None
 
 
-def _check_keys(txn, path, resolution: int, count: int) -> None:
+def _check_keys(txn, path, resolution: int, count: int, aspect: str) -> None:
     """Every key of the level present: one B-tree lookup each, which reads the branch and leaf
     pages but not the pixels (LMDB hands back a pointer into the map). Lookups, not a cursor
     walk: LMDB's cursor asserts (aborts the process) on some damaged pages a lookup reports."""
@@ -123,6 +127,6 @@ def _check_keys(txn, path, resolution: int, count: int) -> None:
         try:
             found = txn.get(image_key(resolution, index)) is not None
         except lmdb.Error as error:
-            raise DatasetError(damaged_record(path, resolution, index, f"cannot be read ({first_line(error)})")) from None
+            raise DatasetError(damaged_record(path, resolution, index, f"cannot be read ({first_line(error)})", aspect)) from None
         if not found:
-            raise DatasetError(damaged_record(path, resolution, index, "is missing"))
+            raise DatasetError(damaged_record(path, resolution, index, "is missing", aspect))

@@ -77,21 +77,23 @@ def check_phase(cfg: ModelConfig, resolution: int, alpha: float) -> float:
 # --- generator blocks ---------------------------------------------------------------------
 
 class GeneratorInputBlock(nn.Module):
-    """latent -> 4x4: PixelNorm(z), dense to C*4*4 (+ one bias per channel), conv3x3; each
-    layer followed by lrelu and PixelNorm. [N, latent] -> [N, C, 4, 4]"""
+    """latent -> base block (4x4 square, w0 x h0 otherwise): PixelNorm(z), dense to C*h0*w0 (+ one
+    bias per channel), conv3x3; each layer followed by lrelu and PixelNorm. [N, latent] -> [N, C, h0, w0]"""
 
-    def __init__(self, latent_size: int, channels: int, slope: float):
+    def __init__(self, latent_size: int, channels: int, slope: float, base_size: tuple[int, int] = (4, 4)):
         super().__init__()
         self.channels = channels
         self.slope = slope
+        self.width, self.height = base_size
         self.pixel_norm = PixelNorm()
-        # gain sqrt(2)/4 as the paper's code ("to match the original Theano implementation")
-        self.dense = EqualizedLinear(latent_size, channels * 16, gain=SQRT2 / 4, bias=False)
+        # gain sqrt(2)/4 as the paper's code ("to match the original Theano implementation"); kept
+        # for every shape, so a non-square model starts from the square one's weight scale.
+        self.dense = EqualizedLinear(latent_size, channels * self.width * self.height, gain=SQRT2 / 4, bias=False)
         self.bias = nn.Parameter(torch.zeros(channels))  # per channel, not per (C, H, W) unit
         self.conv = EqualizedConv2d(channels, channels, 3)
 
     def forward(self, z: Tensor) -> Tensor:
-        x = self.dense(self.pixel_norm(z)).view(-1, self.channels, 4, 4)  # [N, C, 4, 4]
+        x = self.dense(self.pixel_norm(z)).view(-1, self.channels, self.height, self.width)  # [N, C, h0, w0]
         x = self.pixel_norm(_lrelu(x + self.bias.view(1, -1, 1, 1).to(x.dtype), self.slope))
         return self.pixel_norm(_lrelu(self.conv(x), self.slope))
 
@@ -121,8 +123,8 @@ def to_rgb(in_channels: int, num_channels: int) -> EqualizedConv2d:
 
 
 class Generator(nn.Module):
-    """G(z [N, latent], resolution, alpha) -> images [N, num_channels, resolution, resolution],
-    linear output, about [-1, 1] once trained."""
+    """G(z [N, latent], resolution, alpha) -> images [N, num_channels, H, W] with (W, H) =
+    cfg.level_size(resolution) (R x R when square), linear output, about [-1, 1] once trained."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -134,7 +136,7 @@ class Generator(nn.Module):
         self.to_rgb = nn.ModuleDict()
         for res in cfg.resolutions:
             if res == 4:
-                block = GeneratorInputBlock(cfg.latent_size, cfg.channels(4), slope)
+                block = GeneratorInputBlock(cfg.latent_size, cfg.channels(4), slope, cfg.base_size)
             else:
                 block = GeneratorBlock(cfg.channels(res // 2), cfg.channels(res), slope,
                                        fused=res >= FUSED_MIN_RES, memory_format=memory_format_for(res))
@@ -145,7 +147,7 @@ class Generator(nn.Module):
         alpha = check_phase(self.cfg, resolution, alpha)
         if z.dim() != 2 or z.shape[1] != self.latent_size:
             raise ValueError(f"Generator expects latents [N, {self.latent_size}], got {list(z.shape)}")
-        x = self.blocks["4"](z)  # [N, C, 4, 4]
+        x = self.blocks["4"](z)  # [N, C, h0, w0] (4x4 square)
         res = 4
         while res < resolution // 2:
             res *= 2
@@ -194,17 +196,18 @@ class DiscriminatorBlock(nn.Module):
 
 
 class DiscriminatorOutputBlock(nn.Module):
-    """4x4 -> score: minibatch stddev (+1 channel), conv3x3, dense to nf(0), dense to 1; lrelu
-    after all but the last (gain 1). [N, C, 4, 4] -> [N]"""
+    """base block -> score: minibatch stddev (+1 channel), conv3x3, dense to nf(0), dense to 1;
+    lrelu after all but the last (gain 1). [N, C, h0, w0] -> [N]"""
 
-    def __init__(self, in_channels: int, hidden: int, mbstd_group_size: int, slope: float):
+    def __init__(self, in_channels: int, hidden: int, mbstd_group_size: int, slope: float,
+                 base_size: tuple[int, int] = (4, 4)):
         super().__init__()
         self.slope = slope
         # The paper's code skips the layer for group sizes <= 1 (a group of one has no spread).
         self.mbstd = MinibatchStddev(mbstd_group_size) if mbstd_group_size > 1 else nn.Identity()
         extra = 1 if mbstd_group_size > 1 else 0
         self.conv = EqualizedConv2d(in_channels + extra, in_channels, 3)
-        self.dense0 = EqualizedLinear(in_channels * 16, hidden)
+        self.dense0 = EqualizedLinear(in_channels * base_size[0] * base_size[1], hidden)
         self.dense1 = EqualizedLinear(hidden, 1, gain=1.0)
 
     def forward(self, x: Tensor, segments: int = 1) -> Tensor:
@@ -216,7 +219,8 @@ class DiscriminatorOutputBlock(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """D(images [N, num_channels, R, R], resolution R, alpha) -> critic scores [N]."""
+    """D(images [N, num_channels, H, W], resolution R, alpha) -> critic scores [N], where
+    (W, H) = cfg.level_size(R) (R x R when square)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -230,7 +234,7 @@ class Discriminator(nn.Module):
                                               memory_format_for(res))
             if res == 4:
                 block = DiscriminatorOutputBlock(cfg.channels(4), cfg.stage_channels(0),
-                                                 cfg.mbstd_group_size, slope)
+                                                 cfg.mbstd_group_size, slope, cfg.base_size)
             else:
                 block = DiscriminatorBlock(cfg.channels(res), cfg.channels(res // 2), slope,
                                            fused=res >= FUSED_MIN_RES, memory_format=memory_format_for(res))
@@ -241,7 +245,8 @@ class Discriminator(nn.Module):
         fakes])), scored in one pass exactly as separate calls would (minibatch stddev groups stay
         within each); bigger batches run faster on CPU."""
         alpha = check_phase(self.cfg, resolution, alpha)
-        expected = (self.cfg.num_channels, resolution, resolution)
+        width, height = self.cfg.level_size(resolution)
+        expected = (self.cfg.num_channels, height, width)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"Discriminator expects images [N, {', '.join(map(str, expected))}], "
                              f"got {list(x.shape)}")

@@ -28,6 +28,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from progan.aspect import describe_level
 from progan.checkpoints import GeneratorInfo
 from progan.layers import autocast
 from progan.networks import check_phase
@@ -105,11 +106,14 @@ def sampling_stage(info: GeneratorInfo, resolution: int | None = None) -> tuple[
         return info.resolution, info.alpha
     if resolution in trained:
         return resolution, 1.0
-    choices = ", ".join(map(str, trained))
-    if resolution > info.resolution and resolution in info.model_config.resolutions:
-        raise ValueError(f"resolution {resolution} is above the {info.resolution}x{info.resolution} this "
+    config = info.model_config
+    # Levels are named by their long side; a non-square model's choices show their width x height.
+    choices = ", ".join(str(r) if config.aspect == "1:1" else f"{r} ({describe_level(config.aspect, r)})"
+                        for r in trained)
+    if resolution > info.resolution and resolution in config.resolutions:
+        raise ValueError(f"--resolution {resolution} is above the {describe_level(config.aspect, info.resolution)} this "
                          f"checkpoint has trained to; choose one of {choices}")
-    raise ValueError(f"resolution {resolution} is not one this generator has; choose one of {choices}")
+    raise ValueError(f"--resolution {resolution} is not a level of this generator; choose one of {choices}")
 
 
 # -- running the generator ------------------------------------------------------------------

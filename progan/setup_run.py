@@ -6,6 +6,7 @@ flag or a mismatched run folder costs the user one line and no work.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -204,17 +205,20 @@ def _find_resume(args: dict) -> tuple[Path | None, dict | None, list[tuple[Path,
 
 def _base_config(args: dict) -> dict:
     """The preset's or file's config as a dict, with data/out filled in."""
-    from progan.data import read_metadata
+    from progan.data import dataset_aspect, read_metadata
 
     for flag in ("data", "out"):
         if flag not in args:
             raise CommandLineError(f"--{flag} is required (see train.py --help)")
     source = args.get("config", "paper")
     if source in PRESETS:
+        metadata = read_metadata(args["data"])
         resolution = args.get("resolution")
         if resolution is None:
-            resolution = max(int(r) for r in read_metadata(args["data"])["resolutions"])
+            resolution = max(int(r) for r in metadata["resolutions"])
         defaults = preset_defaults(source, resolution)
+        # The model's shape is the database's (validate_setup refuses a config file's other shape).
+        defaults["model"] = dataclasses.replace(defaults["model"], aspect=dataset_aspect(metadata))
         config = TrainConfig(data=args["data"], out=args["out"], **defaults)
         return config.to_dict()
     if source.endswith(".json") or Path(source).is_file():

@@ -37,7 +37,9 @@ import numpy as np
 import torch
 
 from progan import checkpoints
-from progan.data import DEFAULT_MEMORY_BUDGET, DatasetError, MultiResolutionDataset, dataset_fingerprint, read_metadata
+from progan.aspect import describe_level
+from progan.data import (DEFAULT_MEMORY_BUDGET, DatasetError, MultiResolutionDataset, dataset_aspect,
+                         dataset_fingerprint, read_metadata)
 from progan.diskspace import WriteFailed
 from progan.ema import make_ema, update_ema
 from progan.fileio import append_jsonl, atomic_write_text
@@ -641,7 +643,8 @@ class Trainer:
 
         c, st = self.config, self.state
         # The names as validated at setup: lower case, duplicates dropped ("SWD,swd" is swd).
-        names = [n for n in parse_metric_names(c.metrics) if unavailable_reason(n, st.resolution, inception_path=c.inception) is None]
+        names = [n for n in parse_metric_names(c.metrics)
+                 if unavailable_reason(n, st.resolution, inception_path=c.inception, aspect=c.model.aspect) is None]
         if not names:
             return None
         started = time.monotonic()
@@ -651,7 +654,7 @@ class Trainer:
             names, source, self.reals.dataset, st.resolution, c.metric_images, rank=self.rank,
             world_size=self.world_size, all_gather=self.accelerator.gather,
             cache_dir=self.run_dir / "metric-cache", seed=c.seed, inception_path=c.inception,
-            device=self.device, progress=False)
+            device=self.device, progress=False, aspect=c.model.aspect)
         seconds = time.monotonic() - started
         self._tick_start_time += seconds  # evaluation time is not training time
         if self.is_main:
@@ -754,12 +757,18 @@ def sample_grid_side(resolution: int) -> int:
 def validate_setup(config: TrainConfig, world_size: int) -> None:
     """Raise TrainingError (one line) for any setup problem before training starts."""
     metadata = read_metadata(config.data)
+    aspect = dataset_aspect(metadata)
+    if aspect != config.model.aspect:
+        raise TrainingError(
+            f"--data {config.data} holds {aspect} images (width:height) but this run's model is "
+            f"{config.model.aspect}; pass a {config.model.aspect} database (data_prep build --aspect "
+            f"{config.model.aspect}) or start a new run on this one")
     available = sorted(int(r) for r in metadata["resolutions"])
     needed = config.schedule.resolutions
     top = max(available)
     if config.model.resolution > top:
         raise TrainingError(
-            f"--resolution {config.model.resolution} is above the database's largest level {top}x{top}; "
+            f"--resolution {config.model.resolution} is above the database's largest level {describe_level(aspect, top)}; "
             f"train at {top} or rebuild {config.data} with --max-res {config.model.resolution}")
     missing = [r for r in needed if r not in available]
     if missing:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from progan.aspect import DEFAULT_ASPECT
 from progan.cli import CommandLineError, OneLineErrorParser, choose_device, fail, first_line
 from progan.fileio import append_jsonl
 from progan.metrics.common import MetricError
@@ -61,35 +62,38 @@ def _is_lmdb(path: Path) -> bool:
     return path.is_dir() and (path / "data.mdb").exists()
 
 
-def _check_available(names: list[str], resolution: int, args) -> None:
+def _check_available(names: list[str], resolution: int, args, aspect: str = DEFAULT_ASPECT) -> None:
     for name in names:
-        reason = unavailable_reason(name, resolution, inception_path=args.inception)
+        reason = unavailable_reason(name, resolution, inception_path=args.inception, aspect=aspect)
         if reason:
             raise MetricError(reason)
 
 
 def _fake_source(args, names: list[str], device: torch.device):
-    """(source, resolution, provenance dict, run folder or None) for --fake."""
+    """(source, resolution, aspect, provenance dict, run folder or None) for --fake."""
     fake_path = Path(args.fake)
     counts = [args.num or DEFAULT_NUM_IMAGES[name] for name in names]
     if _is_lmdb(fake_path):
-        from progan.data import MultiResolutionDataset, read_metadata
+        from progan.data import MultiResolutionDataset, dataset_aspect, read_metadata
 
-        resolution = args.resolution or max(read_metadata(fake_path)["resolutions"])
-        _check_available(names, resolution, args)
+        metadata = read_metadata(fake_path)
+        resolution = args.resolution or max(metadata["resolutions"])
+        _check_available(names, resolution, args, dataset_aspect(metadata))
         dataset = MultiResolutionDataset(fake_path, resolution)
         source = DatasetSource(dataset, max(counts), seed=args.seed, side="fake", name=str(fake_path))
-        return source, resolution, {"fake": str(fake_path)}, None
+        return source, resolution, dataset.aspect, {"fake": str(fake_path)}, None
     from progan.checkpoints import load_generator
 
     generator, info = load_generator(fake_path, device=device, ema=True)
     resolution = args.resolution or info.resolution
-    _check_available(names, resolution, args)
+    # A generator without an aspect (any object with latent_size will do here) makes squares.
+    aspect = getattr(info.model_config, "aspect", DEFAULT_ASPECT)
+    _check_available(names, resolution, args, aspect)
     source = GeneratorSource(generator, info.model_config.latent_size, resolution=resolution,
                              generator_resolution=info.resolution, alpha=info.alpha, seed=args.seed, device=device)
     provenance = {"fake": str(info.path), "generator_resolution": info.resolution, "alpha": info.alpha,
                   "kimg": info.images_shown / 1000}
-    return source, resolution, provenance, info.run_dir
+    return source, resolution, aspect, provenance, info.run_dir
 
 
 def run(argv: list[str]) -> int:
@@ -113,17 +117,18 @@ def run(argv: list[str]) -> int:
 
         # A missing or broken database fails before the generator loads.
         real_count = read_metadata(args.real)["count"]
-    source, resolution, provenance, run_dir = _fake_source(args, names, device)
+    source, resolution, aspect, provenance, run_dir = _fake_source(args, names, device)
     cache_dir = Path(args.cache_dir) if args.cache_dir else (run_dir / "metric-cache" if run_dir else None)
     started = time.perf_counter()
     results = evaluate_metrics(
         names, source, args.real, resolution, args.num, cache_dir=cache_dir, seed=args.seed,
         inception_path=args.inception, verify_inception=not args.inception_unverified, device=device,
-        batch_size=args.batch_size)
+        batch_size=args.batch_size, aspect=aspect)
     record = {
         "metric": ",".join(names),
         **results,
         "resolution": resolution,
+        **({"aspect": aspect} if aspect != DEFAULT_ASPECT else {}),  # square records as before
         "num_images": {name: args.num or DEFAULT_NUM_IMAGES[name] for name in names},
         "seed": args.seed,
         "real": args.real,

@@ -25,6 +25,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from progan.aspect import DEFAULT_ASPECT, describe_level, level_size
 from progan.metrics import cache, fid, msssim, swd
 from progan.metrics.common import MetricError, check_uint8_images
 from progan.metrics.sources import DatasetSource, ImageSource
@@ -47,16 +48,17 @@ def parse_metric_names(text: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def unavailable_reason(name: str, resolution: int, *, inception_path: str | Path | None = None) -> str | None:
-    """Why metric `name` cannot be computed at `resolution` (None when it can).
+def unavailable_reason(name: str, resolution: int, *, inception_path: str | Path | None = None,
+                       aspect: str = DEFAULT_ASPECT) -> str | None:
+    """Why metric `name` cannot be computed at `resolution` of a model of `aspect` (None when it can).
 
     Training calls this each evaluation to skip metrics the current resolution is too small for.
     """
     try:
         if name == "swd":
-            swd.swd_resolutions(resolution)
+            swd.swd_resolutions(resolution, aspect)
         elif name == "msssim":
-            msssim.check_msssim_resolution(resolution)
+            msssim.check_msssim_resolution(resolution, aspect)
         elif name == "fid":
             if inception_path is None:
                 return ("FID unavailable: no Inception weights given (--inception PATH to "
@@ -86,6 +88,7 @@ class _Run:
     device: torch.device
     batch_size: int
     progress: bool
+    aspect: str = DEFAULT_ASPECT
 
     def shard(self, count: int, even: bool = False) -> tuple[int, int]:
         per = math.ceil(count / self.world_size)
@@ -114,8 +117,9 @@ class _Run:
                 n = min(batch_size, start + count - first)
                 images = source(first, n)
                 check_uint8_images(images, desc)
-                if images.shape[0] != n or tuple(images.shape[2:]) != (self.resolution, self.resolution):
-                    raise MetricError(f"{desc}: expected {n} images of {self.resolution}x{self.resolution}, "
+                width, height = level_size(self.aspect, self.resolution)
+                if images.shape[0] != n or tuple(images.shape[2:]) != (height, width):
+                    raise MetricError(f"{desc}: expected {n} images of {width}x{height}, "
                                       f"got {tuple(images.shape)}")
                 yield images
                 if bar is not None:
@@ -135,7 +139,7 @@ def _swd_descriptors(run: _Run, source: ImageSource, side: str, count: int) -> l
     for images in run.batches(source, start, per, f"SWD {side} images"):
         if descriptors is None:
             descriptors = swd.DescriptorSet(run.resolution, start, per, seed=run.seed,
-                                            channels=images.shape[1], device=run.device)
+                                            channels=images.shape[1], device=run.device, aspect=run.aspect)
         descriptors.add(images)
     levels = []
     for level in descriptors.levels:
@@ -145,10 +149,12 @@ def _swd_descriptors(run: _Run, source: ImageSource, side: str, count: int) -> l
 
 
 def _evaluate_swd(run: _Run, count: int) -> dict[str, float]:
-    sizes = swd.swd_resolutions(run.resolution)
+    sizes = swd.swd_resolutions(run.resolution, run.aspect)
     real_source = run.real_source(count, "SWD")
     key = {"dataset": run.dataset_id, "resolution": run.resolution, "images": count, "seed": run.seed,
            "patch_size": swd.PATCH_SIZE, "patches_per_image": swd.PATCHES_PER_IMAGE, "levels": sizes}
+    if run.aspect != DEFAULT_ASPECT:  # square keys as before, so existing caches stay valid
+        key["aspect"] = run.aspect
     real = None
     if run.cache_dir is not None and run.dataset_id is not None:
         real = cache.load_swd_descriptors(run.cache_dir, key, sizes)
@@ -234,6 +240,7 @@ def evaluate_metrics(
     device: torch.device | str = "cpu",
     batch_size: int = 64,
     progress: bool = True,
+    aspect: str = DEFAULT_ASPECT,
 ) -> dict[str, float]:
     """Compute metrics `names` ("swd", "msssim", "fid") of the images `fake` produces.
 
@@ -254,13 +261,16 @@ def evaluate_metrics(
         fingerprint, resolution, image count, seed and options.
     seed: picks latents (through the source), real subsets, patches and projections.
     inception_path, verify_inception: FID's weights (see progan.metrics.inception).
+    aspect: width:height of the images (progan.aspect); level `resolution` is its long side.
+        Non-square images: SWD's pyramid stops at a 16-pixel short side, MS-SSIM needs a short
+        side of 16, FID's Inception resizes every image to 299x299 as it does square ones.
 
     Returns {"swd_x1e3_<size>": ..., "swd_x1e3_avg": ..., "msssim": ..., "fid": ...} for the
     metrics asked for. Raises MetricError (one-line message) when a metric cannot be computed.
     """
     names = parse_metric_names(names)
     for name in names:
-        reason = unavailable_reason(name, resolution, inception_path=inception_path)
+        reason = unavailable_reason(name, resolution, inception_path=inception_path, aspect=aspect)
         if reason:
             raise MetricError(reason)
     if world_size > 1 and all_gather is None:
@@ -270,15 +280,19 @@ def evaluate_metrics(
     if num_images is not None and num_images < 1:
         raise MetricError(f"the number of images must be at least 1, got {num_images}")
     real_dataset, real_name, dataset_id = _open_real(real, resolution) if real is not None else (None, "", None)
+    real_aspect = getattr(real_dataset, "aspect", aspect)
+    if real_aspect != aspect:
+        raise MetricError(f"{real_name} holds {real_aspect} images, the images compared are {aspect}; "
+                          f"compare with a {aspect} database")
     if "swd" in names and real_dataset is not None:  # fail before any work, not after other metrics
         swd_count = num_images or DEFAULT_NUM_IMAGES["swd"]
         if len(real_dataset) < swd_count:
-            raise MetricError(f"{real_name} has {len(real_dataset)} images at {resolution}x{resolution}, fewer "
+            raise MetricError(f"{real_name} has {len(real_dataset)} images at {describe_level(aspect, resolution)}, fewer "
                               f"than the {swd_count} SWD compares (lower --num)")
     run = _Run(fake=fake, real=real_dataset, real_name=real_name, resolution=resolution, rank=rank,
                world_size=world_size, all_gather=all_gather, cache_dir=Path(cache_dir) if cache_dir else None,
                dataset_id=dataset_id, seed=seed, device=torch.device(device), batch_size=max(1, batch_size),
-               progress=progress)
+               progress=progress, aspect=aspect)
     results: dict[str, float] = {}
     for name in names:
         count = num_images or DEFAULT_NUM_IMAGES[name]

@@ -10,7 +10,8 @@ Small images: like the original, at every scale the window is shrunk to min(11, 
 sigma scaled by the same factor, so at 128x128 the coarsest scale (8x8) already uses an 8x8
 window, and at 32x32 the scales 32..2 use windows 11, 11, 8, 4, 2. Below 16x16 the fifth scale
 would be smaller than one pixel, so 16x16 is the smallest resolution accepted. Numbers at
-small resolutions are not comparable with the paper's (128x128 and up).
+small resolutions are not comparable with the paper's (128x128 and up). Non-square images are
+scored the same way (the window fits the short side); their short side must be 16 or more.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from progan.aspect import DEFAULT_ASPECT, level_size
 from progan.metrics.common import MetricError, check_uint8_images
 
 WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -29,10 +31,15 @@ MIN_RESOLUTION = 2 ** (len(WEIGHTS) - 1)  # 16: the fifth scale is then 1x1
 DEFAULT_NUM_IMAGES = 20000  # 10,000 pairs, as in the paper
 
 
-def check_msssim_resolution(resolution: int) -> None:
-    if resolution < MIN_RESOLUTION:
-        raise MetricError(f"MS-SSIM needs images of at least {MIN_RESOLUTION}x{MIN_RESOLUTION} "
-                          f"({len(WEIGHTS)} scales), got {resolution}x{resolution}")
+def check_msssim_resolution(resolution: int, aspect: str = DEFAULT_ASPECT) -> None:
+    check_msssim_size(*level_size(aspect, resolution))
+
+
+def check_msssim_size(width: int, height: int) -> None:
+    if min(width, height) < MIN_RESOLUTION:
+        short = "" if width == height else " on the short side"
+        raise MetricError(f"MS-SSIM needs images of at least {MIN_RESOLUTION}x{MIN_RESOLUTION}{short} "
+                          f"({len(WEIGHTS)} scales), got {width}x{height}")
 
 
 def gaussian_taps(size: int, sigma: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -73,7 +80,7 @@ def ms_ssim_pairs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     check_uint8_images(b)
     if a.shape != b.shape:
         raise MetricError(f"MS-SSIM pairs must have one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    check_msssim_resolution(min(a.shape[2], a.shape[3]))
+    check_msssim_size(a.shape[3], a.shape[2])
     x, y = a.float(), b.float()  # float32 like the original
     cs_terms, ssim = [], None
     for scale in range(len(WEIGHTS)):

@@ -6,7 +6,10 @@ The procedure follows the authors' `metrics/sliced_wasserstein.py`:
    to 16x16: `down` = 5x5 binomial blur ([1,4,6,4,1]/16 per axis, reflect padding) then every
    second pixel; `up` = zero insertion then the same blur times 4; level_l = G_l - up(G_{l+1}),
    the last level is the blurred image itself. Images of 16x16 or less give one level
-   (8x8 is the smallest: a 7x7 patch must fit).
+   (8x8 is the smallest: a 7x7 patch must fit). Non-square images (progan.aspect) go down while
+   the short side stays 16 or more, or are one level when it is below 16 (8 at least); levels
+   keep their names (the long side): 3:4 at 64 gives 48x64 and 24x32 ("swd_x1e3_64", "_32"),
+   not 12x16, whose short side is below 16; 3:4 at 16 is one level at 12x16.
 2. From every level of every image, 128 random 7x7xC patches ("descriptors"), centres drawn
    uniformly from [3, size-3) on each axis.
 3. Each image set's descriptors of a level are normalised per channel by that set's own mean
@@ -33,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from progan.aspect import DEFAULT_ASPECT, aspect_of, describe_level, level_size
 from progan.metrics.common import MetricError, check_uint8_images, is_power_of_two, seeded_generator, seeded_rows
 
 PATCH_SIZE = 7
@@ -45,14 +49,19 @@ DEFAULT_NUM_IMAGES = 16384
 _HALF = PATCH_SIZE // 2
 
 
-def swd_resolutions(resolution: int) -> list[int]:
-    """The pyramid levels' sizes: resolution, resolution/2, ..., 16 (one level at 16 or below)."""
-    if not is_power_of_two(resolution) or resolution < PATCH_SIZE + 1:
-        raise MetricError(
-            f"SWD needs a power-of-two resolution of at least {PATCH_SIZE + 1} (a {PATCH_SIZE}x{PATCH_SIZE} "
-            f"patch must fit), got {resolution}")
+def swd_resolutions(resolution: int, aspect: str = DEFAULT_ASPECT) -> list[int]:
+    """The pyramid levels' sizes (named by the long side): resolution, resolution/2, ... while
+    the short side is 16 or more (one level when it is below 16)."""
+    short = min(level_size(aspect, resolution)) if is_power_of_two(resolution) and resolution >= 4 else 0
+    if short < PATCH_SIZE + 1:
+        if aspect == DEFAULT_ASPECT:
+            raise MetricError(
+                f"SWD needs a power-of-two resolution of at least {PATCH_SIZE + 1} (a {PATCH_SIZE}x{PATCH_SIZE} "
+                f"patch must fit), got {resolution}")
+        raise MetricError(f"SWD needs images with a short side of at least {PATCH_SIZE + 1} (a {PATCH_SIZE}x"
+                          f"{PATCH_SIZE} patch must fit), got {describe_level(aspect, resolution)} at level {resolution}")
     sizes, size = [], resolution
-    while size >= SMALLEST_LEVEL:
+    while min(level_size(aspect, size)) >= SMALLEST_LEVEL:
         sizes.append(size)
         size //= 2
     return sizes or [resolution]
@@ -110,15 +119,20 @@ def laplacian_pyramid(images: torch.Tensor, num_levels: int) -> list[torch.Tenso
 
 
 # -- the seeded random state ----------------------------------------------------------------
-def patch_centres(seed: int, level: int, size: int, start: int, count: int) -> torch.Tensor:
-    """int64 [count, 128, 2] (row, column) patch centres for images start..start+count-1.
+def patch_centres(seed: int, level: int, size: int, start: int, count: int,
+                  width: int | None = None) -> torch.Tensor:
+    """int64 [count, 128, 2] (row, column) patch centres for images start..start+count-1 of
+    size x size, or of `size` rows and `width` columns when width is given and differs.
 
     Both image sets use the same centres for the same image index (common random numbers):
     centres are independent of image content, so this changes no expectation, makes a set's
     distance to itself exactly 0 and lowers the variance of comparisons.
     """
     def block(generator: torch.Generator, rows: int) -> torch.Tensor:
-        return torch.randint(_HALF, size - _HALF, (rows, PATCHES_PER_IMAGE, 2), generator=generator)
+        if width is None or width == size:  # square: one draw, as always (cached numbers stay valid)
+            return torch.randint(_HALF, size - _HALF, (rows, PATCHES_PER_IMAGE, 2), generator=generator)
+        ys = torch.randint(_HALF, size - _HALF, (rows, PATCHES_PER_IMAGE, 1), generator=generator)
+        return torch.cat([ys, torch.randint(_HALF, width - _HALF, (rows, PATCHES_PER_IMAGE, 1), generator=generator)], 2)
 
     return seeded_rows(start, count, block, seed, "swd-patches", level)
 
@@ -149,11 +163,13 @@ class DescriptorSet:
     """Raw descriptors of images first_index .. first_index+count-1 of one image set, per level."""
 
     def __init__(self, resolution: int, first_index: int, count: int, *, seed: int,
-                 channels: int = 3, device: torch.device | str = "cpu") -> None:
-        self.sizes = swd_resolutions(resolution)
+                 channels: int = 3, device: torch.device | str = "cpu", aspect: str = DEFAULT_ASPECT) -> None:
+        self.sizes = swd_resolutions(resolution, aspect)
         self.resolution, self.count, self.channels = resolution, count, channels
+        self.width, self.height = level_size(aspect, resolution)
         dims = channels * PATCH_SIZE * PATCH_SIZE
-        self.centres = [patch_centres(seed, level, size, first_index, count)
+        self.centres = [patch_centres(seed, level, level_size(aspect, size)[1], first_index, count,
+                                      width=level_size(aspect, size)[0])
                         for level, size in enumerate(self.sizes)]
         # Preallocated on the CPU: concatenating batches would briefly need twice the memory.
         self.levels = [torch.empty(count * PATCHES_PER_IMAGE, dims) for _ in self.sizes]
@@ -161,11 +177,11 @@ class DescriptorSet:
         self.filled = 0
 
     def add(self, images: torch.Tensor) -> None:
-        """Add the next batch of uint8 images [B, C, R, R] (in index order)."""
+        """Add the next batch of uint8 images [B, C, H, W] (in index order)."""
         check_uint8_images(images)
         batch = images.shape[0]
-        if images.shape[1:] != (self.channels, self.resolution, self.resolution):
-            raise MetricError(f"SWD expected images [N, {self.channels}, {self.resolution}, {self.resolution}], "
+        if images.shape[1:] != (self.channels, self.height, self.width):
+            raise MetricError(f"SWD expected images [N, {self.channels}, {self.height}, {self.width}], "
                               f"got {tuple(images.shape)}")
         if self.filled + batch > self.count:
             raise MetricError(f"SWD was given more than the {self.count} images it was set up for")
@@ -268,7 +284,8 @@ def swd_from_descriptors(real_levels: list[torch.Tensor], fake_levels: list[torc
 
 def sliced_wasserstein_distance(real: torch.Tensor, fake: torch.Tensor, *, seed: int = 0,
                                 batch_size: int = 64, device: torch.device | str = "cpu") -> dict[str, float]:
-    """SWD between two equally large uint8 image sets [N, C, R, R], all in memory (small sets, tests).
+    """SWD between two equally large uint8 image sets [N, C, H, W] (square or of a supported
+    aspect), all in memory (small sets, tests).
 
     Larger sets go through `progan.metrics.evaluate_metrics`, which streams them.
     """
@@ -276,17 +293,22 @@ def sliced_wasserstein_distance(real: torch.Tensor, fake: torch.Tensor, *, seed:
     check_uint8_images(fake, "fake images")
     if real.shape != fake.shape:
         raise MetricError(f"SWD needs equally many images of one size, got {tuple(real.shape)} and {tuple(fake.shape)}")
-    count, channels, resolution = real.shape[0], real.shape[1], real.shape[2]
+    count, channels, height, width = real.shape
+    try:
+        aspect = aspect_of(width, height)
+    except ValueError as exc:
+        raise MetricError(f"SWD: images of {width}x{height}: {exc}") from None
+    resolution = max(width, height)
     sets = []
     for images in (real, fake):
-        descriptors = DescriptorSet(resolution, 0, count, seed=seed, channels=channels, device=device)
+        descriptors = DescriptorSet(resolution, 0, count, seed=seed, channels=channels, device=device, aspect=aspect)
         for i in range(0, count, batch_size):
             descriptors.add(images[i:i + batch_size])
         sets.append([normalize_descriptors(level, channels) for level in descriptors.levels])
-    return swd_from_descriptors(sets[0], sets[1], swd_resolutions(resolution), seed=seed, device=device)
+    return swd_from_descriptors(sets[0], sets[1], swd_resolutions(resolution, aspect), seed=seed, device=device)
 
 
-def descriptor_bytes(num_images: int, resolution: int, channels: int = 3) -> int:
+def descriptor_bytes(num_images: int, resolution: int, channels: int = 3, aspect: str = DEFAULT_ASPECT) -> int:
     """Memory one side's descriptors take (float32), for messages and planning."""
-    levels = len(swd_resolutions(resolution))
+    levels = len(swd_resolutions(resolution, aspect))
     return levels * num_images * PATCHES_PER_IMAGE * channels * PATCH_SIZE ** 2 * 4
