@@ -96,7 +96,7 @@ def build_timelapse_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="run folder (what train.py --out wrote)")
     p.add_argument("--out", required=True, metavar="FILE", help="growth.webp or growth.gif (replaced atomically)")
     p.add_argument("--fps", type=float, default=10.0, help="snapshots per second (default 10; GIF at most 50)")
-    p.add_argument("--size", type=int, metavar="PX", help="frame width and height (default: the final grid's)")
+    p.add_argument("--size", type=int, metavar="PX", help="frame size: its long side in pixels (default: the final grid's size)")
     return p
 
 

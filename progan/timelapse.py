@@ -34,9 +34,15 @@ class TimelapseError(ValueError):
 class Snapshot:
     path: Path
     images_shown: int
-    resolution: int   # of each cell
+    resolution: int   # of each cell (its long side)
     alpha: float      # fade weight of that resolution when the grid was drawn
     side: int         # cells per row and column
+    cell: tuple[int, int] = (0, 0)  # (width, height) of each cell: the level's shape
+
+    @property
+    def label(self) -> str:
+        width, height = self.cell
+        return f"{width}x{height}"
 
 
 def find_snapshots(run_dir: str | os.PathLike) -> list[Snapshot]:
@@ -49,7 +55,8 @@ def find_snapshots(run_dir: str | os.PathLike) -> list[Snapshot]:
     if not run_dir.is_dir():
         raise TimelapseError(f"{run_dir} is not a run folder (give the folder train.py --out wrote)")
     try:
-        schedule = TrainConfig.from_json((run_dir / CONFIG_FILE).read_text()).schedule
+        config = TrainConfig.from_json((run_dir / CONFIG_FILE).read_text())
+        schedule, model = config.schedule, config.model
     except FileNotFoundError:
         raise TimelapseError(f"{run_dir} has no {CONFIG_FILE}; give the folder train.py --out wrote") from None
     except (ValueError, KeyError, TypeError) as exc:
@@ -64,8 +71,9 @@ def find_snapshots(run_dir: str | os.PathLike) -> list[Snapshot]:
         # Grids drawn mid-run show the stage of the step just taken, the last one the stage after it.
         for st in (state_at(schedule, max(images_shown - 1, 0)), state_at(schedule, images_shown)):
             side = sample_grid_side(st.resolution)
-            if width == height == side * st.resolution:
-                snapshots.append(Snapshot(path, images_shown, st.resolution, st.alpha, side))
+            cell = model.level_size(st.resolution)  # (width, height)
+            if (width, height) == (side * cell[0], side * cell[1]):
+                snapshots.append(Snapshot(path, images_shown, st.resolution, st.alpha, side, cell))
                 break
         else:
             raise TimelapseError(f"{path} is {width}x{height}, not a sample grid of this run's schedule at "
@@ -82,23 +90,25 @@ def _size(path: Path) -> tuple[int, int]:
 
 
 def timelapse_frames(snapshots: list[Snapshot], size: int | None = None) -> Iterator[np.ndarray]:
-    """uint8 [S, S, 3] frames: each snapshot's first side_f x side_f cells (the final grid's
-    latents), upscaled nearest to the final grid's size (or `size`), labelled."""
+    """uint8 [H, W, 3] frames: each snapshot's first side_f x side_f cells (the final grid's
+    latents), upscaled nearest to the final grid's size (or to `size` on the long side), labelled."""
     final = snapshots[-1]
     side = final.side
-    frame_size = size or side * final.resolution
-    font = ImageFont.load_default(size=max(10, frame_size // 40))
+    width, height = side * final.cell[0], side * final.cell[1]
+    if size is not None:  # the long side; the other keeps the model's ratio
+        width, height = (size, round(size * height / width)) if width >= height else (round(size * width / height), size)
+    font = ImageFont.load_default(size=max(10, max(width, height) // 40))
     for snap in snapshots:
         with Image.open(snap.path) as picture:
             grid = np.asarray(picture.convert("RGB"))
-        r = snap.resolution
-        cells = [grid[(i // snap.side) * r:(i // snap.side + 1) * r, (i % snap.side) * r:(i % snap.side + 1) * r]
+        w, h = snap.cell
+        cells = [grid[(i // snap.side) * h:(i // snap.side + 1) * h, (i % snap.side) * w:(i % snap.side + 1) * w]
                  for i in range(side * side)]
         rows = [np.concatenate(cells[row * side:(row + 1) * side], axis=1) for row in range(side)]
-        frame = Image.fromarray(np.concatenate(rows, axis=0)).resize((frame_size, frame_size), Image.Resampling.NEAREST)
+        frame = Image.fromarray(np.concatenate(rows, axis=0)).resize((width, height), Image.Resampling.NEAREST)
         kimg = snap.images_shown / KIMG
-        yield np.asarray(_label(frame, f"{r}x{r}  alpha {snap.alpha:.2f}  {kimg:.1f} kimg" if kimg >= 10 else
-                                f"{r}x{r}  alpha {snap.alpha:.2f}  {kimg:.3g} kimg", font))
+        yield np.asarray(_label(frame, f"{snap.label}  alpha {snap.alpha:.2f}  {kimg:.1f} kimg" if kimg >= 10 else
+                                f"{snap.label}  alpha {snap.alpha:.2f}  {kimg:.3g} kimg", font))
 
 
 def _label(frame: Image.Image, text: str, font) -> Image.Image:

@@ -102,3 +102,32 @@ def test_timelapse_of_a_real_run(demo_lmdb, tmp_path, capsys):
         # the last frame is the final grid, below the label, up to the GIF palette's dithering
         error = np.abs(frames[-1][24:] - np.asarray(final.convert("RGB"), dtype=float)[24:]).mean()
         assert error < 16 and error < np.abs(frames[-1][24:] - frames[0][24:]).mean() / 2
+
+
+def test_a_portrait_run_keeps_its_cells_and_its_ratio(fake_run, tmp_path, capsys):
+    """A 3:4 run's grids hold 3r x 4r cells (width x height); frames keep that ratio, --size sets the long side."""
+    import json
+
+    config = json.loads((fake_run / "config.json").read_text())
+    config["model"]["aspect"] = "3:4"
+    (fake_run / "config.json").write_text(json.dumps(config))
+    for path in fake_run.glob("samples-*.png"):
+        path.unlink()
+    for images, (res, _) in STAGES.items():
+        w, h = 3 * res // 4, res
+        grid = np.zeros((8 * h, 8 * w, 3), np.uint8)
+        for i in range(64):
+            grid[(i // 8) * h:(i // 8 + 1) * h, (i % 8) * w:(i % 8 + 1) * w] = cell_colour(i, res)
+        save_png(grid, fake_run / f"samples-{images:010d}.png")
+    snaps = find_snapshots(fake_run)
+    assert [(s.resolution, s.cell) for s in snaps] == [(4, (3, 4)), (8, (6, 8)), (8, (6, 8))]
+    out = tmp_path / "growth.gif"
+    assert cli(capsys, "timelapse", fake_run, "--out", out)[0] == 0
+    frames = read_frames(out)
+    assert all(frame.shape == (64, 48, 3) for frame in frames)  # 8x8 cells of 6 wide x 8 high
+    for frame, (res, _) in zip(frames, STAGES.values()):
+        for i in range(24, 64):
+            cell = frame[(i // 8) * 8:(i // 8 + 1) * 8, (i % 8) * 6:(i % 8 + 1) * 6]
+            assert np.abs(cell - np.array(cell_colour(i, res))).max() <= 3, (res, i)
+    assert cli(capsys, "timelapse", fake_run, "--out", tmp_path / "big.gif", "--size", "128")[0] == 0
+    assert read_frames(tmp_path / "big.gif")[0].shape == (128, 96, 3)
