@@ -22,7 +22,7 @@ CONFIG_FILE = "config.json"
 SIMPLE_FLAGS = (
     "data", "out", "mixed_precision", "seed", "workers", "max_batch_per_device", "mirror",
     "reset_optimizer", "tick_kimg", "snapshot_ticks", "checkpoint_minutes", "keep_checkpoints",
-    "metric_kimg", "metric_images", "inception", "log_with",
+    "metric_kimg", "metric_images", "inception", "log_with", "tf32",
 )
 SCHEDULE_FLAGS = ("fade_kimg", "stable_kimg", "total_kimg", "base_lr")
 
