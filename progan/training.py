@@ -276,7 +276,10 @@ class Trainer:
         st = self.state
         inputs = step_inputs(self.config.seed, self.step, st.batch_size, self.config.model.latent_size,
                              self.part, self.device)
-        reals = self.reals.next().to(self.device, non_blocking=True)
+        reals = self.reals.next()
+        if self.device.type == "cuda" and not reals.is_pinned():  # in-memory levels: a pageable copy would wait
+            reals = reals.pin_memory()
+        reals = reals.to(self.device, non_blocking=True)
         micro = micro_slices(reals.shape[0], self.micro_batch)
         models = StepModels(self.G, self.D, self.G_ema, self.opt_g, self.opt_d, self.scale_d, self.scale_g, self.sync)
         flags = run_step(models, self.step_settings, reals, inputs, st.resolution, st.alpha, micro, self.stats, flags)

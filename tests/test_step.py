@@ -228,6 +228,25 @@ def test_kernel_choices_per_device_kind_keep_the_function():
     torch.testing.assert_close(D2(images, 32), D(images, 32), rtol=1e-3, atol=1e-4)
 
 
+def test_backends_autotune_and_tf32_flag():
+    from train import build_parser
+    from progan.device import configure_backends
+
+    assert vars(build_parser().parse_args(["--no-tf32"]))["tf32"] is False
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
+    try:
+        cudnn.benchmark = cudnn.allow_tf32 = matmul.allow_tf32 = False
+        configure_backends(torch.device("cpu"))
+        assert not cudnn.benchmark  # the CPU is left alone
+        configure_backends(torch.device("cuda"), tf32=True)
+        assert cudnn.benchmark and cudnn.allow_tf32 and matmul.allow_tf32
+        configure_backends(torch.device("cuda"), tf32=False)
+        assert cudnn.benchmark and not cudnn.allow_tf32 and not matmul.allow_tf32
+    finally:
+        cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
 @pytest.mark.cuda
 def test_cuda_steady_state_steps_do_not_synchronise(demo_lmdb, tmp_path):
     trainer = make_trainer(demo_lmdb, tmp_path / "run")  # accelerate picks the GPU
