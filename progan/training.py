@@ -12,7 +12,7 @@ Design choices (and why):
   starts the processes, picks the devices and provides the gather and reduce used for
   statistics.
 * **Randomness is a function of (seed, step).** Each step draws its latents, penalty mixing
-  weights and mirror flips for the *global* batch from a generator seeded with (seed, step),
+  weights and mirror flips for the *global* batch from a generator on the device seeded with (seed, step),
   and each process takes its slice; the data order is a seeded permutation per epoch indexed
   by images shown. So a resumed run continues bit-for-bit (on CPU), two processes compute
   what one process computes with the same global batch, and a run can be resumed on a
@@ -21,7 +21,8 @@ Design choices (and why):
   gradients, so all ranks take the same skip decision; fp16 uses a dynamic loss scale
   that halves on overflow.
 * **Upkeep on ticks.** Losses are summed on the device and read once per tick; logging, sample
-  grids and checkpoints run on the main process between steps.
+  grids and checkpoints run on the main process between steps. The step itself (progan/step.py)
+  never reads a tensor to the host, so the device is never left waiting.
 """
 
 from __future__ import annotations

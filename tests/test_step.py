@@ -210,6 +210,17 @@ def test_auto_on_the_cpu_means_no_limit(demo_lmdb, tmp_path):
     assert trainer.config.max_batch_per_device == "auto" and trainer.micro_batch is None
 
 
+def test_the_auto_trial_pass_leaves_weights_grads_and_rng_alone(demo_lmdb, tmp_path):
+    trainer = make_trainer(demo_lmdb, tmp_path / "run")
+    before = {k: v.clone() for k, v in {**trainer.G.state_dict(), **trainer.D.state_dict()}.items()}
+    rng = torch.get_rng_state()
+    trainer._trial_pass(trainer.state, 8)
+    after = {**trainer.G.state_dict(), **trainer.D.state_dict()}
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert all(p.grad is None for p in [*trainer.G.parameters(), *trainer.D.parameters()])
+    assert torch.equal(rng, torch.get_rng_state())
+
+
 def test_kernel_choices_per_device_kind_keep_the_function():
     assert kernel_choices("cpu") == KERNEL_CHOICES["cpu"] and kernel_choices("mps") == KERNEL_CHOICES["cpu"]
     assert "provisional" in kernel_choices("cuda").source
