@@ -183,6 +183,10 @@ class Trainer:
     def _tick_sums(self) -> torch.Tensor:
         return self.stats.sums
 
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return self.step_settings.autocast_dtype
+
     # -- checkpoints ------------------------------------------------------------------------
     def _load(self, data: dict):
         """Restore everything from a loaded training checkpoint (checked by progan.setup_run)."""
