@@ -499,7 +499,7 @@ class Trainer:
         if failure is not None:
             raise WriteFailed(f"{failure} (stopped at {self.images_shown / KIMG:.3f} kimg, checkpoint {path} saved)")
         if self.is_main:
-            how = f"stopped by {self.stop.signal_name}" if outcome == "stopped" else "finished"
+            how = f"stopped by {self.stop.signal_name or 'a request on another process'}" if outcome == "stopped" else "finished"
             replicas = f", {self.world_size} replicas identical" if self.world_size > 1 else ""
             self.log(f"{how} at {self.images_shown / KIMG:.1f} kimg; checkpoint {path}{replicas}")
         return outcome
