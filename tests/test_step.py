@@ -258,10 +258,26 @@ def test_backends_autotune_and_tf32_flag():
         cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
+def _cuda_trainer(data, out, *extra):
+    """A Trainer on the GPU (make_trainer pins the CPU)."""
+    from accelerate import Accelerator
+
+    from progan.setup_run import prepare_run
+    from progan.training import Trainer
+    from test_training import TINY
+    from train import build_parser
+
+    args = vars(build_parser().parse_args(["--data", str(data), "--out", str(out), *TINY, *extra]))
+    return Trainer(prepare_run(args).config, Accelerator(), log=lambda *a: None)
+
+
 @pytest.mark.cuda
-def test_cuda_steady_state_steps_do_not_synchronise(demo_lmdb, tmp_path):
-    trainer = make_trainer(demo_lmdb, tmp_path / "run")  # accelerate picks the GPU
+@pytest.mark.parametrize("precision", ["no", "bf16", "fp16"])
+def test_cuda_steady_state_steps_do_not_synchronise(demo_lmdb, tmp_path, precision):
+    trainer = _cuda_trainer(demo_lmdb, tmp_path / "run", "--mixed-precision", precision)
     assert trainer.device.type == "cuda" and torch.backends.cudnn.benchmark
+    trainer.images_shown = 100  # mid-fade: both paths, the reals' fade, the penalty
+    trainer._enter_state(state_at(trainer.config.schedule, trainer.images_shown))
     trainer.train_step([0.0, 0.0])
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -270,4 +286,15 @@ def test_cuda_steady_state_steps_do_not_synchronise(demo_lmdb, tmp_path):
             trainer.train_step([0.0, 0.0])
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert trainer.skipped_d == 0
+    assert trainer.skipped_d + trainer.skipped_g < 8 and torch.isfinite(trainer.stats.sums).all()
+
+
+@pytest.mark.cuda
+def test_cuda_auto_micro_batch_and_lagged_flags(demo_lmdb, tmp_path):
+    trainer = _cuda_trainer(demo_lmdb, tmp_path / "run", "--max-batch-per-device", "auto")
+    local = trainer.state.batch_size
+    assert trainer.micro_batch is not None and local % trainer.micro_batch == 0
+    assert trainer.micro_batch % min(trainer.config.model.mbstd_group_size, local) == 0
+    flags = LaggedFlags(torch.device("cuda"))
+    assert flags.push(torch.tensor([1.0, 0.0], device="cuda")) == [0.0, 0.0]
+    assert flags.push(torch.tensor([0.0, 0.0], device="cuda")) == [1.0, 0.0]
