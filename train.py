@@ -19,6 +19,19 @@ from progan.cli import (EXIT_LOST_PEER, EXIT_USAGE, EXIT_WRITE_FAILED, VERBOSE_E
 from progan.data import DatasetError
 
 
+def _max_batch(text: str) -> int | str:
+    """--max-batch-per-device: a positive number or auto."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number or auto, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (or auto), got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         prog="train.py",
@@ -40,8 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of all randomness (default 0)")
     p.add_argument("--resume", help="auto (the run folder's latest checkpoint, if any) | PATH to a checkpoint")
     p.add_argument("--workers", type=int, help="data loader processes for levels not held in memory")
-    p.add_argument("--max-batch-per-device", type=int, help="split larger batches and accumulate gradients")
+    p.add_argument("--max-batch-per-device", type=_max_batch,
+                   help="split larger batches and accumulate gradients; auto: the largest that fits (CUDA)")
     p.add_argument("--no-mirror", dest="mirror", action="store_false", help="no horizontal flips of reals")
+    p.add_argument("--no-tf32", dest="tf32", action="store_false",
+                   help="CUDA: full fp32 matmuls and convolutions (default: TF32 tensor cores)")
     p.add_argument("--no-reset-optimizer", dest="reset_optimizer", action="store_false",
                    help="keep Adam state across phases (the paper resets it)")
     p.add_argument("--tick-kimg", type=float, help="log line and stats every this many kimg")

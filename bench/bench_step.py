@@ -45,9 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from progan import layers, networks  # noqa: E402
 from progan.aspect import ASPECTS  # noqa: E402
 from progan.config import ModelConfig  # noqa: E402
-from progan.ema import make_ema, update_ema  # noqa: E402
-from progan.losses import discriminator_loss, generator_loss  # noqa: E402
+from progan import step as progan_step  # noqa: E402
+from progan.ema import make_ema  # noqa: E402
+from progan.gradsync import GradientSync, LossScale  # noqa: E402
 from progan.networks import Discriminator, Generator  # noqa: E402
+from progan.step import StepInputs, StepModels, StepSettings, StepStats, step_inputs  # noqa: E402
 
 
 # --- device and precision ------------------------------------------------------------------
@@ -67,34 +69,24 @@ def autocast():
 
 # --- the training iteration ---------------------------------------------------------------
 
-def train_step(G, D, G_ema, opt_g, opt_d, real, resolution: int, alpha: float,
-               batch_real_fake: bool = True, D_penalty=None) -> None:
-    """One D step with penalty and drift, one G step, one EMA update.
+def train_step(s: "Setup", resolution: int, alpha: float, batch_real_fake: bool = True) -> None:
+    """The trainer's own step (progan.step.train_step): D step with penalty and drift, G step, EMA,
+    with its random inputs drawn on the device for step s.count, mirroring and fade included.
 
     D_penalty: the critic for the gradient penalty when D is compiled (compiled graphs have no
     double backward); the eager module sharing D's parameters.
     """
-    n = real.shape[0]
-    # D step. G's output needs no graph here.
-    z = torch.randn(n, G.latent_size, device=real.device)
-    with torch.no_grad(), autocast():
-        fake = G(z, resolution, alpha)
-    with autocast():
-        loss_d, _ = discriminator_loss(D, real, fake, resolution, alpha, batch_real_fake=batch_real_fake,
-                                       penalty_critic=D_penalty)
-    opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
-    opt_d.step()
-    # G step. D's weights need no gradient: skip computing them.
-    D.requires_grad_(False)
-    z = torch.randn(n, G.latent_size, device=real.device)
-    with autocast():
-        loss_g = generator_loss(D(G(z, resolution, alpha), resolution, alpha))
-    opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    opt_g.step()
-    D.requires_grad_(True)
-    update_ema(G_ema, G)
+    n = s.real.shape[0]
+    if s.real.device.type == "meta":  # FLOP counting: no generator on the meta device
+        z = torch.empty(n, s.G.latent_size, device="meta")
+        inputs = StepInputs(z, torch.empty(n, device="meta"), torch.empty(n, dtype=torch.bool, device="meta"), z)
+    else:
+        inputs = step_inputs(0, s.count, n, s.G.latent_size, slice(None), s.real.device)
+    models = StepModels(s.G_fwd, s.D_fwd, s.G_ema, s.opt_g, s.opt_d, LossScale(False), LossScale(False),
+                        GradientSync(1), D_penalty=s.D if s.D_fwd is not s.D else None)
+    settings = StepSettings(autocast_dtype=AUTOCAST_DTYPE, batch_real_fake=batch_real_fake)
+    progan_step.train_step(models, settings, s.real, inputs, resolution, alpha, [slice(None)], s.stats)
+    s.count += 1
 
 
 # --- variants (the options that were tried; defaults are what the library keeps) ----------------
@@ -169,9 +161,11 @@ class Setup:
     G_ema: torch.nn.Module
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
-    real: torch.Tensor
+    real: torch.Tensor      # uint8, as the trainer's reals
     G_fwd: torch.nn.Module  # G or torch.compile(G)
     D_fwd: torch.nn.Module
+    stats: StepStats
+    count: int = 0          # steps taken (the seed counter of the step's random inputs)
 
 
 def build(cfg: ModelConfig, batch: int, device: torch.device | str, v: Variant, seed: int = 0) -> Setup:
@@ -181,18 +175,17 @@ def build(cfg: ModelConfig, batch: int, device: torch.device | str, v: Variant, 
         apply_variant(G, D, v)
         G_ema = make_ema(G)
         width, height = cfg.level_size(cfg.resolution)
-        real = torch.rand(batch, cfg.num_channels, height, width) * 2 - 1
+        real = torch.randint(0, 256, (batch, cfg.num_channels, height, width), dtype=torch.uint8)
     kw = dict(lr=1e-3, betas=(0.0, 0.99), eps=1e-8)
     kw["fused" if v.adam == "fused" else "foreach"] = True
     G_fwd, D_fwd = (torch.compile(G), torch.compile(D)) if v.compile else (G, D)
     return Setup(G, D, G_ema, torch.optim.Adam(G.parameters(), **kw),
-                 torch.optim.Adam(D.parameters(), **kw), real, G_fwd, D_fwd)
+                 torch.optim.Adam(D.parameters(), **kw), real, G_fwd, D_fwd, StepStats(device))
 
 
 def run_step(s: Setup, res: int, v: Variant) -> None:
     with library_overrides(v):
-        train_step(s.G_fwd, s.D_fwd, s.G_ema, s.opt_g, s.opt_d, s.real, res, 1.0, v.batch_real_fake,
-                   D_penalty=s.D)
+        train_step(s, res, 1.0, v.batch_real_fake)
 
 
 # --- FLOPs and ceilings -------------------------------------------------------------------

@@ -66,22 +66,23 @@ def loader_table(data: Path, tmp: Path, preset: str, resolutions: list[int], bat
     import torch
     from accelerate import Accelerator
 
+    import progan.reals as reals
     import progan.training as training
 
     accelerator = Accelerator(cpu=True)
     rows = [f"| resolution | batch | step alone (img/s) | from memory (img/s) | cost | streamed, {workers} workers (img/s) | cost |",
             "|---|---|---|---|---|---|---|"]
-    budget = training.DEFAULT_MEMORY_BUDGET
+    budget = reals.DEFAULT_MEMORY_BUDGET
     for res in resolutions:
         rates = {}
         for mode in ("alone", "memory", "streamed"):
             # streamed: a memory budget of 0 forces the DataLoader path that large levels take
-            training.DEFAULT_MEMORY_BUDGET = 0 if mode == "streamed" else budget
+            reals.DEFAULT_MEMORY_BUDGET = 0 if mode == "streamed" else budget
             config = stable_config(data, tmp / f"run{res}{mode}", preset, res, batch, workers)
             torch.manual_seed(0)
             trainer = training.Trainer(config, accelerator, log=lambda *a: None)
             rates[mode] = time_steps(trainer, steps, fixed_batch=mode == "alone")
-        training.DEFAULT_MEMORY_BUDGET = budget
+        reals.DEFAULT_MEMORY_BUDGET = budget
         cost = {m: (1 - rates[m] / rates["alone"]) * 100 for m in ("memory", "streamed")}
         rows.append(f"| {res} | {batch} | {rates['alone']:.1f} | {rates['memory']:.1f} | {cost['memory']:+.1f}% | "
                     f"{rates['streamed']:.1f} | {cost['streamed']:+.1f}% |")

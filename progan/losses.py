@@ -64,7 +64,7 @@ def gradient_penalty(
     """
     if real.shape != fake.shape:
         raise ValueError(f"gradient_penalty: real {list(real.shape)} and fake {list(fake.shape)} differ")
-    if loss_scale is not None and not loss_scale > 0:
+    if loss_scale is not None and not isinstance(loss_scale, Tensor) and not loss_scale > 0:  # a Tensor: on the device, not read
         raise ValueError(f"gradient_penalty: loss_scale must be > 0 or None, got {loss_scale!r}")
     real, fake = real.detach(), fake.detach()
     if mix_weights is None:

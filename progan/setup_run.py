@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from progan import checkpoints
+from progan.aspect import describe_level
 from progan.cli import EXIT_FINISHED, EXIT_PREEMPTED, CommandLineError
 from progan.schedule import KIMG, parse_table
 from progan.train_config import PRESETS, TrainConfig, load_config_file, preset_defaults
@@ -23,7 +24,7 @@ CONFIG_FILE = "config.json"
 SIMPLE_FLAGS = (
     "data", "out", "mixed_precision", "seed", "workers", "max_batch_per_device", "mirror",
     "reset_optimizer", "tick_kimg", "snapshot_ticks", "checkpoint_minutes", "keep_checkpoints",
-    "metric_kimg", "metric_images", "inception", "log_with",
+    "metric_kimg", "metric_images", "inception", "log_with", "tf32",
 )
 SCHEDULE_FLAGS = ("fade_kimg", "stable_kimg", "total_kimg", "base_lr")
 
@@ -48,7 +49,7 @@ class RunPlan:
         for phase in self.config.schedule.phases():
             st = state_at(self.config.schedule, phase.start_images)
             lines.append(
-                f"  {phase.index:2d} {phase.kind:6s} {phase.resolution:4d}x{phase.resolution:<4d} "
+                f"  {phase.index:2d} {phase.kind:6s} {describe_level(self.config.model.aspect, phase.resolution):>9s} "
                 f"{phase.start_images / KIMG:9.1f} .. {phase.end_images / KIMG:9.1f} kimg  "
                 f"batch {st.batch_size:4d}  lr {st.learning_rate:g}")
         lines.append(f"total: {self.config.schedule.total_images / KIMG:.1f} kimg on {self.world_size} process(es)")
@@ -88,7 +89,7 @@ class RunPlan:
         if trainer.images_shown:
             trainer.truncate_stats()
             accelerator.print(f"resumed from {self.resume_path} at {trainer.images_shown / KIMG:.1f} kimg, "
-                              f"{trainer.state.resolution}x{trainer.state.resolution} alpha {trainer.state.alpha:.3f}")
+                              f"{describe_level(self.config.model.aspect, trainer.state.resolution)} alpha {trainer.state.alpha:.3f}")
         outcome = trainer.run()
         accelerator.end_training()
         if lock is not None:

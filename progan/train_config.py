@@ -25,7 +25,7 @@ OPERATIONAL_FIELDS = frozenset(
     {
         "data", "out", "workers", "max_batch_per_device", "tick_kimg", "snapshot_ticks",
         "checkpoint_minutes", "keep_checkpoints", "metrics", "metric_kimg", "metric_images",
-        "inception", "mixed_precision", "log_with",
+        "inception", "mixed_precision", "log_with", "tf32",
     }
 )
 OPERATIONAL_SCHEDULE_FIELDS = frozenset({"total_kimg"})
@@ -48,7 +48,7 @@ class TrainConfig:
     adam_beta2: float = 0.99
     adam_eps: float = 1e-8
     reset_optimizer: bool = True            # fresh Adam state at every fade and stable phase
-    max_batch_per_device: int | None = None # cap: larger batches are split and accumulated
+    max_batch_per_device: int | str | None = None  # cap: larger batches are split and accumulated; "auto": what fits
     workers: int = 2                        # DataLoader processes for levels not held in memory
     tick_kimg: float = 20.0                 # upkeep (log line, stats) every this many kimg
     snapshot_ticks: int = 10                # checkpoint + sample grid every this many ticks
@@ -59,6 +59,7 @@ class TrainConfig:
     metric_images: int = 1024               # generated images per evaluation
     inception: str | None = None            # Inception weights file for FID
     log_with: str = "auto"                  # trackers: auto | none | tensorboard,wandb,... (progan/trackers.py)
+    tf32: bool = True                       # CUDA: TF32 tensor cores for fp32 matmuls and convolutions
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", tuple(self.metrics))
@@ -88,7 +89,10 @@ class TrainConfig:
             raise ValueError("Adam betas must be in [0, 1)")
         if self.drift_weight < 0:
             raise ValueError(f"drift_weight must be non-negative, got {self.drift_weight}")
-        if self.max_batch_per_device is not None and self.max_batch_per_device < 1:
+        if self.max_batch_per_device == "auto":
+            pass
+        elif isinstance(self.max_batch_per_device, str) or (
+                self.max_batch_per_device is not None and self.max_batch_per_device < 1):
             raise ValueError(f"--max-batch-per-device must be at least 1, got {self.max_batch_per_device}")
         if self.workers < 0:
             raise ValueError(f"--workers must be 0 or more, got {self.workers}")

@@ -12,7 +12,7 @@ Design choices (and why):
   starts the processes, picks the devices and provides the gather and reduce used for
   statistics.
 * **Randomness is a function of (seed, step).** Each step draws its latents, penalty mixing
-  weights and mirror flips for the *global* batch from a generator seeded with (seed, step),
+  weights and mirror flips for the *global* batch from a generator on the device seeded with (seed, step),
   and each process takes its slice; the data order is a seeded permutation per epoch indexed
   by images shown. So a resumed run continues bit-for-bit (on CPU), two processes compute
   what one process computes with the same global batch, and a run can be resumed on a
@@ -21,110 +21,44 @@ Design choices (and why):
   gradients, so all ranks take the same skip decision; fp16 uses a dynamic loss scale
   that halves on overflow.
 * **Upkeep on ticks.** Losses are summed on the device and read once per tick; logging, sample
-  grids and checkpoints run on the main process between steps.
+  grids and checkpoints run on the main process between steps. The step itself (progan/step.py)
+  never reads a tensor to the host, so the device is never left waiting.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from progan import checkpoints
 from progan.aspect import describe_level
-from progan.data import (DEFAULT_MEMORY_BUDGET, DatasetError, MultiResolutionDataset, dataset_aspect,
-                         dataset_fingerprint, read_metadata)
+from progan.data import MultiResolutionDataset, dataset_aspect, dataset_fingerprint, read_metadata
+from progan.device import apply_kernel_choices, configure_backends, kernel_choices
 from progan.diskspace import WriteFailed
-from progan.ema import make_ema, update_ema
+from progan.ema import make_ema
 from progan.fileio import append_jsonl, atomic_write_text
+from progan.fit import cuda_fits, largest_fitting, micro_batch_problem, stddev_group
+from progan.gradsync import GradientSync, LaggedFlags, LossScale, StopRequest
 from progan.images import make_grid, save_png, to_uint8
 from progan.integrity import check_levels
-from progan.layers import autocast, downsample2x, upsample2x
-from progan.losses import discriminator_loss, generator_loss
 from progan.networks import Discriminator, Generator
 from progan.progress import format_duration
+from progan.reals import BatchReader, DataOrder, RealImages, fade_reals, memory_budget_per_process  # noqa: F401
 from progan.runlock import share_from_main
 from progan.schedule import KIMG, TrainingState, state_at
+from progan.seeds import STREAM_GRID, derived_seed, seeded_generator
+from progan.step import StepInputs, StepModels, StepSettings, StepStats, micro_slices, step_inputs  # noqa: F401
+from progan.step import train_step as run_step
 from progan.train_config import TrainConfig
 
 
 class TrainingError(ValueError):
     """A problem with the run's setup; the message is one line for the user."""
-
-
-# -- seeded randomness ------------------------------------------------------------------------
-_STREAM_STEP = 1
-_STREAM_DATA = 2
-_STREAM_GRID = 3
-
-
-def derived_seed(seed: int, stream: int, counter: int) -> int:
-    """A well-mixed 63-bit seed for (run seed, stream, counter): SplitMix64 of their combination."""
-    x = (seed * 0x9E3779B97F4A7C15 + stream * 0xBF58476D1CE4E5B9 + counter * 0x94D049BB133111EB) & (2**64 - 1)
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
-    return (x ^ (x >> 31)) & (2**63 - 1)
-
-
-def seeded_generator(seed: int, stream: int, counter: int) -> torch.Generator:
-    return torch.Generator().manual_seed(derived_seed(seed, stream, counter))
-
-
-class DataOrder:
-    """Which image indices the global batch starting at `images_shown` holds.
-
-    Epoch e is a seeded permutation of the dataset; image number k of the run is entry
-    k % N of epoch k // N. Stateless apart from a one-epoch cache.
-    """
-
-    def __init__(self, seed: int, num_images: int) -> None:
-        self.seed = seed
-        self.num_images = num_images
-        self._epoch = -1
-        self._permutation = np.empty(0, dtype=np.int64)
-
-    def permutation(self, epoch: int) -> np.ndarray:
-        if epoch != self._epoch:
-            gen = seeded_generator(self.seed, _STREAM_DATA, epoch)
-            self._permutation = torch.randperm(self.num_images, generator=gen).numpy()
-            self._epoch = epoch
-        return self._permutation
-
-    def indices(self, images_shown: int, count: int) -> np.ndarray:
-        out = np.empty(count, dtype=np.int64)
-        filled = 0
-        while filled < count:
-            epoch, offset = divmod(images_shown + filled, self.num_images)
-            take = min(count - filled, self.num_images - offset)
-            out[filled : filled + take] = self.permutation(epoch)[offset : offset + take]
-            filled += take
-        return out
-
-
-@dataclass
-class StepInputs:
-    """The random inputs of one step for this process's slice of the global batch."""
-
-    latents_d: torch.Tensor     # [n, latent]  for the fakes the critic sees
-    mix_weights: torch.Tensor   # [n]          gradient-penalty interpolation weights
-    flips: torch.Tensor         # [n] bool     mirror augmentation of the reals
-    latents_g: torch.Tensor     # [n, latent]  for the generator step
-
-
-def step_inputs(seed: int, step: int, global_batch: int, latent_size: int, part: slice) -> StepInputs:
-    """Draw the step's random inputs for the whole global batch and keep this process's `part`."""
-    gen = seeded_generator(seed, _STREAM_STEP, step)
-    latents_d = torch.randn(global_batch, latent_size, generator=gen)
-    mix = torch.rand(global_batch, generator=gen)
-    flips = torch.rand(global_batch, generator=gen) < 0.5
-    latents_g = torch.randn(global_batch, latent_size, generator=gen)
-    return StepInputs(latents_d[part], mix[part], flips[part], latents_g[part])
 
 
 def _load_adam_state(optimizer: torch.optim.Adam, state: dict) -> None:
@@ -140,189 +74,6 @@ def _load_adam_state(optimizer: torch.optim.Adam, state: dict) -> None:
             if "step" in param_state:
                 param_state["step"] = param_state["step"].to(
                     device=param.device if on_param_device else "cpu", dtype=torch.float32)
-
-
-# -- data ------------------------------------------------------------------------------------
-class BatchReader(torch.utils.data.Dataset):
-    """Lets a DataLoader hand whole index lists to `get_batch` (decoded in its workers)."""
-
-    def __init__(self, dataset: MultiResolutionDataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitems__(self, indices):
-        try:
-            return self.dataset.get_batch(indices)
-        except DatasetError as error:  # handed back whole: a worker's raise becomes a traceback text
-            return error
-
-    def __getitem__(self, index):
-        return self.dataset[index]
-
-
-class _IndexBatches(torch.utils.data.Sampler):
-    """This process's index lists for consecutive steps of one phase (fixed batch size)."""
-
-    def __init__(self, order: DataOrder, start_images: int, global_batch: int, part: slice) -> None:
-        self.order, self.start, self.global_batch, self.part = order, start_images, global_batch, part
-
-    def __iter__(self):
-        images = self.start
-        while True:
-            yield self.order.indices(images, self.global_batch)[self.part].tolist()
-            images += self.global_batch
-
-    def __len__(self) -> int:  # pragma: no cover - infinite; DataLoader only asks for len() in repr
-        return 2**62
-
-
-class RealImages:
-    """Local batches of uint8 reals for one phase: from memory when the level fits, else a DataLoader."""
-
-    def __init__(self, data_path: str, resolution: int, order: DataOrder, start_images: int,
-                 global_batch: int, part: slice, workers: int, memory_budget: int) -> None:
-        self.dataset = MultiResolutionDataset(data_path, resolution, memory_budget_bytes=memory_budget)
-        index_batches = _IndexBatches(order, start_images, global_batch, part)
-        if self.dataset.in_memory:
-            self._batches = map(self.dataset.get_batch, index_batches)
-        else:
-            self._batches = iter(torch.utils.data.DataLoader(
-                BatchReader(self.dataset),
-                batch_sampler=index_batches,
-                collate_fn=_identity,
-                num_workers=workers,
-                pin_memory=torch.cuda.is_available(),
-                prefetch_factor=4 if workers > 0 else None,
-                persistent_workers=False,
-            ))
-
-    def next(self) -> torch.Tensor:
-        """uint8 [n, C, R, R] for the next step."""
-        batch = next(self._batches)
-        if isinstance(batch, DatasetError):  # a damaged record, read in a loader worker
-            raise batch
-        return batch
-
-
-def _identity(batch):
-    return batch
-
-
-def fade_reals(reals: torch.Tensor, alpha: float) -> torch.Tensor:
-    """During a fade, blend reals with their 2x-blurred version as the networks blend: lerp(up(down(x)), x, alpha)."""
-    if alpha >= 1.0:
-        return reals
-    blurred = upsample2x(downsample2x(reals))
-    return torch.lerp(blurred, reals, alpha)
-
-
-# -- mixed precision -------------------------------------------------------------------------
-class LossScale:
-    """Dynamic loss scale for fp16: halve on overflow, double after `growth_interval` clean steps."""
-
-    def __init__(self, enabled: bool, init_scale: float = 2.0**14, growth_interval: int = 1000) -> None:
-        self.enabled = enabled
-        self.scale = init_scale if enabled else 1.0
-        self.growth_interval = growth_interval
-        self.good_steps = 0
-
-    def update(self, finite: bool) -> None:
-        if not self.enabled:
-            return
-        if not finite:
-            self.scale = max(self.scale / 2.0, 1.0)
-            self.good_steps = 0
-        else:
-            self.good_steps += 1
-            if self.good_steps >= self.growth_interval:
-                self.scale = min(self.scale * 2.0, 2.0**24)
-                self.good_steps = 0
-
-    def state_dict(self) -> dict:
-        return {"enabled": self.enabled, "scale": self.scale, "good_steps": self.good_steps}
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.enabled and state.get("enabled"):
-            self.scale = float(state["scale"])
-            self.good_steps = int(state["good_steps"])
-
-
-# -- gradient exchange -----------------------------------------------------------------------
-class GradientSync:
-    """Averages gradients over processes through one flat buffer, and shares control flags.
-
-    The flags (stop requested, checkpoint due) ride along in the same all-reduce, so every
-    process learns them at the same step with no extra collective.
-    """
-
-    NUM_FLAGS = 2
-
-    def __init__(self, world_size: int) -> None:
-        self.world_size = world_size
-
-    def reduce(self, params: list[torch.nn.Parameter], scale: float, flags: list[float] | None = None):
-        """Average (and unscale) the grads in place; returns (all finite?, summed flags)."""
-        grads = [p.grad for p in params if p.grad is not None]
-        device = grads[0].device if grads else torch.device("cpu")
-        if self.world_size == 1 and device.type in ("cpu", "cuda"):
-            # Nothing to average or share: unscale and check in one fused pass over the grads
-            # (the kernel GradScaler uses), instead of a flat copy out and back.
-            found_inf = torch.zeros(1, device=device)
-            if grads:
-                torch._amp_foreach_non_finite_check_and_unscale_(
-                    grads, found_inf, torch.full((1,), 1.0 / scale, device=device))
-            return not bool(found_inf.item()), list(flags or [0.0] * self.NUM_FLAGS)
-        flag_values = torch.tensor(flags or [0.0] * self.NUM_FLAGS, dtype=torch.float32, device=device)
-        if not grads:
-            return True, flag_values.tolist()
-        flat = torch.cat([g.reshape(-1).float() for g in grads] + [flag_values])
-        if self.world_size > 1:
-            torch.distributed.all_reduce(flat)
-        flat_grads = flat[: -self.NUM_FLAGS]
-        flat_grads.mul_(1.0 / (scale * self.world_size))
-        finite = bool(torch.isfinite(flat_grads).all())
-        offset = 0
-        for g in grads:
-            n = g.numel()
-            g.copy_(flat_grads[offset : offset + n].view_as(g))
-            offset += n
-        return finite, flat[-self.NUM_FLAGS :].tolist()
-
-
-def memory_budget_per_process() -> int:
-    """The node's budget for in-memory levels shared by its processes: each holds its own copy.
-    Counted per node (LOCAL_WORLD_SIZE), so every node of a multi-node run gets the whole budget."""
-    return DEFAULT_MEMORY_BUDGET // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-
-
-# -- the trainer -----------------------------------------------------------------------------
-class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (a second Ctrl-C aborts)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.signal_name = ""
-        self._previous = {}
-
-    def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. inside some test runners)
-                pass
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.signal_name = signal.Signals(signum).name
 
 
 class Trainer:
@@ -354,16 +105,20 @@ class Trainer:
         model = config.model
         self.G = Generator(model).to(self.device)
         self.D = Discriminator(model).to(self.device)
+        choices = kernel_choices(self.device.type)  # same function, this device's fastest kernels
+        apply_kernel_choices(self.G, choices)
+        apply_kernel_choices(self.D, choices)
+        configure_backends(self.device, tf32=config.tf32)
         self.G_ema = make_ema(self.G)
 
         fp16 = config.mixed_precision == "fp16"
-        self.scale_d, self.scale_g = LossScale(fp16), LossScale(fp16)
-        self.autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision)
+        self.scale_d, self.scale_g = LossScale(fp16, device=self.device), LossScale(fp16, device=self.device)
+        self.step_settings = StepSettings.from_config(config)
+        self.stats = StepStats(self.device)
+        self.flags = LaggedFlags(self.device)
 
         self.images_shown = 0
         self.step = 0
-        self.skipped_d = 0
-        self.skipped_g = 0
         self.training_seconds = 0.0
         self.ticks = 0
         optimizer_states, saved_optimizer_phase = None, None
@@ -381,12 +136,13 @@ class Trainer:
             _load_adam_state(self.opt_d, optimizer_states[1])
             self._set_learning_rate(self.state.learning_rate)
         self.reals = self._real_images(self.state)
+        self.micro_batch = self._micro_batch(self.state)
         if self.world_size > 1 and self.accelerator.is_local_main_process:  # one line per node
             print(f"node {os.environ.get('GROUP_RANK', '0')}: {os.environ.get('LOCAL_WORLD_SIZE', '1')} of "
                   f"{self.world_size} processes, real-image memory budget {memory_budget_per_process() >> 20} MiB "
                   f"per process", flush=True)
         self.grid_latents = torch.randn(
-            64, model.latent_size, generator=seeded_generator(config.seed, _STREAM_GRID, 0))
+            64, model.latent_size, generator=seeded_generator(config.seed, STREAM_GRID, 0))
         self._reset_tick_stats()
 
     # -- setup helpers ---------------------------------------------------------------------
@@ -416,8 +172,21 @@ class Trainer:
         return RealImages(self.config.data, state.resolution, self.order, self.images_shown,
                           state.batch_size, self.part, self.config.workers, memory_budget_per_process())
 
-    def _autocast(self):
-        return autocast(self.device, self.autocast_dtype)
+    @property
+    def skipped_d(self) -> int:  # a host read: for ticks and checkpoints
+        return int(self.stats.skipped[0])
+
+    @property
+    def skipped_g(self) -> int:
+        return int(self.stats.skipped[1])
+
+    @property
+    def _tick_sums(self) -> torch.Tensor:
+        return self.stats.sums
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return self.step_settings.autocast_dtype
 
     # -- checkpoints ------------------------------------------------------------------------
     def _load(self, data: dict):
@@ -430,8 +199,7 @@ class Trainer:
         counters = data["counters"]
         self.images_shown = int(data["images_shown"])
         self.step = int(counters["step"])
-        self.skipped_d = int(counters["skipped_d"])
-        self.skipped_g = int(counters["skipped_g"])
+        self.stats.skipped.copy_(torch.tensor([int(counters["skipped_d"]), int(counters["skipped_g"])]))
         self.training_seconds = float(counters["training_seconds"])
         self.ticks = int(counters["ticks"])
         if self.world_size != int(counters.get("world_size", self.world_size)):
@@ -508,76 +276,67 @@ class Trainer:
             self.stop.requested = True
 
     # -- one step --------------------------------------------------------------------------
-    def _micro_slices(self, n: int) -> list[slice]:
-        count = n // min(n, self.config.max_batch_per_device or n)  # validate_setup: divides
-        return [slice(i, None, count) for i in range(count)]
-
     def train_step(self, flags: list[float]) -> list[float]:
-        """One D step then one G step then the EMA update; returns the flags summed over processes."""
+        """One whole step (D step, G step, EMA) by progan.step.train_step; returns the flags summed
+        over processes (one process: as given; several: the previous step's, see LaggedFlags)."""
         st = self.state
-        res, alpha = st.resolution, st.alpha
-        inputs = step_inputs(self.config.seed, self.step, st.batch_size, self.config.model.latent_size, self.part)
-        reals = self.reals.next().to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
-        flips = inputs.flips.to(self.device)
-        if self.config.mirror:
-            reals = torch.where(flips[:, None, None, None], reals.flip(3), reals)
-        reals = fade_reals(reals, alpha)
-        n = reals.shape[0]
-        micro = self._micro_slices(n)
-
-        # Critic: D(fake) - D(real) + lambda * penalty + drift.
-        self.G.requires_grad_(False)
-        self.D.requires_grad_(True)
-        latents_d = inputs.latents_d.to(self.device)
-        mix = inputs.mix_weights.to(self.device)
-        scale = self.scale_d.scale
-        for part in micro:
-            weight = 1.0 / len(micro)
-            with torch.no_grad(), self._autocast():
-                fakes = self.G(latents_d[part], resolution=res, alpha=alpha)
-            with self._autocast():
-                # Reals and fakes in one pass (each its own minibatch-stddev population).
-                loss, parts = discriminator_loss(
-                    self.D, reals[part], fakes, res, alpha, gp_weight=self.config.gp_weight,
-                    gp_target=self.config.gp_target, drift_weight=self.config.drift_weight,
-                    loss_scale=scale if self.scale_d.enabled else None, mix_weights=mix[part])
-            (loss * (weight * scale)).backward()
-            self._tick_sums[:5] += torch.stack([loss.detach(), parts["critic"], parts["gradient_penalty"],
-                                                parts["real_score"], parts["fake_score"]]) * weight
-        finite, flags = self.sync.reduce(list(self.D.parameters()), scale, flags)
-        self.scale_d.update(finite)
-        if finite:
-            self.opt_d.step()
-        else:
-            self.skipped_d += 1
-        self.opt_d.zero_grad(set_to_none=True)
-
-        # Generator: -D(G(z)).
-        self.D.requires_grad_(False)
-        self.G.requires_grad_(True)
-        latents_g = inputs.latents_g.to(self.device)
-        scale = self.scale_g.scale
-        for part in micro:
-            weight = 1.0 / len(micro)
-            with self._autocast():
-                scores = self.D(self.G(latents_g[part], resolution=res, alpha=alpha), resolution=res, alpha=alpha)
-            loss = generator_loss(scores.float())
-            (loss * (weight * scale)).backward()
-            self._tick_sums[5] += loss.detach() * weight
-        finite, _ = self.sync.reduce(list(self.G.parameters()), scale)
-        self.scale_g.update(finite)
-        if finite:
-            self.opt_g.step()
-        else:
-            self.skipped_g += 1
-        self.opt_g.zero_grad(set_to_none=True)
-        self.D.requires_grad_(True)
-
-        update_ema(self.G_ema, self.G, beta=self.config.ema_beta)
+        inputs = step_inputs(self.config.seed, self.step, st.batch_size, self.config.model.latent_size,
+                             self.part, self.device)
+        reals = self.reals.next()
+        if self.device.type == "cuda" and not reals.is_pinned():  # in-memory levels: a pageable copy would wait
+            reals = reals.pin_memory()
+        reals = reals.to(self.device, non_blocking=True)
+        micro = micro_slices(reals.shape[0], self.micro_batch)
+        models = StepModels(self.G, self.D, self.G_ema, self.opt_g, self.opt_d, self.scale_d, self.scale_g, self.sync)
+        flags = run_step(models, self.step_settings, reals, inputs, st.resolution, st.alpha, micro, self.stats, flags)
+        if isinstance(flags, torch.Tensor):
+            flags = self.flags.push(flags)
         self.images_shown += st.batch_size
         self.step += 1
-        self._tick_steps += 1
         return flags
+
+    def _micro_batch(self, state: TrainingState) -> int | None:
+        """The micro-batch for a phase: --max-batch-per-device, or with auto the largest that fits
+        on CUDA (measured now, at the phase start) and no limit elsewhere."""
+        cap = self.config.max_batch_per_device
+        if cap != "auto":
+            return cap
+        if self.device.type != "cuda":
+            return None  # host memory is not probed: the whole local batch
+        local = state.batch_size // self.world_size
+        need = stddev_group(self.config.model.mbstd_group_size, state.batch_size)
+        micro = largest_fitting(local, need, cuda_fits(lambda m: self._trial_pass(state, m), self.device))
+        if self.world_size > 1:  # every process splits alike: the smallest that fits everywhere
+            shared = torch.tensor([micro], device=self.device)
+            torch.distributed.all_reduce(shared, op=torch.distributed.ReduceOp.MIN)
+            micro = int(shared.item())
+        if self.is_main:
+            self.log(f"micro-batch {micro} of {local} per device at {describe_level(self.config.model.aspect, state.resolution)} "
+                     f"(--max-batch-per-device auto)")
+        return micro
+
+    def _trial_pass(self, state: TrainingState, micro: int) -> None:
+        """Both losses' forward and backward at a micro-batch of `micro` (more memory than a real
+        step holds at once), with throwaway inputs; the weights and every RNG are left untouched."""
+        from progan.layers import autocast
+        from progan.losses import discriminator_loss, generator_loss
+
+        c, s, res, alpha = self.config.model, self.step_settings, state.resolution, state.alpha
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        z = torch.randn(micro, c.latent_size, generator=gen, device=self.device)
+        reals = torch.rand(micro, c.num_channels, res, res, generator=gen, device=self.device) * 2 - 1
+        try:
+            with autocast(self.device, s.autocast_dtype):
+                fakes = self.G(z, resolution=res, alpha=alpha)
+                loss, _ = discriminator_loss(self.D, reals, fakes, res, alpha, s.gp_weight, s.gp_target,
+                                             s.drift_weight, mix_weights=torch.rand(micro, generator=gen, device=self.device))
+            loss.backward()
+            with autocast(self.device, s.autocast_dtype):
+                loss_g = generator_loss(self.D(fakes, resolution=res, alpha=alpha).float())
+            loss_g.backward()
+        finally:
+            self.G.zero_grad(set_to_none=True)
+            self.D.zero_grad(set_to_none=True)
 
     def _enter_state(self, new_state: TrainingState) -> None:
         """Switch phase when the schedule says so: new loader, new batch size, new learning rate."""
@@ -586,25 +345,25 @@ class Trainer:
         if new_state.phase.index == old.phase.index:
             return
         self._new_optimizers(new_state)
+        self.micro_batch = self._micro_batch(new_state)
         if new_state.resolution != old.resolution or new_state.batch_size != old.batch_size:
             self.reals = self._real_images(new_state)
         if self.is_main:
             p = new_state.phase
-            self.log(f"phase {p.index}: {p.kind} {p.resolution}x{p.resolution} from {p.start_images / KIMG:.1f} kimg, "
+            self.log(f"phase {p.index}: {p.kind} {describe_level(self.config.model.aspect, p.resolution)} from {p.start_images / KIMG:.1f} kimg, "
                      f"batch {new_state.batch_size}, lr {new_state.learning_rate:g}")
 
     # -- upkeep ----------------------------------------------------------------------------
     def _reset_tick_stats(self) -> None:
-        self._tick_sums = torch.zeros(6, device=self.device)
-        self._tick_steps = 0
+        self.stats.reset_sums()
         self._tick_start_time = time.monotonic()
         self._tick_start_images = self.images_shown
 
     def tick(self) -> dict:
         """Gather statistics, write the log line and stats.jsonl; returns the stats."""
         self.ticks += 1
-        sums = self.accelerator.reduce(self._tick_sums.clone(), reduction="mean")
-        steps = max(self._tick_steps, 1)
+        sums = self.accelerator.reduce(self.stats.sums.clone(), reduction="mean")
+        steps = max(self.stats.steps, 1)
         loss_d, wdist, gp, real_score, fake_score, loss_g = (sums / steps).tolist()
         seconds = time.monotonic() - self._tick_start_time
         images = self.images_shown - self._tick_start_images
@@ -621,7 +380,7 @@ class Trainer:
             "loss_d": loss_d, "loss_g": loss_g, "wasserstein": wdist, "gradient_penalty": gp,
             "score_real": real_score, "score_fake": fake_score,
             "skipped_d": self.skipped_d, "skipped_g": self.skipped_g,
-            "loss_scale": self.scale_d.scale, "training_s": round(self.training_seconds, 1),
+            "loss_scale": self.scale_d.value() if self.scale_d.enabled else 1.0, "training_s": round(self.training_seconds, 1),
             "processes": self.world_size,
         }
         if self.is_main:
@@ -742,7 +501,7 @@ class Trainer:
         if failure is not None:
             raise WriteFailed(f"{failure} (stopped at {self.images_shown / KIMG:.3f} kimg, checkpoint {path} saved)")
         if self.is_main:
-            how = f"stopped by {self.stop.signal_name}" if outcome == "stopped" else "finished"
+            how = f"stopped by {self.stop.signal_name or 'a request on another process'}" if outcome == "stopped" else "finished"
             replicas = f", {self.world_size} replicas identical" if self.world_size > 1 else ""
             self.log(f"{how} at {self.images_shown / KIMG:.1f} kimg; checkpoint {path}{replicas}")
         return outcome
@@ -784,15 +543,15 @@ def validate_setup(config: TrainConfig, world_size: int) -> None:
                 f"batch size {batch} at {res}x{res} does not divide over {world_size} processes; "
                 f"set --batch so every size is a multiple of {world_size}")
         local = batch // world_size
-        micro = min(local, config.max_batch_per_device or local)
+        cap = config.max_batch_per_device if isinstance(config.max_batch_per_device, int) else None
+        micro = min(local, cap or local)  # auto: chosen at run time among sizes that pass here
         if local % micro:
             raise TrainingError(
                 f"--max-batch-per-device {config.max_batch_per_device} does not divide the per-process batch "
                 f"{local} at {res}x{res}; choose a divisor")
-        if group > 1 and micro % min(group, micro):
-            raise TrainingError(
-                f"the per-device batch {micro} at {res}x{res} is not divisible by the minibatch-stddev "
-                f"group size {group}; use batch sizes that are multiples of {group * world_size}")
+        problem = micro_batch_problem(micro, batch, group, res)  # also on resume with another cap
+        if problem:
+            raise TrainingError(problem)
     check_levels(config.data, needed)  # last (it reads): damage found now, not when a phase first reads a level
 
 

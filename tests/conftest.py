@@ -72,3 +72,15 @@ def upsampled_noise(n: int, resolution: int, seed: int, *, coarse: int, fine: fl
     if fine:
         images = images + fine * torch.randn(n, channels, resolution, resolution, generator=g)
     return images.round().clamp(0, 255).to(torch.uint8)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked cuda are skipped on machines without a CUDA device."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)

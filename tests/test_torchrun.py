@@ -128,3 +128,32 @@ def test_every_process_refuses_a_folder_in_use(demo_lmdb, tmp_path):
     # The first rank to exit 2 ends the group (torchrun stops the other): nobody hung or trained.
     assert "exitcode  : 2" in output and "tick" not in output, output
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+
+
+def test_a_stop_request_on_one_worker_stops_every_process_at_the_same_step(demo_lmdb, two_process_run, tmp_path):
+    """SIGTERM to rank 1 only: its flag reaches rank 0 through the gradient all-reduce (read one
+    step late, on both alike), so both stop after the same step and the checkpoint is whole; the
+    run resumed under torchrun ends identical to the uninterrupted one."""
+    import psutil
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, *torchrun(*ONE_NODE[:4], *ONE_NODE[6:]), *train_args(demo_lmdb, out)]  # no restarts
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **ENV}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        stats, deadline = out / "stats.jsonl", time.monotonic() + 300
+        while time.monotonic() < deadline and not (stats.exists() and stats.read_text().count("\n") >= 2):
+            time.sleep(0.02)
+        main_pid = json.loads((out / LOCK_NAME).read_text())["pid"]
+        other = [w for w in psutil.Process(proc.pid).children() if w.pid != main_pid]
+        assert len(other) == 1
+        other[0].send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "stopped by a request on another process" in output and "2 replicas identical" in output, output
+    stopped = final_state(out)["images_shown"]
+    assert stopped < 256
+    proc = run_cli([*torchrun(*ONE_NODE), *train_args(demo_lmdb, out)], timeout=400, env=ENV)
+    assert_same_training_state(final_state(out), final_state(two_process_run[0]))
