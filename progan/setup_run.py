@@ -48,8 +48,9 @@ class RunPlan:
         lines = [self.config.to_json().rstrip(), "", "schedule:"]
         for phase in self.config.schedule.phases():
             st = state_at(self.config.schedule, phase.start_images)
+            width, height = self.config.model.level_size(phase.resolution)
             lines.append(
-                f"  {phase.index:2d} {phase.kind:6s} {describe_level(self.config.model.aspect, phase.resolution):>9s} "
+                f"  {phase.index:2d} {phase.kind:6s} {width:4d}x{height:<4d} "
                 f"{phase.start_images / KIMG:9.1f} .. {phase.end_images / KIMG:9.1f} kimg  "
                 f"batch {st.batch_size:4d}  lr {st.learning_rate:g}")
         lines.append(f"total: {self.config.schedule.total_images / KIMG:.1f} kimg on {self.world_size} process(es)")
