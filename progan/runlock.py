@@ -94,6 +94,11 @@ def lock_run_folder(run_dir: str | os.PathLike, cpu: bool) -> RunLock | None:
             refusal = str(exc)
     refusal = share_from_main(refusal, state.num_processes)
     if refusal is not None:
+        if state.num_processes > 1:  # leave the group together: a rank that exits while its peer still
+            import torch.distributed as dist  # holds the group can make gloo abort the peer (SIGABRT)
+
+            dist.barrier()
+            dist.destroy_process_group()
         raise RunFolderBusy(refusal)
     return lock
 
