@@ -123,6 +123,15 @@ def _has_accelerator() -> bool:
     return torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
 
 
+def _resolve_precision(requested: str) -> str:
+    """auto -> what this machine's device runs best (progan/precision.py); the run saves the result."""
+    import torch
+
+    from progan.precision import resolve_mixed_precision
+
+    return resolve_mixed_precision(requested, "cuda" if torch.cuda.is_available() else "cpu")
+
+
 def make_accelerator(run_dir: Path, log_with: str = "auto", config: dict | None = None):
     """accelerate picks the devices and the process group, and starts the --log-with trackers."""
     from accelerate import Accelerator
@@ -159,6 +168,7 @@ def prepare_run(args: dict) -> RunPlan:
             config = _apply_flags(_base_config(args), args)
             _check_existing_run(config)
         validate_setup(config, world_size)
+        config = config.replace(mixed_precision=_resolve_precision(config.mixed_precision))
         if resume is not None:
             _check_same_dataset(config, resume)
     except (DatasetError, TrainingError, checkpoints.CheckpointError) as exc:

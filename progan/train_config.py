@@ -16,7 +16,7 @@ from pathlib import Path
 from progan.config import ModelConfig
 from progan.schedule import PAPER_BATCH, PAPER_LR, ScheduleConfig
 
-MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
+MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")  # auto: progan/precision.py
 PRESETS = ("paper", "small")
 
 # Fields that may change when a run is resumed: they change how the run is operated, not what
@@ -38,7 +38,7 @@ class TrainConfig:
     model: ModelConfig                      # networks; model.resolution is the target
     schedule: ScheduleConfig                # phases, batch sizes, learning rates
     seed: int = 0                           # all randomness of a run derives from this
-    mixed_precision: str = "no"             # no | fp16 | bf16
+    mixed_precision: str = "auto"           # auto | no | fp16 | bf16; setup_run resolves auto per device
     mirror: bool = True                     # random horizontal flips of reals (faces)
     gp_weight: float = 10.0                 # WGAN-GP lambda
     gp_target: float = 1.0                  # WGAN-GP gradient-norm target
