@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="LMDB made by `python -m data_prep build`")
     p.add_argument("--out", help="run folder (config, stats.jsonl, sample grids, checkpoints)")
     p.add_argument("--resolution", type=int, help="final resolution (default: the database's largest)")
-    p.add_argument("--config", help="paper (default) | small | FILE.json (e.g. another run's config.json)")
+    p.add_argument("--config", help="paper (default) | paper-8gpu | small | FILE.json (e.g. another run's config.json)")
     p.add_argument("--fade-kimg", type=float, help="thousands of images per fade-in")
     p.add_argument("--stable-kimg", type=float, help="thousands of images per stable phase")
     p.add_argument("--total-kimg", type=float, help="stop after this many thousand images (default: end of schedule)")

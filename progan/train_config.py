@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from progan.config import ModelConfig
-from progan.schedule import PAPER_BATCH, PAPER_LR, ScheduleConfig
+from progan.schedule import (PAPER_BATCH, PAPER_LR, RELEASE_8GPU_BATCH, RELEASE_8GPU_LR, RELEASE_TOTAL_KIMG,
+                             ScheduleConfig)
 
 MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")  # auto: progan/precision.py
-PRESETS = ("paper", "small")
+PRESETS = ("paper", "paper-8gpu", "small")
 
 # Fields that may change when a run is resumed: they change how the run is operated, not what
 # it computes. Everything else must match the run's saved config.
@@ -152,12 +153,14 @@ class TrainConfig:
 
 def preset_defaults(name: str, resolution: int) -> dict:
     """Keyword defaults for TrainConfig (model and schedule included) of a named preset."""
-    if name == "paper":
+    if name in ("paper", "paper-8gpu"):
+        # paper: the release's 1-GPU table; paper-8gpu: its 8-GPU table (any number of devices).
+        batch, lr = (PAPER_BATCH, PAPER_LR) if name == "paper" else (RELEASE_8GPU_BATCH, RELEASE_8GPU_LR)
         return {
             "model": ModelConfig.preset("paper", resolution),
             "schedule": ScheduleConfig(
                 max_resolution=resolution, fade_kimg=600, stable_kimg=600,
-                batch=dict(PAPER_BATCH), lr=dict(PAPER_LR),
+                total_kimg=RELEASE_TOTAL_KIMG, batch=dict(batch), lr=dict(lr),
             ),
             "tick_kimg": 20.0,
         }
