@@ -45,6 +45,8 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.utils._pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -313,7 +315,7 @@ def project(rows: list[dict], sched: ScheduleConfig, precision: str) -> dict:
     return {"precision": precision, "complete": True, "hours": total / 3600, "phases": phases}
 
 
-class _Bytes(torch.utils._python_dispatch.TorchDispatchMode):
+class _Bytes(TorchDispatchMode):
     """Fewest bytes of the convolutions and matmuls: each reads its inputs once and writes its outputs once."""
 
     OPS = {"convolution", "convolution_backward", "mm", "addmm", "bmm", "_convolution"}
@@ -326,7 +328,7 @@ class _Bytes(torch.utils._python_dispatch.TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if func.overloadpacket.__name__ in self.OPS:
-            tensors = [t for t in torch.utils._pytree.tree_leaves((args, out)) if isinstance(t, torch.Tensor)]
+            tensors = [t for t in pytree.tree_leaves((args, out)) if isinstance(t, torch.Tensor)]
             self.total += sum(t.numel() * self.act_bytes for t in tensors)
         return out
 

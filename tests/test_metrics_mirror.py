@@ -47,3 +47,15 @@ def test_swd_against_mirrored_reals_matches_a_generator_that_learned_mirrored_da
     # The cache keeps the two apart (else the second call would reuse the first's reals).
     assert mirrored["swd_x1e3_avg"] < 0.5 * plain["swd_x1e3_avg"]
     assert evaluate_metrics("swd", fake_source, reals, 16, **args) == plain
+
+
+def test_metrics_cli_mirrors_by_default_only_runs_that_trained_with_mirroring(tmp_path):
+    from progan.metrics.__main__ import _trained_with_mirror
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "config.json").write_text('{"mirror": true}')
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "config.json").write_text('{"mirror": false}')
+    assert _trained_with_mirror(tmp_path / "a")
+    assert not _trained_with_mirror(tmp_path / "b")
+    assert not _trained_with_mirror(tmp_path / "missing") and not _trained_with_mirror(None)
