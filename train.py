@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-lr", type=float, help="learning rate of resolutions not in --lr")
     p.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"),
                    help="autocast dtype (default auto: bf16 on GPUs that have it, else fp32; README)")
+    p.add_argument("--device", help="auto (default: the GPU when there is one) | cpu | cuda")
     p.add_argument("--seed", type=int, help="seed of all randomness (default 0)")
     p.add_argument("--resume", help="auto (the run folder's latest checkpoint, if any) | PATH to a checkpoint")
     p.add_argument("--workers", type=int, help="data loader processes for levels not held in memory")

@@ -71,3 +71,23 @@ def test_precision_bench_measures_bf16_error_against_float64(tmp_path, one_torch
     assert 1e-4 < rows["bf16"]["grad_d"] < 0.2 and 1e-4 < rows["bf16"]["grad_g"] < 0.2
     assert rows["bf16"]["grad_d"] < rows["bf16"]["grad_d_batch_noise"] / 5
     assert all(r["finite"] for r in rows.values())
+
+
+def test_train_device_flag_errors_are_one_line_and_write_nothing(demo_lmdb, tmp_path, capsys, monkeypatch):
+    from progan.setup_run import prepare_run
+    from train import build_parser, main
+
+    out = tmp_path / "run"
+    base = ["--data", str(demo_lmdb), "--out", str(out), "--config", "small"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, message in (("cuda", "--device cuda: no CUDA device is available"),
+                            ("tpu", "--device tpu: use auto, cpu or cuda")):
+        code = main([*base, "--device", device])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+    fake_cuda(monkeypatch, 9)
+    plan = prepare_run(vars(build_parser().parse_args([*base, "--device", "cpu"])))
+    assert plan.cpu and plan.config.mixed_precision == "no"  # auto on the device asked for, not the card
+    plan = prepare_run(vars(build_parser().parse_args(base)))
+    assert not plan.cpu and plan.config.mixed_precision == "bf16"
