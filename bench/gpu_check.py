@@ -259,12 +259,14 @@ def step_rows(data, work, preset, resolutions, precisions, device, steps, worker
             for doubling in range(max_doublings + 1):
                 if doubling and time.monotonic() > deadline:
                     break
+                row = None
                 try:
                     row = measure_step(data, work / f"{precision}-{res}-{batch}", preset, res, batch, precision,
                                        device, steps, workers)
                 except (RuntimeError, torch.OutOfMemoryError) as exc:
                     if not is_oom(exc):
                         raise
+                if row is None:  # out of memory; freed here, once the traceback no longer holds the trainer
                     gc.collect()
                     if device.type == "cuda":
                         torch.cuda.empty_cache()

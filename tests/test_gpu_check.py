@@ -65,3 +65,33 @@ def test_tiny_dry_run_drives_the_trainer_step_and_its_numbers_add_up(tmp_path):
     assert result["sampling_img_per_s"] > 0 and result["swd_seconds"] > 0
     assert proc.stdout.strip().splitlines()[-1].startswith("(")  # the table is printed last
     assert "| bf16 | 8 | 16 | larger (largest) |" in proc.stdout
+
+
+def test_batch_search_stops_at_out_of_memory_and_keeps_the_largest_that_ran(monkeypatch, tmp_path):
+    import time
+
+    import bench.gpu_check as gpu_check
+
+    tried = []
+
+    def measure(data, out, preset, res, batch, precision, device, steps, workers):
+        tried.append((res, batch))
+        if batch > 16:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return {"resolution": res, "batch": batch, "s_per_kimg": 1.0, "tflops": 0.0,
+                "host_reads_per_step": 0.0, "peak_bytes": 0}
+
+    monkeypatch.setattr(gpu_check, "measure_step", measure)
+    rows = gpu_check.step_rows(None, tmp_path, "small", [4, 8], ["bf16"], torch.device("cpu"), 1, 0, 5,
+                               time.monotonic() + 60, first_batch=8)
+    assert tried == [(4, 8), (4, 16), (4, 32), (8, 8), (8, 16), (8, 32)]
+    assert [(r["batch"], r["kind"], r.get("largest_that_fits", False)) for r in rows] == [
+        (8, "paper batch", False), (16, "larger", True), (8, "paper batch", False), (16, "larger", True)]
+
+    def broken(*args):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(gpu_check, "measure_step", broken)  # a real failure is not mistaken for a full card
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        gpu_check.step_rows(None, tmp_path, "small", [4], ["bf16"], torch.device("cpu"), 1, 0, 5,
+                            time.monotonic() + 60, first_batch=8)
