@@ -16,7 +16,8 @@ GPU mode, in order (each part is timed; the table comes last, the full numbers g
    1024, peak memory, and host reads during the timed steps (Tensor.item/bool/tolist/numpy/cpu
    trapped, and CUDA's sync debug mode counting every synchronisation);
 4. the release schedule's wall time projected from those per-phase rates;
-5. sampling img/s at the top resolution, and SWD's time on the device.
+5. bf16's error in the penalty and in D's and G's gradients against float64 on this device
+   (bench/bench_precision.py), sampling img/s at the top resolution, and SWD's time on the device.
 
 Paper mode needs no GPU: per phase of the release schedule (paper widths, 1024, 12M images), the
 FLOPs of one step and the fewest bytes it must move (every convolution and matmul reading its
@@ -401,6 +402,17 @@ def swd_seconds(device: torch.device, count: int, res: int) -> float:
     return time.perf_counter() - t0
 
 
+def precision_error(device: torch.device, tiny: bool) -> list[dict]:
+    """bench/bench_precision.py on this device: bf16's error in the penalty and gradients vs float64."""
+    from bench.bench_precision import run_case
+
+    cases = [("small", 8)] if tiny else [("small", 32), ("paper", 32), ("paper", 128)]
+    rows = []
+    for preset, res in cases:
+        rows += run_case(preset, res, 4, ["fp32", "bf16"], device, seed=0)
+    return rows
+
+
 # --- CUDA tests ---------------------------------------------------------------------------------
 
 def cuda_tests(timeout: float) -> dict:
@@ -444,6 +456,10 @@ def format_tables(result: dict) -> str:
         if p["complete"]:
             parts = ", ".join(f"{q['kind'][0]}{q['resolution']} {q['hours']:.2f}" for q in p["phases"])
             lines.append(f"projected schedule ({p['precision']}): {p['hours']:.1f} h  [{parts}]")
+    if result.get("precision_error"):
+        from bench.bench_precision import table
+
+        lines += ["", "error against float64 (bench/bench_precision.py on this device):", table(result["precision_error"])]
     if "sampling_img_per_s" in result:
         lines.append(f"sampling at {result['sampling_resolution']}: {result['sampling_img_per_s']:.0f} img/s; "
                      f"SWD of {result['swd_images']} images at {result['swd_resolution']}: {result['swd_seconds']:.2f} s")
@@ -521,6 +537,7 @@ def run(args) -> int:
             result["sampling_resolution"] = top
             result["sampling_img_per_s"] = sampling_rate(data, work, preset, top, precisions[-1], device,
                                                          8 if args.tiny else 32)
+        result["precision_error"] = precision_error(device, args.tiny)
         result["swd_images"], result["swd_resolution"] = (64, 16) if args.tiny else (2048, 256)
         result["swd_seconds"] = swd_seconds(device, result["swd_images"], result["swd_resolution"])
         peak_flops = result["ceilings"]["matmul_bf16_tflops"] * 1e12 if device.type == "cuda" else peak_flops
