@@ -1,9 +1,9 @@
 """`--mixed-precision auto` (the default): which autocast dtype a device gets, and why.
 
 The evidence is bench/bench_precision.py (bench/RESULTS.md, "Precision"): under bf16 autocast
-WGAN-GP's penalty and its double backward stay within a few percent of float64, D's and G's
-gradients within about 5%, which is one to two orders of magnitude below how much the same
-gradients change from one minibatch to the next. So bf16 is used wherever the hardware runs it
+WGAN-GP's penalty (through its double backward) stays within 0.6% of float64 and D's and G's
+gradients within 5-22%, 4-20x below how much the same gradients change from one minibatch to
+the next. So bf16 is used wherever the hardware runs it
 natively on a GPU; fp16 stays opt-in (its narrow range needs the loss scale through the penalty's double
 backward, and no card without bf16 was measured here).
 
