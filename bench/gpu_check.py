@@ -437,25 +437,6 @@ def format_tables(result: dict) -> str:
         c = result["ceilings"]
         lines.append(f"ceilings: bf16 matmul {c['matmul_bf16_tflops']:.1f} TFLOP/s, fp32/tf32 matmul "
                      f"{c['matmul_fp32_tflops']:.1f} TFLOP/s, copy {c['copy_bytes_per_s'] / 1e9:.0f} GB/s")
-    if result.get("steps"):
-        ceiling = result["ceilings"]["matmul_bf16_tflops"]
-        bw = result["ceilings"]["copy_bytes_per_s"]
-        roof = result.get("roofline", {}).get("per_resolution", {})
-        lines += ["", "| prec | res | batch | kind | s/kimg | img/s | TFLOP/s | % bf16 ceiling | % bandwidth (floor bytes) "
-                  "| peak GiB | host reads/step |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in result["steps"]:
-            floor_bytes = roof.get(r["resolution"], {}).get("bytes_per_step")
-            share_bw = ""
-            if floor_bytes and r["batch"] == roof[r["resolution"]]["batch"]:
-                share_bw = f"{100 * floor_bytes / r['s_per_step'] / bw:.1f}"
-            kind = r["kind"] + (" (largest)" if r.get("largest_that_fits") else "")
-            lines.append(f"| {r['precision']} | {r['resolution']} | {r['batch']} | {kind} | {r['s_per_kimg']:.3f} "
-                         f"| {r['img_per_s']:.0f} | {r['tflops']:.2f} | {100 * r['tflops'] / ceiling:.1f} | {share_bw} "
-                         f"| {r['peak_bytes'] / 2**30:.2f} | {r['host_reads_per_step']:.1f} |")
-    for p in result.get("projections", []):
-        if p["complete"]:
-            parts = ", ".join(f"{q['kind'][0]}{q['resolution']} {q['hours']:.2f}" for q in p["phases"])
-            lines.append(f"projected schedule ({p['precision']}): {p['hours']:.1f} h  [{parts}]")
     if result.get("precision_error"):
         from bench.bench_precision import table
 
@@ -474,6 +455,27 @@ def format_tables(result: dict) -> str:
             lines.append(f"| {res} | {q['batch']} | {q['flops_per_step'] / 1e9:.1f} | {q['bytes_per_step'] / 1e6:.1f} "
                          f"| {q['bound']} | {q['floor_s_per_kimg']:.4f} | {floors} |")
         lines.append(f"floor of the whole schedule: {r['floor_hours']:.2f} h")
+    for p in result.get("projections", []):
+        if p["complete"]:
+            parts = ", ".join(f"{q['kind'][0]}{q['resolution']} {q['hours']:.2f}" for q in p["phases"])
+            lines.append(f"projected schedule ({p['precision']}): {p['hours']:.1f} h  [{parts}]")
+    # The main table last: the reply of a remote run shows the end of the output.
+    if result.get("steps"):
+        ceiling = result["ceilings"]["matmul_bf16_tflops"]
+        bw = result["ceilings"]["copy_bytes_per_s"]
+        roof = result.get("roofline", {}).get("per_resolution", {})
+        lines += ["", "| prec | res | batch | kind | s/kimg | img/s | TFLOP/s | % bf16 ceiling | % bandwidth (floor bytes) "
+                  "| % of roofline floor | peak GiB | host reads/step |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in result["steps"]:
+            floor_bytes = roof.get(r["resolution"], {}).get("bytes_per_step")
+            share_bw = share_floor = ""
+            if floor_bytes and r["batch"] == roof[r["resolution"]]["batch"]:
+                share_bw = f"{100 * floor_bytes / r['s_per_step'] / bw:.1f}"
+                share_floor = f"{100 * roof[r['resolution']]['floor_s_per_kimg'] / r['s_per_kimg']:.1f}"
+            kind = r["kind"] + (" (largest)" if r.get("largest_that_fits") else "")
+            lines.append(f"| {r['precision']} | {r['resolution']} | {r['batch']} | {kind} | {r['s_per_kimg']:.3f} "
+                         f"| {r['img_per_s']:.0f} | {r['tflops']:.2f} | {100 * r['tflops'] / ceiling:.1f} | {share_bw} | {share_floor} "
+                         f"| {r['peak_bytes'] / 2**30:.2f} | {r['host_reads_per_step']:.1f} |")
     return "\n".join(lines)
 
 
