@@ -120,18 +120,10 @@ class HostReads:
         return False
 
 
-class _NoModuleTracking:  # FlopCounterMode's module tracker breaks autograd.grad (the penalty)
-    parents = {"Global"}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def count_flops(fn) -> int:
     from torch.utils.flop_counter import FlopCounterMode
+
+    from bench.bench_step import _NoModuleTracking  # its module tracker breaks autograd.grad (the penalty)
 
     counter = FlopCounterMode(display=False)
     counter.mod_tracker = _NoModuleTracking()
