@@ -24,6 +24,14 @@ KIMG = 1000  # images per kimg
 PAPER_BATCH = {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4}
 PAPER_LR = {1024: 0.0015}
 PAPER_BASE_LR = 0.001
+# The release trains every preset to 12M images: at 1024 the last stable phase runs on past the
+# schedule's end (10.2M) for another 1.8M.
+RELEASE_TOTAL_KIMG = 12000.0
+# The release's 8-GPU table ("preset-v2-8gpus"): global batches, 32 wherever the table is silent,
+# and learning rates rising with the batch. Global, so any number of devices that divides the
+# batch runs it (with --max-batch-per-device, a large GPU runs it alone).
+RELEASE_8GPU_BATCH = {4: 512, 8: 256, 16: 128, 32: 64, 64: 32, 128: 32, 256: 32, 512: 32, 1024: 32}
+RELEASE_8GPU_LR = {128: 0.0015, 256: 0.002, 512: 0.003, 1024: 0.003}
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ class RunPlan:
     resume_path: Path | None
     world_size: int
     damaged: list[tuple[Path, str]] = field(default_factory=list)  # unreadable checkpoints --resume auto skipped
+    cpu: bool = False           # --device cpu: train on the CPU although an accelerator is there
 
     def describe(self) -> str:
         from progan.schedule import state_at
@@ -68,14 +69,14 @@ class RunPlan:
         from progan.training import Trainer
 
         run_dir = Path(self.config.out)
-        cpu = not _has_accelerator()
+        cpu = self.cpu or not _has_accelerator()
         init_process_group(cpu)  # fresh keys after a torchrun restart
         lock = lock_run_folder(run_dir, cpu)  # before anything is written
         error = None
         try:  # on the main process; a failure stops every process alike
             if lock is not None and self.resume_path is not None:  # room for the next checkpoint, before any write
                 check_room(run_dir, self.resume_path.stat().st_size, "the next checkpoint")
-            accelerator = make_accelerator(run_dir, self.config.log_with, self.config.to_dict())  # trackers write their first files
+            accelerator = make_accelerator(run_dir, self.config.log_with, self.config.to_dict(), cpu)  # trackers write their first files
             if accelerator.is_main_process:
                 self._prepare_folder(run_dir, accelerator.print)
         except WriteFailed as exc:
@@ -126,7 +127,16 @@ def _has_accelerator() -> bool:
     return torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
 
 
-def make_accelerator(run_dir: Path, log_with: str = "auto", config: dict | None = None):
+def _training_device(name: str | None):
+    """--device auto (default) | cpu | cuda as a torch.device; cuda without CUDA is one line."""
+    from progan.cli import choose_device
+
+    if name not in (None, "auto", "cpu", "cuda"):
+        raise CommandLineError(f"--device {name}: use auto, cpu or cuda (each process gets its own GPU)")
+    return choose_device(name)
+
+
+def make_accelerator(run_dir: Path, log_with: str = "auto", config: dict | None = None, cpu: bool | None = None):
     """accelerate picks the devices and the process group, and starts the --log-with trackers."""
     from accelerate import Accelerator
 
@@ -136,7 +146,8 @@ def make_accelerator(run_dir: Path, log_with: str = "auto", config: dict | None 
     # machine with no accelerator say so, so `accelerate launch --multi_gpu --num_processes N`
     # (or torchrun) trains N CPU processes instead of N unconnected copies.
     names = trackers.resolve(log_with)
-    accelerator = Accelerator(cpu=not _has_accelerator(), **trackers.accelerator_options(names, run_dir))
+    cpu = not _has_accelerator() if cpu is None else cpu
+    accelerator = Accelerator(cpu=cpu, **trackers.accelerator_options(names, run_dir))
     trackers.start(accelerator, names, config)
     return accelerator
 
@@ -145,9 +156,11 @@ def prepare_run(args: dict) -> RunPlan:
     """Turn parsed flags (only those given) into a RunPlan, or raise CommandLineError."""
     from progan import trackers
     from progan.data import DatasetError
+    from progan.precision import resolve_mixed_precision
     from progan.training import TrainingError, validate_setup
 
     world_size = _world_size()
+    device = _training_device(args.get("device"))
     resume_path, resume, damaged = _find_resume(args)
     try:
         if resume is not None:
@@ -162,6 +175,8 @@ def prepare_run(args: dict) -> RunPlan:
             config = _apply_flags(_base_config(args), args)
             _check_existing_run(config)
         validate_setup(config, world_size)
+        # auto -> what this device runs best (progan/precision.py); the run saves the result.
+        config = config.replace(mixed_precision=resolve_mixed_precision(config.mixed_precision, device))
         if resume is not None:
             _check_same_dataset(config, resume)
     except (DatasetError, TrainingError, checkpoints.CheckpointError) as exc:
@@ -172,7 +187,8 @@ def prepare_run(args: dict) -> RunPlan:
         trackers.resolve(config.log_with)  # an unknown or missing tracker fails here, before any work
     except ValueError as exc:
         raise CommandLineError(str(exc)) from None
-    return RunPlan(config=config, resume=resume, resume_path=resume_path, world_size=world_size, damaged=damaged)
+    return RunPlan(config=config, resume=resume, resume_path=resume_path, world_size=world_size, damaged=damaged,
+                   cpu=device.type == "cpu")
 
 
 def _find_resume(args: dict) -> tuple[Path | None, dict | None, list[tuple[Path, str]]]:

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from progan.config import ModelConfig
-from progan.schedule import PAPER_BATCH, PAPER_LR, ScheduleConfig
+from progan.schedule import (PAPER_BATCH, PAPER_LR, RELEASE_8GPU_BATCH, RELEASE_8GPU_LR, RELEASE_TOTAL_KIMG,
+                             ScheduleConfig)
 
-MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
-PRESETS = ("paper", "small")
+MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")  # auto: progan/precision.py
+PRESETS = ("paper", "paper-8gpu", "small")
 
 # Fields that may change when a run is resumed: they change how the run is operated, not what
 # it computes. Everything else must match the run's saved config.
@@ -38,7 +39,7 @@ class TrainConfig:
     model: ModelConfig                      # networks; model.resolution is the target
     schedule: ScheduleConfig                # phases, batch sizes, learning rates
     seed: int = 0                           # all randomness of a run derives from this
-    mixed_precision: str = "no"             # no | fp16 | bf16
+    mixed_precision: str = "auto"           # auto | no | fp16 | bf16; setup_run resolves auto per device
     mirror: bool = True                     # random horizontal flips of reals (faces)
     gp_weight: float = 10.0                 # WGAN-GP lambda
     gp_target: float = 1.0                  # WGAN-GP gradient-norm target
@@ -156,12 +157,14 @@ class TrainConfig:
 
 def preset_defaults(name: str, resolution: int) -> dict:
     """Keyword defaults for TrainConfig (model and schedule included) of a named preset."""
-    if name == "paper":
+    if name in ("paper", "paper-8gpu"):
+        # paper: the release's 1-GPU table; paper-8gpu: its 8-GPU table (any number of devices).
+        batch, lr = (PAPER_BATCH, PAPER_LR) if name == "paper" else (RELEASE_8GPU_BATCH, RELEASE_8GPU_LR)
         return {
             "model": ModelConfig.preset("paper", resolution),
             "schedule": ScheduleConfig(
                 max_resolution=resolution, fade_kimg=600, stable_kimg=600,
-                batch=dict(PAPER_BATCH), lr=dict(PAPER_LR),
+                total_kimg=RELEASE_TOTAL_KIMG, batch=dict(batch), lr=dict(lr),
             ),
             "tick_kimg": 20.0,
         }

@@ -413,13 +413,14 @@ class Trainer:
             names, source, self.reals.dataset, st.resolution, c.metric_images, rank=self.rank,
             world_size=self.world_size, all_gather=self.accelerator.gather,
             cache_dir=self.run_dir / "metric-cache", seed=c.seed, inception_path=c.inception,
-            device=self.device, progress=False, aspect=c.model.aspect)
+            device=self.device, progress=False, aspect=c.model.aspect,
+            mirror_reals=c.mirror)  # reals as training saw them (as the release evaluates)
         seconds = time.monotonic() - started
         self._tick_start_time += seconds  # evaluation time is not training time
         if self.is_main:
             record = {"kind": "metrics", "kimg": round(self.images_shown / KIMG, 3),
                       "images_shown": self.images_shown, "resolution": st.resolution,
-                      "alpha": round(st.alpha, 5), "num_images": c.metric_images,
+                      "alpha": round(st.alpha, 5), "num_images": c.metric_images, "mirror_reals": c.mirror,
                       "seconds": round(seconds, 1), **results}
             append_jsonl(self.run_dir / "stats.jsonl", record)
             self.log("metrics " + "  ".join(f"{k} {v:.4g}" for k, v in results.items()) + f"  ({seconds:.0f} s)")

@@ -292,6 +292,7 @@ def test_metrics_during_training(demo_lmdb, tmp_path):
     for m in metrics:  # at 8x8 SWD has one level; MS-SSIM needs 16x16 and is skipped
         assert m["resolution"] == 8 and m["swd_x1e3_8"] > 0 and m["swd_x1e3_avg"] == m["swd_x1e3_8"]
         assert "msssim" not in m
+        assert m["mirror_reals"] is True  # trained with mirroring (the default): reals mirrored too
     assert "metrics swd_x1e3_8" in proc.stdout
 
 

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "checkpoint in a run folder, otherwise none)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument("--mirror-reals", choices=("auto", "yes", "no"), default="auto",
+                   help="flip a seeded random half of the reals, as the release evaluates runs trained with "
+                        "mirroring (default auto: when --fake's run folder says it trained with mirroring)")
     p.add_argument("--no-log", action="store_true", help="do not append to the run's metrics.jsonl")
     return p
 
@@ -119,11 +122,12 @@ def run(argv: list[str]) -> int:
         real_count = read_metadata(args.real)["count"]
     source, resolution, aspect, provenance, run_dir = _fake_source(args, names, device)
     cache_dir = Path(args.cache_dir) if args.cache_dir else (run_dir / "metric-cache" if run_dir else None)
+    mirror_reals = args.mirror_reals == "yes" or (args.mirror_reals == "auto" and _trained_with_mirror(run_dir))
     started = time.perf_counter()
     results = evaluate_metrics(
         names, source, args.real, resolution, args.num, cache_dir=cache_dir, seed=args.seed,
         inception_path=args.inception, verify_inception=not args.inception_unverified, device=device,
-        batch_size=args.batch_size, aspect=aspect)
+        batch_size=args.batch_size, aspect=aspect, mirror_reals=mirror_reals)
     record = {
         "metric": ",".join(names),
         **results,
@@ -132,6 +136,7 @@ def run(argv: list[str]) -> int:
         "num_images": {name: args.num or DEFAULT_NUM_IMAGES[name] for name in names},
         "seed": args.seed,
         "real": args.real,
+        "mirror_reals": mirror_reals,
         **provenance,
         "seconds": round(time.perf_counter() - started, 1),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -144,6 +149,14 @@ def run(argv: list[str]) -> int:
     if run_dir is not None and not args.no_log:
         append_jsonl(run_dir / "metrics.jsonl", record)
     return 0
+
+
+def _trained_with_mirror(run_dir: Path | None) -> bool:
+    """The run's saved config says it trained with mirror augmentation (no run folder: no)."""
+    try:
+        return bool(json.loads((run_dir / "config.json").read_text()).get("mirror", False)) if run_dir else False
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

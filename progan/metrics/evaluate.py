@@ -89,6 +89,7 @@ class _Run:
     batch_size: int
     progress: bool
     aspect: str = DEFAULT_ASPECT
+    mirror_reals: bool = False
 
     def shard(self, count: int, even: bool = False) -> tuple[int, int]:
         per = math.ceil(count / self.world_size)
@@ -128,8 +129,29 @@ class _Run:
     def real_source(self, count: int, metric: str, allow_fewer: bool = False) -> DatasetSource:
         if self.real is None:
             raise MetricError(f"{metric} needs real images (--real DATA.lmdb)")
-        return DatasetSource(self.real, count, seed=self.seed, side="real", allow_fewer=allow_fewer,
-                             name=self.real_name)
+        source = DatasetSource(self.real, count, seed=self.seed, side="real", allow_fewer=allow_fewer,
+                               name=self.real_name)
+        return _MirroredHalf(source, self.seed) if self.mirror_reals else source
+
+    def real_key(self, key: dict) -> dict:
+        """A cache key for real statistics; mirrored reals are other statistics (old keys stay valid)."""
+        return {**key, "mirror_reals": True} if self.mirror_reals else key
+
+
+class _MirroredHalf:
+    """Reals as a run trained with mirroring saw them, as the release's evaluation does: a seeded
+    random half flipped horizontally (position i of the subset flips or not, on every process)."""
+
+    def __init__(self, source: DatasetSource, seed: int) -> None:
+        from progan.metrics.common import seeded_generator
+
+        self.source, self.count = source, source.count
+        self.flip = torch.rand(source.count, generator=seeded_generator(seed, "mirror", "real")) < 0.5
+
+    def __call__(self, start: int, count: int) -> torch.Tensor:
+        images = self.source(start, count)
+        flip = self.flip[torch.arange(start, start + count) % self.count]
+        return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
 # -- SWD ------------------------------------------------------------------------------------
@@ -151,8 +173,8 @@ def _swd_descriptors(run: _Run, source: ImageSource, side: str, count: int) -> l
 def _evaluate_swd(run: _Run, count: int) -> dict[str, float]:
     sizes = swd.swd_resolutions(run.resolution, run.aspect)
     real_source = run.real_source(count, "SWD")
-    key = {"dataset": run.dataset_id, "resolution": run.resolution, "images": count, "seed": run.seed,
-           "patch_size": swd.PATCH_SIZE, "patches_per_image": swd.PATCHES_PER_IMAGE, "levels": sizes}
+    key = run.real_key({"dataset": run.dataset_id, "resolution": run.resolution, "images": count, "seed": run.seed,
+                        "patch_size": swd.PATCH_SIZE, "patches_per_image": swd.PATCHES_PER_IMAGE, "levels": sizes})
     if run.aspect != DEFAULT_ASPECT:  # square keys as before, so existing caches stay valid
         key["aspect"] = run.aspect
     real = None
@@ -209,8 +231,8 @@ def _evaluate_fid(run: _Run, count: int, inception_path, verify: bool) -> dict[s
     model, sha256 = load_inception_once(inception_path, verify, run.device)
     # FID's statistics need no equal counts: a database smaller than n (CelebA-HQ: 30k) is used whole.
     real_source = run.real_source(count, "FID", allow_fewer=True)
-    key = {"dataset": run.dataset_id, "resolution": run.resolution, "images": real_source.count,
-           "seed": run.seed, "inception_sha256": sha256}
+    key = run.real_key({"dataset": run.dataset_id, "resolution": run.resolution, "images": real_source.count,
+                        "seed": run.seed, "inception_sha256": sha256})
     stats = None
     if run.cache_dir is not None and run.dataset_id is not None:
         stats = cache.load_fid_stats(run.cache_dir, key)
@@ -241,6 +263,7 @@ def evaluate_metrics(
     batch_size: int = 64,
     progress: bool = True,
     aspect: str = DEFAULT_ASPECT,
+    mirror_reals: bool = False,
 ) -> dict[str, float]:
     """Compute metrics `names` ("swd", "msssim", "fid") of the images `fake` produces.
 
@@ -264,6 +287,8 @@ def evaluate_metrics(
     aspect: width:height of the images (progan.aspect); level `resolution` is its long side.
         Non-square images: SWD's pyramid stops at a 16-pixel short side, MS-SSIM needs a short
         side of 16, FID's Inception resizes every image to 299x299 as it does square ones.
+    mirror_reals: flip a seeded random half of the reals, as the release evaluates a run that
+        trained with mirror augmentation (SWD and FID then compare like with like).
 
     Returns {"swd_x1e3_<size>": ..., "swd_x1e3_avg": ..., "msssim": ..., "fid": ...} for the
     metrics asked for. Raises MetricError (one-line message) when a metric cannot be computed.
@@ -292,7 +317,7 @@ def evaluate_metrics(
     run = _Run(fake=fake, real=real_dataset, real_name=real_name, resolution=resolution, rank=rank,
                world_size=world_size, all_gather=all_gather, cache_dir=Path(cache_dir) if cache_dir else None,
                dataset_id=dataset_id, seed=seed, device=torch.device(device), batch_size=max(1, batch_size),
-               progress=progress, aspect=aspect)
+               progress=progress, aspect=aspect, mirror_reals=mirror_reals)
     results: dict[str, float] = {}
     for name in names:
         count = num_images or DEFAULT_NUM_IMAGES[name]
