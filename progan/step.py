@@ -18,6 +18,7 @@ from progan.ema import update_ema_in_use
 from progan.gradsync import GradientSync, LossScale, step_unless_non_finite
 from progan.layers import autocast
 from progan.losses import discriminator_loss, generator_loss
+from progan.precision import autocast_dtype
 from progan.reals import fade_reals
 from progan.seeds import STREAM_STEP, seeded_generator
 
@@ -80,8 +81,10 @@ class StepSettings:
 
     @classmethod
     def from_config(cls, config) -> "StepSettings":
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision)
-        return cls(config.gp_weight, config.gp_target, config.drift_weight, config.ema_beta, config.mirror, dtype)
+        if config.mixed_precision == "auto":
+            raise ValueError("StepSettings needs a concrete --mixed-precision; resolve 'auto' first (progan.precision)")
+        return cls(config.gp_weight, config.gp_target, config.drift_weight, config.ema_beta, config.mirror,
+                   autocast_dtype(config.mixed_precision))
 
 
 class StepStats:

@@ -47,6 +47,7 @@ from progan.gradsync import GradientSync, LaggedFlags, LossScale, StopRequest
 from progan.images import make_grid, save_png, to_uint8
 from progan.integrity import check_levels
 from progan.networks import Discriminator, Generator
+from progan.precision import resolve_mixed_precision
 from progan.progress import format_duration
 from progan.reals import BatchReader, DataOrder, RealImages, fade_reals, memory_budget_per_process  # noqa: F401
 from progan.runlock import share_from_main
@@ -78,10 +79,13 @@ def _load_adam_state(optimizer: torch.optim.Adam, state: dict) -> None:
 
 class Trainer:
     def __init__(self, config: TrainConfig, accelerator, resume: dict | None = None, log=print) -> None:
-        self.config = config
         self.accelerator = accelerator
         self.log = log
         self.device = accelerator.device
+        # train.py resolves "auto" before saving config.json; a Trainer built directly (benchmarks)
+        # gets the same choice here instead of silently running fp32.
+        self.config = config = config.replace(
+            mixed_precision=resolve_mixed_precision(config.mixed_precision, self.device))
         self.rank = accelerator.process_index
         self.world_size = accelerator.num_processes
         self.is_main = accelerator.is_main_process
