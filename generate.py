@@ -76,7 +76,7 @@ def build_export_parser() -> argparse.ArgumentParser:
         "stood, in the format OUT's extension names. .pt and .safetensors are all `generate.py` and "
         "`progan.load_generator` need and load safely (weights only; safetensors without pickle at all). "
         ".onnx is the generator at one stage for onnxruntime: input latents float32 [batch, latent], "
-        "output images float32 [batch, C, R, R] in [-1, 1]; it needs pip install -e \".[export]\".",
+        "output images float32 [batch, C, H, W] in [-1, 1]; it needs pip install -e \".[export]\".",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="run folder, training checkpoint or exported generator")
     p.add_argument("out", metavar="OUT", help="file to write: .pt, .safetensors or .onnx (replaced atomically if it exists)")

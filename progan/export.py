@@ -99,7 +99,7 @@ def _onnx_stage(config, stage: tuple[int, float, int], path: Path, resolution: i
 def _stage_metadata(data: dict[str, Any], resolution: int, alpha: float) -> dict[str, str]:
     return {"format": SAFETENSORS_FORMAT, "model_config": json.dumps(data["model_config"], sort_keys=True),
             "resolution": str(resolution), "alpha": repr(float(alpha)), "images_shown": str(int(data["images_shown"])),
-            "output": "images float32 [N, C, R, R] in [-1, 1]; pixel = round((x + 1) * 127.5)"}
+            "output": "images float32 [N, C, H, W] in [-1, 1]; pixel = round((x + 1) * 127.5)"}
 
 
 # -- safetensors ----------------------------------------------------------------------------
@@ -158,7 +158,7 @@ def load_exported(path: Path, map_location: str | torch.device = "cpu") -> dict[
 
 # -- ONNX -----------------------------------------------------------------------------------
 class _Stage(nn.Module):
-    """The generator at one fixed stage: latents [N, latent] -> images [N, C, R, R] in [-1, 1]."""
+    """The generator at one fixed stage: latents [N, latent] -> images [N, C, H, W] in [-1, 1]."""
 
     def __init__(self, generator: nn.Module, resolution: int, alpha: float):
         super().__init__()

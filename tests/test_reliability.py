@@ -92,18 +92,27 @@ def test_second_launch_on_a_live_run_folder_is_refused_and_writes_nothing(demo_l
 
 @pytest.mark.slow
 def test_two_real_launches_on_one_folder(demo_lmdb, tmp_path):
+    """A second launch while the first trains is refused; the first goes on, its log undoubled.
+    The first is given far more work than the test waits for and stopped by SIGTERM, so the second
+    always meets it running, however fast the machine."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "train.py", "--data", str(demo_lmdb), "--out", str(out), *TINY, "--total-kimg", "0.256"]
+    cmd = [sys.executable, "train.py", "--data", str(demo_lmdb), "--out", str(out), *TINY, "--total-kimg", "100"]
     first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (out / "stats.jsonl").exists():
-        time.sleep(0.05)
-    second = train_cli(demo_lmdb, out, "--total-kimg", "0.256", "--resume", "auto", check=False)
-    output, _ = first.communicate(timeout=300)
-    assert first.returncode == 0, output
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (out / "stats.jsonl").exists():
+            time.sleep(0.05)
+        second = train_cli(demo_lmdb, out, "--total-kimg", "100", "--resume", "auto", check=False)
+        assert first.poll() is None, "the first run ended before the second launch"
+        first.send_signal(signal.SIGTERM)
+        output, _ = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == EXIT_PREEMPTED, output
     assert second.returncode == EXIT_USAGE and f"PID {first.pid}" in second.stderr
-    stats = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
-    assert [s["images_shown"] for s in stats] == list(range(32, 257, 32))  # no doubled lines
+    shown = [json.loads(line)["images_shown"] for line in (out / "stats.jsonl").read_text().splitlines()]
+    assert shown == sorted(set(shown)) and len(shown) >= 1  # one writer: no doubled or interleaved lines
 
 
 # -- resume that never stalls --------------------------------------------------------------
