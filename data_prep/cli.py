@@ -176,7 +176,7 @@ def _run_verify(args) -> int:
         report = verify(args.dataset, on_record=progress.update,
                         on_bad=lambda bad: progress.write(f"bad: {bad.describe()}"))
     if report.bad or report.stray:
-        per_level = collections.Counter(f"{bad.resolution}x{bad.resolution}" for bad in report.bad)
+        per_level = collections.Counter(describe_level(bad.aspect, bad.resolution) for bad in report.bad)
         what = [f"{len(report.bad)} bad record(s) of {report.records} "
                 f"({', '.join(f'{n} at {level}' for level, n in per_level.items())})"] if report.bad else []
         what += [report.stray + " (stray keys)"] if report.stray else []

@@ -194,3 +194,18 @@ def test_upscale_and_the_narrowest_ratio_down_to_one_pixel_wide(tmp_path, capsys
     assert read_metadata(db)["level_sizes"] == [[1, 4], [2, 8], [4, 16], [8, 32], [16, 64]]
     assert level_array(db, 4).shape == (1, 3, 4, 1) and level_array(db, 64).shape == (1, 3, 64, 16)
     assert records_verified(db) == 5
+
+
+def test_verify_names_a_bad_record_of_a_portrait_database_by_its_level_shape(portrait_source, tmp_path, capsys):
+    db = tmp_path / "p.lmdb"
+    assert run_cli(capsys, "build", portrait_source, db, "--max-res", "32", "--aspect", "3:4", "--workers", "1")[0] == 0
+    env = lmdb.open(str(db), subdir=True, lock=False)
+    with env.begin(write=True) as txn:  # one pixel byte of image 1 at level 8 (6 wide, 8 high)
+        record = bytearray(txn.get(b"8-00000001"))
+        record[7] ^= 0xFF
+        txn.put(b"8-00000001", bytes(record))
+    env.close()
+    code, out, err = run_cli(capsys, "verify", db)
+    assert code == 1
+    assert "bad: level 6x8 image 1 (record 8-00000001): fails its crc32 checksum" in out + err
+    assert "1 bad record(s)" in err and "(1 at 6x8)" in err
