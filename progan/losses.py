@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from progan.layers import at_least_fp32  # losses in fp32 at least: fp16/bf16 widened, fp64 kept
+from progan.ops import input_gradients_only
 
 Critic = Callable[[Tensor, int, float], Tensor]  # (images, resolution, alpha) -> scores [N]
 
@@ -76,7 +77,8 @@ def gradient_penalty(
     out = scores.sum()  # sum, not mean: each sample's gradient is its own
     if loss_scale is not None:
         out = out * loss_scale
-    (grad,) = torch.autograd.grad(out, mix, create_graph=True)  # [N, C, H, W]
+    with input_gradients_only():  # D's weight gradients come from the outer backward, not here
+        (grad,) = torch.autograd.grad(out, mix, create_graph=True)  # [N, C, H, W]
     grad = at_least_fp32(grad)
     if loss_scale is not None:
         grad = grad / loss_scale

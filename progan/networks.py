@@ -37,6 +37,7 @@ from progan.layers import (
     MinibatchStddev,
     PixelNorm,
     downsample2x,
+    fade,
     upsample2x,
 )
 
@@ -159,7 +160,7 @@ class Generator(nn.Module):
             return new
         # toRGB before upsampling: the same as after (1x1 conv), on 3 channels instead of C.
         old = upsample2x(self.to_rgb[str(resolution // 2)](x))  # [N, 3, R, R]
-        return torch.lerp(old, new, alpha)
+        return fade(old, new, alpha)
 
 
 # --- discriminator blocks -----------------------------------------------------------------
@@ -255,7 +256,7 @@ class Discriminator(nn.Module):
             h = self.blocks[str(resolution)](h)  # [N, C', R/2, R/2]
             if alpha != 1.0:
                 old = self.from_rgb[str(resolution // 2)](downsample2x(x))
-                h = torch.lerp(old, h, alpha)
+                h = fade(old, h, alpha)
             res = resolution // 2
             while res > 4:
                 h = self.blocks[str(res)](h)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from progan.data import DEFAULT_MEMORY_BUDGET, DatasetError, MultiResolutionDataset
-from progan.layers import downsample2x, upsample2x
+from progan.layers import downsample2x, fade, upsample2x
 from progan.seeds import STREAM_DATA, seeded_generator
 
 
@@ -120,7 +120,7 @@ def fade_reals(reals: torch.Tensor, alpha: float) -> torch.Tensor:
     if alpha >= 1.0:
         return reals
     blurred = upsample2x(downsample2x(reals))
-    return torch.lerp(blurred, reals, alpha)
+    return fade(blurred, reals, alpha)
 
 
 def memory_budget_per_process() -> int:
