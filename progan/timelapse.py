@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from progan.schedule import KIMG, state_at
+from progan.schedule import KIMG, state_at, tick_state
 
 SNAPSHOT = re.compile(r"^samples-(\d+)\.png$")
 HOLD_LAST_SECONDS = 2.0  # the finished faces stay on screen before the loop starts again
@@ -68,8 +68,10 @@ def find_snapshots(run_dir: str | os.PathLike) -> list[Snapshot]:
     snapshots = []
     for images_shown, path in found:
         width, height = _size(path)
-        # Grids drawn mid-run show the stage of the step just taken, the last one the stage after it.
-        for st in (state_at(schedule, max(images_shown - 1, 0)), state_at(schedule, images_shown)):
+        # A grid shows the stage of the step that ended at its image count (schedule.tick_state,
+        # the trainer's own rule). Final grids of runs trained before that rule were drawn at the
+        # stage of the step after it (state_at), so that is accepted too.
+        for st in (tick_state(schedule, images_shown), state_at(schedule, images_shown)):
             side = sample_grid_side(st.resolution)
             cell = model.level_size(st.resolution)  # (width, height)
             if (width, height) == (side * cell[0], side * cell[1]):
