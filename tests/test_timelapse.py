@@ -101,20 +101,52 @@ ISSUE_19_GRIDS = {512: (32, 4, 1.0), 1024: (64, 8, 0.984), 1504: (64, 8, 1.0), 2
                   2528: (128, 16, 1.0)}
 
 
-def test_grids_drawn_just_past_a_phase_edge_belong_to_the_phase_that_drew_them(demo_lmdb, tmp_path, capsys):
-    """Issue 19: `timelapse` refused samples-0000000512.png (32x32) of a run train.py wrote."""
+@pytest.fixture
+def issue_19_run(demo_lmdb, tmp_path):
+    """A run folder with the config of issue 19's run and grey grids of the sizes it wrote."""
     from train import build_parser
 
-    run = tmp_path / "run"
+    run = tmp_path / "issue19"
     run.mkdir()
     plan = prepare_run(vars(build_parser().parse_args(["--data", str(demo_lmdb), "--out", str(tmp_path / "x"), *ISSUE_19])))
     (run / "config.json").write_text(plan.config.to_json())
     for images, (size, _, _) in ISSUE_19_GRIDS.items():
         save_png(np.full((size, size, 3), 128, np.uint8), run / f"samples-{images:010d}.png")
-    snaps = find_snapshots(run)
+    return run
+
+
+def test_grids_drawn_just_past_a_phase_edge_belong_to_the_phase_that_drew_them(issue_19_run, tmp_path, capsys):
+    """Issue 19: `timelapse` refused samples-0000000512.png (32x32) of a run train.py wrote."""
+    snaps = find_snapshots(issue_19_run)
     assert [(s.images_shown, s.resolution) for s in snaps] == [(i, r) for i, (_, r, _) in ISSUE_19_GRIDS.items()]
     np.testing.assert_allclose([s.alpha for s in snaps], [a for _, _, a in ISSUE_19_GRIDS.values()], atol=1e-6)
-    assert cli(capsys, "timelapse", run, "--out", tmp_path / "growth.gif")[0] == 0
+    assert cli(capsys, "timelapse", issue_19_run, "--out", tmp_path / "growth.gif")[0] == 0
+
+
+@pytest.mark.parametrize("size, form", [(64, "short"), (40, "short in two lines"), (512, "full")])
+def test_the_caption_fits_small_frames_whole(issue_19_run, size, form):
+    """Issue 19: at 64 px the caption was cut at the right edge ('2.53 kim'). Every line of
+    every caption, measured with PIL's textbbox in the font it is drawn in, fits the frame."""
+    from PIL import ImageDraw
+
+    from progan.timelapse import _font, _pad, caption_lines, caption_right_edge, caption_style, timelapse_frames
+
+    snaps = find_snapshots(issue_19_run)
+    frames = list(timelapse_frames(snaps, size=size))
+    assert frames[0].shape == (size, size, 3)
+    chosen, font_size = caption_style(snaps, size, base_size=max(10, size // 40))
+    assert chosen == form  # the most readable form that fits: full words when there is room
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    for snap, frame in zip(snaps, frames):
+        lines = caption_lines(snap, chosen)
+        assert f"{snap.images_shown / 1000:.3g}" in "".join(lines)  # e.g. 2.53: the kimg is all there
+        edges = [caption_right_edge(draw, line, _font(font_size), _pad(font_size)) for line in lines]
+        assert max(edges) <= size, (lines, edges, font_size)
+        # as drawn: the caption's black box is the one measured, and the grey cells show right of it
+        box = int((frame[1] != 128).any(axis=1).argmin()) if (frame[1] == 128).all(axis=1).any() else size
+        assert box == max(edges) and (frame[1, 0] == 0).all()
+    if size == 64:  # one line, clear of the grid's lower rows
+        assert font_size >= 7 and (frames[0][size // 4:] == 128).all()
 
 
 @pytest.mark.slow
