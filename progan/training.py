@@ -402,7 +402,7 @@ class Trainer:
 
     def evaluate_metrics(self) -> dict | None:
         """The configured metrics of the EMA generator, sharded over processes; logged by the main one."""
-        from progan.metrics import GeneratorSource, evaluate_metrics, parse_metric_names, unavailable_reason
+        from progan.metrics import METRICS_WITH_REALS, GeneratorSource, evaluate_metrics, parse_metric_names, unavailable_reason
 
         c, st = self.config, self.state
         # The names as validated at setup: lower case, duplicates dropped ("SWD,swd" is swd).
@@ -424,7 +424,8 @@ class Trainer:
         if self.is_main:
             record = {"kind": "metrics", "kimg": round(self.images_shown / KIMG, 3),
                       "images_shown": self.images_shown, "resolution": st.resolution,
-                      "alpha": round(st.alpha, 5), "num_images": c.metric_images, "mirror_reals": c.mirror,
+                      "alpha": round(st.alpha, 5), "num_images": c.metric_images,
+                      **({"mirror_reals": c.mirror} if set(names) & set(METRICS_WITH_REALS) else {}),  # reals read
                       "seconds": round(seconds, 1), **results}
             append_jsonl(self.run_dir / "stats.jsonl", record)
             self.log("metrics " + "  ".join(f"{k} {v:.4g}" for k, v in results.items()) + f"  ({seconds:.0f} s)")
