@@ -264,12 +264,31 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None):
         raise CheckpointError(f"{path} is not a readable ONNX model (truncated or corrupt: {first_line(exc)})") from None
 
 
-def onnx_images(session, seeds, latent_size: int) -> "np.ndarray":  # noqa: F821
+def onnx_latent_size(session) -> int:
+    """The latent size an ONNX generator takes: its input `latents` is [batch, latent_size]
+    (the model config in the file's metadata says the same, for readers without a session)."""
+    shape = session.get_inputs()[0].shape
+    if len(shape) == 2 and isinstance(shape[1], int):
+        return shape[1]
+    metadata = session.get_modelmeta().custom_metadata_map
+    try:
+        return int(json.loads(metadata["model_config"])["latent_size"])
+    except (KeyError, TypeError, ValueError):
+        raise ExportError(f"the ONNX model's input is {shape}, not [batch, latent_size], and its metadata has "
+                          f"no model config; export it again with generate.py export") from None
+
+
+def onnx_images(session, seeds, latent_size: int | None = None) -> "np.ndarray":  # noqa: F821
     """Seeds -> uint8 images [N, R, R, C] from an ONNX session, with the latents of
-    progan.sampling (the same image for a seed as the PyTorch generator, within float rounding)."""
+    progan.sampling (the same image for a seed as the PyTorch generator, within float rounding).
+    `latent_size` defaults to the model's own (onnx_latent_size); another one is an ExportError."""
     from progan.images import to_uint8
     from progan.sampling import latents_for_seeds
 
-    latents = latents_for_seeds(seeds, latent_size).numpy()
+    expected = onnx_latent_size(session)
+    if latent_size is not None and latent_size != expected:
+        raise ExportError(f"latent_size {latent_size} does not fit this ONNX generator, which takes latents "
+                          f"[batch, {expected}]; leave latent_size out to use the model's")
+    latents = latents_for_seeds(seeds, expected).numpy()
     (images,) = session.run(["images"], {"latents": latents})
     return to_uint8(torch.from_numpy(images))

@@ -183,6 +183,48 @@ def state_at(schedule: ScheduleConfig, images_shown: int) -> TrainingState:
     )
 
 
+def last_step_start(schedule: ScheduleConfig, images_shown: int) -> int:
+    """The first image of the training step that ended at `images_shown` (more precisely: the
+    largest step start below it; 0 when nothing has been shown).
+
+    The trainer's steps start at 0 and each adds the global batch of the phase it starts in:
+    s[k+1] = s[k] + state_at(s[k]).batch_size. A phase edge rarely falls on a step edge, so the
+    step that crosses it (it starts before the edge) belongs wholly to the phase that is ending,
+    and the new phase's first step starts at the first step edge at or past the edge.
+    """
+    if images_shown < 0:
+        raise ValueError(f"images_shown must be non-negative, got {images_shown}")
+    phases = schedule.phases()
+    start, previous = 0, 0  # the first step start in the phase; the last step start before it
+    for i, phase in enumerate(phases):
+        end = phase.end_images if i < len(phases) - 1 else math.inf  # the last phase runs on
+        if start >= end:
+            continue  # a batch larger than the whole phase stepped over it
+        if images_shown <= start:
+            break
+        batch = schedule.batch_size(phase.resolution)
+        k = (images_shown - 1 - start) // batch  # the step of this phase that holds image images_shown - 1
+        steps = -(-(end - start) // batch) if end != math.inf else math.inf  # steps that start in it
+        if k < steps:
+            return start + k * batch
+        previous = start + (steps - 1) * batch
+        start += steps * batch
+    return previous
+
+
+def tick_state(schedule: ScheduleConfig, images_shown: int) -> TrainingState:
+    """The stage that upkeep at `images_shown` (a tick's log line and stats, a sample grid
+    `samples-<images_shown>.png`) reports and draws: that of the step which ended there.
+
+    This is the one rule for "which phase does a tick belong to". A tick at or just past a phase
+    edge belongs to the phase that just ended, because its statistics were measured and its
+    networks trained by that phase's steps; the grid is drawn at that step's resolution and
+    alpha (the alpha it trained with). The new phase is announced after the tick, when its
+    first step starts. The state's `images_shown` is that step's first image.
+    """
+    return state_at(schedule, last_step_start(schedule, images_shown))
+
+
 def parse_table(text: str, value_type=float, flag: str = "table") -> dict[int, float]:
     """Parse '4:128,8:128,1024:4' into {4: 128, 8: 128, 1024: 4}; raises ValueError naming `flag`."""
     table: dict[int, float] = {}

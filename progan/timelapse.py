@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from progan.schedule import KIMG, state_at
+from progan.schedule import KIMG, state_at, tick_state
 
 SNAPSHOT = re.compile(r"^samples-(\d+)\.png$")
 HOLD_LAST_SECONDS = 2.0  # the finished faces stay on screen before the loop starts again
@@ -68,8 +68,10 @@ def find_snapshots(run_dir: str | os.PathLike) -> list[Snapshot]:
     snapshots = []
     for images_shown, path in found:
         width, height = _size(path)
-        # Grids drawn mid-run show the stage of the step just taken, the last one the stage after it.
-        for st in (state_at(schedule, max(images_shown - 1, 0)), state_at(schedule, images_shown)):
+        # A grid shows the stage of the step that ended at its image count (schedule.tick_state,
+        # the trainer's own rule). Final grids of runs trained before that rule were drawn at the
+        # stage of the step after it (state_at), so that is accepted too.
+        for st in (tick_state(schedule, images_shown), state_at(schedule, images_shown)):
             side = sample_grid_side(st.resolution)
             cell = model.level_size(st.resolution)  # (width, height)
             if (width, height) == (side * cell[0], side * cell[1]):
@@ -97,7 +99,8 @@ def timelapse_frames(snapshots: list[Snapshot], size: int | None = None) -> Iter
     width, height = side * final.cell[0], side * final.cell[1]
     if size is not None:  # the long side; the other keeps the model's ratio
         width, height = (size, round(size * height / width)) if width >= height else (round(size * width / height), size)
-    font = ImageFont.load_default(size=max(10, max(width, height) // 40))
+    form, font_size = caption_style(snapshots, width, base_size=max(10, max(width, height) // 40))
+    font = _font(font_size)
     for snap in snapshots:
         with Image.open(snap.path) as picture:
             grid = np.asarray(picture.convert("RGB"))
@@ -106,17 +109,62 @@ def timelapse_frames(snapshots: list[Snapshot], size: int | None = None) -> Iter
                  for i in range(side * side)]
         rows = [np.concatenate(cells[row * side:(row + 1) * side], axis=1) for row in range(side)]
         frame = Image.fromarray(np.concatenate(rows, axis=0)).resize((width, height), Image.Resampling.NEAREST)
-        kimg = snap.images_shown / KIMG
-        yield np.asarray(_label(frame, f"{snap.label}  alpha {snap.alpha:.2f}  {kimg:.1f} kimg" if kimg >= 10 else
-                                f"{snap.label}  alpha {snap.alpha:.2f}  {kimg:.3g} kimg", font))
+        yield np.asarray(_label(frame, caption_lines(snap, form), font, _pad(font_size)))
 
 
-def _label(frame: Image.Image, text: str, font) -> Image.Image:
+# -- captions ---------------------------------------------------------------------------------
+# From the most to the least readable; the first that fits every frame's width is used for all
+# of them (one font size all animation long). "a" is alpha and "k" kimg in the short forms.
+CAPTION_FORMS = ("full", "short", "short in two lines", "short in three lines")
+MIN_FONT_SIZE = 6
+
+
+def caption_lines(snap: Snapshot, form: str = "full") -> list[str]:
+    """The caption of a frame, e.g. ['16x16  alpha 0.97  2.02 kimg'] or ['16x16', 'a0.97', '2.02k']."""
+    kimg = snap.images_shown / KIMG
+    kimg_text = f"{kimg:.1f}" if kimg >= 10 else f"{kimg:.3g}"
+    if form == "full":
+        return [f"{snap.label}  alpha {snap.alpha:.2f}  {kimg_text} kimg"]
+    short = [snap.label, f"a{snap.alpha:.2f}", f"{kimg_text}k"]
+    return {"short": [" ".join(short)], "short in two lines": [" ".join(short[:2]), short[2]],
+            "short in three lines": short}[form]
+
+
+def caption_style(snapshots: list[Snapshot], width: int, base_size: int) -> tuple[str, int]:
+    """(form, font size) of the captions: the first form of CAPTION_FORMS whose every line, at
+    the largest size from `base_size` down to MIN_FONT_SIZE, fits `width` pixels with its padding
+    (measured with PIL's textbbox). A frame too narrow for any (under ~20 px) gets the last form
+    at the smallest size, cut at the edge."""
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    for form in CAPTION_FORMS:
+        # the longest lines first: a size that does not fit usually fails on the first one
+        lines = sorted({line for snap in snapshots for line in caption_lines(snap, form)}, key=len, reverse=True)
+        for font_size in range(base_size, MIN_FONT_SIZE - 1, -1):
+            font = _font(font_size)
+            if all(caption_right_edge(draw, line, font, _pad(font_size)) <= width for line in lines):
+                return form, font_size
+    return CAPTION_FORMS[-1], MIN_FONT_SIZE
+
+
+def caption_right_edge(draw: ImageDraw.ImageDraw, line: str, font, pad: int) -> int:
+    """The x just right of a caption line's black box: the text's right edge plus the padding."""
+    return draw.textbbox((pad, pad), line, font=font)[2] + pad
+
+
+def _font(size: int):
+    return ImageFont.load_default(size=size)  # Pillow's bundled font (FreeType); without it, its bitmap font
+
+
+def _pad(font_size: int) -> int:
+    return max(1, font_size // 4)
+
+
+def _label(frame: Image.Image, lines: list[str], font, pad: int) -> Image.Image:
     draw = ImageDraw.Draw(frame)
-    pad = max(2, font.size // 4)
-    left, top, right, bottom = draw.textbbox((pad, pad), text, font=font)
-    draw.rectangle((0, 0, right + pad, bottom + pad), fill=(0, 0, 0))
-    draw.text((pad, pad), text, fill=(255, 255, 255), font=font)
+    text = "\n".join(lines)
+    left, top, right, bottom = draw.multiline_textbbox((pad, pad), text, font=font, spacing=pad)
+    draw.rectangle((0, 0, right + pad - 1, bottom + pad - 1), fill=(0, 0, 0))
+    draw.multiline_text((pad, pad), text, fill=(255, 255, 255), font=font, spacing=pad)
     return frame
 
 

@@ -51,7 +51,7 @@ from progan.precision import resolve_mixed_precision
 from progan.progress import format_duration
 from progan.reals import BatchReader, DataOrder, RealImages, fade_reals, memory_budget_per_process  # noqa: F401
 from progan.runlock import share_from_main
-from progan.schedule import KIMG, TrainingState, state_at
+from progan.schedule import KIMG, TrainingState, state_at, tick_state
 from progan.seeds import STREAM_GRID, derived_seed, seeded_generator
 from progan.step import StepInputs, StepModels, StepSettings, StepStats, micro_slices, step_inputs  # noqa: F401
 from progan.step import train_step as run_step
@@ -374,7 +374,7 @@ class Trainer:
         self.training_seconds += seconds
         rate = images / seconds if seconds > 0 else 0.0
         remaining = max(self.config.schedule.total_images - self.images_shown, 0)
-        st = state_at(self.config.schedule, self.images_shown)
+        st = tick_state(self.config.schedule, self.images_shown)  # the phase of the steps just taken
         stats = {
             "kind": "tick", "tick": self.ticks, "kimg": round(self.images_shown / KIMG, 3), "images_shown": self.images_shown,
             "resolution": st.resolution, "alpha": round(st.alpha, 5), "phase": st.phase.kind,
@@ -402,7 +402,7 @@ class Trainer:
 
     def evaluate_metrics(self) -> dict | None:
         """The configured metrics of the EMA generator, sharded over processes; logged by the main one."""
-        from progan.metrics import GeneratorSource, evaluate_metrics, parse_metric_names, unavailable_reason
+        from progan.metrics import METRICS_WITH_REALS, GeneratorSource, evaluate_metrics, parse_metric_names, unavailable_reason
 
         c, st = self.config, self.state
         # The names as validated at setup: lower case, duplicates dropped ("SWD,swd" is swd).
@@ -424,7 +424,8 @@ class Trainer:
         if self.is_main:
             record = {"kind": "metrics", "kimg": round(self.images_shown / KIMG, 3),
                       "images_shown": self.images_shown, "resolution": st.resolution,
-                      "alpha": round(st.alpha, 5), "num_images": c.metric_images, "mirror_reals": c.mirror,
+                      "alpha": round(st.alpha, 5), "num_images": c.metric_images,
+                      **({"mirror_reals": c.mirror} if set(names) & set(METRICS_WITH_REALS) else {}),  # reals read
                       "seconds": round(seconds, 1), **results}
             append_jsonl(self.run_dir / "stats.jsonl", record)
             self.log("metrics " + "  ".join(f"{k} {v:.4g}" for k, v in results.items()) + f"  ({seconds:.0f} s)")
@@ -434,14 +435,16 @@ class Trainer:
 
     @torch.no_grad()
     def save_sample_grid(self) -> Path | None:
-        """A grid from the EMA generator at fixed latents, at the current resolution and alpha."""
+        """A grid from the EMA generator at fixed latents, at the resolution and alpha of the step
+        that just ended (schedule.tick_state: the rule the tick line and the timelapse use)."""
         if not self.is_main:
             return None
-        res, alpha = self.state.resolution, self.state.alpha
+        st = tick_state(self.config.schedule, self.images_shown)
+        res, alpha = st.resolution, st.alpha
         side = sample_grid_side(res)
         latents = self.grid_latents[: side * side].to(self.device)
         images = [self.G_ema(chunk, resolution=res, alpha=alpha).float().cpu()
-                  for chunk in latents.split(max(self.state.batch_size, 4))]
+                  for chunk in latents.split(max(st.batch_size, 4))]
         grid = make_grid(to_uint8(torch.cat(images)), rows=side, cols=side)
         path = self.run_dir / f"samples-{self.images_shown:010d}.png"
         save_png(grid, path)

@@ -67,6 +67,38 @@ def test_onnx_batch_is_dynamic_and_the_file_says_what_it_holds(exports):
     assert (meta["resolution"], float(meta["alpha"])) == (str(TRAINED_RES), ALPHA)
 
 
+def test_onnx_images_reads_the_latent_size_from_the_model(exports):
+    """Issue 19: the README passed latent_size=512, and a model of another latent size then
+    failed inside onnxruntime. The model's input [batch, latent_size] says it."""
+    session = export.onnx_session(exports[".onnx"], threads=1)
+    assert export.onnx_latent_size(session) == CONFIG.latent_size == 32  # not the paper's 512
+    np.testing.assert_array_equal(export.onnx_images(session, SEEDS), export.onnx_images(session, SEEDS, 32))
+    with pytest.raises(export.ExportError, match=r"latent_size 512 does not fit .* latents \[batch, 32\]"):
+        export.onnx_images(session, SEEDS, latent_size=512)
+
+
+def test_the_readme_onnx_snippet_runs_on_a_small_preset_export(tmp_path, monkeypatch, one_torch_thread):
+    """The README's Python snippet, as written, on an export of the `small` preset (latent 64)."""
+    import re
+    from pathlib import Path
+
+    from progan.config import ModelConfig
+    from progan.networks import Generator
+
+    config = ModelConfig.preset("small", resolution=8)
+    torch.manual_seed(0)
+    state = {**training_state(seed=3), "model_config": config.to_dict(), "resolution": 8, "alpha": 1.0}
+    state["generator"] = state["generator_ema"] = Generator(config).state_dict()
+    checkpoints.save_training_checkpoint(tmp_path, state)
+    export.export_file(tmp_path, tmp_path / "generator.onnx")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = re.search(r"```python\n(from progan.export import onnx_images[^`]*)```", readme).group(1)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(snippet, scope)  # noqa: S102 - our own README
+    assert scope["images"].shape == (3, 8, 8, 3) and scope["images"].dtype == np.uint8
+
+
 def test_onnx_of_a_lower_stage_is_its_stable_output(run_dir, tmp_path, one_torch_thread):
     path = export.export_file(run_dir, tmp_path / "g4.onnx", resolution=4)
     G, _ = load_generator(run_dir)

@@ -59,3 +59,24 @@ def test_metrics_cli_mirrors_by_default_only_runs_that_trained_with_mirroring(tm
     assert _trained_with_mirror(tmp_path / "a")
     assert not _trained_with_mirror(tmp_path / "b")
     assert not _trained_with_mirror(tmp_path / "missing") and not _trained_with_mirror(None)
+
+
+def test_a_training_metric_line_records_mirror_reals_only_when_reals_were_read(demo_lmdb, tmp_path, monkeypatch):
+    """stats.jsonl's metric lines: MS-SSIM alone reads no reals, so its line says nothing about them."""
+    import json
+
+    import progan.metrics
+    from progan.schedule import state_at
+    from test_training import make_trainer
+
+    monkeypatch.setattr(progan.metrics, "evaluate_metrics", lambda names, *a, **k: {n: 0.5 for n in names})
+    for metrics, recorded in (("msssim", False), ("swd,msssim", True)):
+        out = tmp_path / metrics
+        out.mkdir()  # train.py makes it; the trainer alone does not
+        trainer = make_trainer(demo_lmdb, out, "--resolution", "16", "--metrics", metrics, "--metric-kimg", "1",
+                               "--metric-images", "16")
+        trainer.state = state_at(trainer.config.schedule, trainer.config.schedule.total_images)  # stable 16x16
+        trainer.evaluate_metrics()
+        line = json.loads((out / "stats.jsonl").read_text().splitlines()[-1])
+        assert line["kind"] == "metrics" and line["msssim"] == 0.5
+        assert ("mirror_reals" in line) == recorded and line.get("mirror_reals", True) is True

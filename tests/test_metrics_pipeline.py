@@ -260,6 +260,51 @@ def fake_checkpoint(monkeypatch, tmp_path):
     return run_dir
 
 
+def test_msssim_records_no_reals_it_did_not_read(lmdb16, fake_checkpoint, capsys):
+    """Issue 19: msssim wrote "real": null, "mirror_reals": true; it looks at generated images only."""
+    (fake_checkpoint / "config.json").write_text('{"mirror": true}')  # a run that trained with mirroring
+    for extra in ([], ["--real", lmdb16]):
+        code, out, err = run_main(capsys, "msssim", "--fake", fake_checkpoint, "--num", "4", "--device", "cpu",
+                                  "--no-log", *extra)
+        assert code == 0, err
+        record = json.loads(out)
+        assert "real" not in record and "mirror_reals" not in record and 0 < record["msssim"] <= 1
+        assert record["num_images"] == {"msssim": 4} and record["fake"].endswith("checkpoint-0000012000.pt")
+        assert ("--real was not used" in err) == bool(extra)
+    # a metric that reads reals says which and how they were read
+    code, out, err = run_main(capsys, "swd,msssim", "--real", lmdb16, "--fake", fake_checkpoint, "--num", "8",
+                              "--device", "cpu", "--no-log")
+    record = json.loads(out)
+    assert code == 0 and record["real"] == str(lmdb16) and record["mirror_reals"] is True, err
+
+
+def test_default_counts_fit_a_small_database_with_a_note(lmdb16, fake_checkpoint, capsys):
+    """Issue 19: the README's examples failed on the 2000-image demo database without --num.
+    With --num left out, a metric takes all a database holds when it holds fewer than the
+    paper's count, says so on stderr and records the count; an explicit --num is kept."""
+    code, out, err = run_main(capsys, "swd", "--real", lmdb16, "--fake", fake_checkpoint, "--device", "cpu", "--no-log")
+    assert code == 0, err
+    assert json.loads(out)["num_images"] == {"swd": 16}
+    assert f"note: swd on 16 images, all that {lmdb16} holds (the paper's count is 16384" in err
+    code, out, err = run_main(capsys, "swd,msssim", "--real", lmdb16, "--fake", lmdb16, "--resolution", "16",
+                              "--device", "cpu")
+    assert code == 0 and json.loads(out)["num_images"] == {"swd": 16, "msssim": 16}, err  # --fake a database too
+    code, out, err = run_main(capsys, "msssim", "--fake", fake_checkpoint, "--num", "6", "--device", "cpu", "--no-log")
+    assert code == 0 and "note" not in err and json.loads(out)["num_images"] == {"msssim": 6}
+    code, out, err = run_main(capsys, "swd", "--real", lmdb16, "--fake", fake_checkpoint, "--num", "17", "--device", "cpu")
+    assert_one_line_error(code, out, err, "fewer than the 17 SWD compares")
+
+
+def test_metric_counts_take_the_smaller_database_only_for_the_metrics_that_read_it():
+    from progan.metrics.__main__ import metric_counts
+
+    counts, notes = metric_counts(["swd", "msssim", "fid"], None, ("r.lmdb", 2000), None)
+    assert counts == {"swd": 2000, "msssim": 20000, "fid": 50000} and len(notes) == 1 and "r.lmdb" in notes[0]
+    counts, notes = metric_counts(["swd", "msssim", "fid"], None, ("r.lmdb", 3000), ("f.lmdb", 1000))
+    assert counts == {"swd": 1000, "msssim": 1000, "fid": 1000} and all("f.lmdb" in n for n in notes)
+    assert metric_counts(["swd"], 500, ("r.lmdb", 100), None) == ({"swd": 500}, [])  # --num is the user's
+
+
 def test_cli_appends_to_the_run_metrics_log(lmdb16, fake_checkpoint, capsys):
     args = ["swd", "--real", lmdb16, "--fake", fake_checkpoint, "--num", "8", "--device", "cpu"]
     code, out, err = run_main(capsys, *args)

@@ -109,3 +109,47 @@ def test_parse_table():
     for bad in ("4=128", "4:x", "12:4", "", "4"):
         with pytest.raises(ValueError, match="--batch"):
             parse_table(bad, int, "--batch")
+
+
+# -- which phase a tick belongs to -------------------------------------------------------------
+def trainer_step_starts(sched, until):
+    """The trainer's loop, written out: each step starts where the last ended and adds the
+    batch of the phase it starts in (progan/training.py Trainer.run / train_step)."""
+    starts, images = [], 0
+    while images < until:
+        starts.append(images)
+        images += state_at(sched, images).batch_size
+    return starts, images
+
+
+@pytest.mark.parametrize("sched", [
+    small_schedule(),
+    small_schedule(batch={4: 32, 8: 32, 16: 32}, fade_kimg=0.5, stable_kimg=0.5),   # the issue's run
+    small_schedule(batch={4: 7, 8: 13, 16: 3}, fade_kimg=0.1, stable_kimg=0.25),     # edges never on step edges
+    small_schedule(batch={4: 16, 8: 300, 16: 5}, fade_kimg=0.1, stable_kimg=0.05),   # one step overshoots whole phases
+])
+def test_tick_state_is_the_state_of_the_step_that_ended_there(sched):
+    from progan.schedule import last_step_start, tick_state
+
+    starts, end = trainer_step_starts(sched, sched.total_images + 500)
+    for start, stop in zip(starts, starts[1:] + [end]):
+        assert last_step_start(sched, stop) == start
+        assert tick_state(sched, stop) == state_at(sched, start)
+        for images in (start + 1, (start + stop) // 2):  # inside a step: the step holding image images-1
+            assert last_step_start(sched, images) == start
+    assert last_step_start(sched, 0) == 0 and tick_state(sched, 0) == state_at(sched, 0)
+    with pytest.raises(ValueError):
+        last_step_start(sched, -1)
+
+
+def test_a_tick_just_past_a_phase_edge_belongs_to_the_phase_that_ended():
+    """The issue's run (batch 32, 500-image phases): the tick at 512 follows the step 480..511,
+    which crossed the edge at 500 in stable 4x4; the fade's first step starts at 512."""
+    from progan.schedule import tick_state
+
+    sched = small_schedule(batch={4: 32, 8: 32, 16: 32}, fade_kimg=0.5, stable_kimg=0.5)
+    at_512 = tick_state(sched, 512)
+    assert (at_512.phase.kind, at_512.resolution, at_512.alpha) == ("stable", 4, 1.0)
+    assert state_at(sched, 512).phase.kind == "fade"  # what the next step trains
+    at_1024 = tick_state(sched, 1024)  # the last fade step started at 992: alpha (992-500)/500
+    assert (at_1024.phase.kind, at_1024.resolution) == ("fade", 8) and at_1024.alpha == pytest.approx(0.984)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,7 +15,7 @@ from progan.setup_run import prepare_run
 from progan.timelapse import find_snapshots
 
 # TINY: 4x4 stable to 64 images, fade into 8x8 to 192, then 8x8 stable; grids of 8x8 cells.
-STAGES = {32: (4, 1.0), 128: (8, 0.5), 256: (8, 1.0)}
+STAGES = {32: (4, 1.0), 128: (8, 0.375), 256: (8, 1.0)}  # alpha of the step 112..127: (112 - 64) / 128
 
 
 def cell_colour(index: int, resolution: int) -> tuple[int, int, int]:
@@ -87,6 +89,86 @@ def test_bad_input_is_one_line_and_writes_nothing(fake_run, tmp_path, capsys):
         (fake_run / name).unlink()
     assert_one_line_error(cli(capsys, "timelapse", fake_run, "--out", out), "holds no sample grids")
     assert not (tmp_path / "out").exists() and not (tmp_path / "g.mp4").exists()
+
+
+# The run of issue 19: the small preset at 16 with 500-image phases, a grid every 0.5 kimg, batch 32.
+ISSUE_19 = ["--config", "small", "--resolution", "16", "--fade-kimg", "0.5", "--stable-kimg", "0.5",
+            "--tick-kimg", "0.5", "--snapshot-ticks", "1", "--workers", "0"]
+# What that run's train.py wrote: samples-<images>.png and the grid's size. Each tick follows a
+# step that crossed a phase edge (480..511 in stable 4x4, 992..1023 late in the fade, ...), and
+# its grid is drawn at that step's resolution and alpha.
+ISSUE_19_GRIDS = {512: (32, 4, 1.0), 1024: (64, 8, 0.984), 1504: (64, 8, 1.0), 2016: (128, 16, 0.968),
+                  2528: (128, 16, 1.0)}
+
+
+@pytest.fixture
+def issue_19_run(demo_lmdb, tmp_path):
+    """A run folder with the config of issue 19's run and grey grids of the sizes it wrote."""
+    from train import build_parser
+
+    run = tmp_path / "issue19"
+    run.mkdir()
+    plan = prepare_run(vars(build_parser().parse_args(["--data", str(demo_lmdb), "--out", str(tmp_path / "x"), *ISSUE_19])))
+    (run / "config.json").write_text(plan.config.to_json())
+    for images, (size, _, _) in ISSUE_19_GRIDS.items():
+        save_png(np.full((size, size, 3), 128, np.uint8), run / f"samples-{images:010d}.png")
+    return run
+
+
+def test_grids_drawn_just_past_a_phase_edge_belong_to_the_phase_that_drew_them(issue_19_run, tmp_path, capsys):
+    """Issue 19: `timelapse` refused samples-0000000512.png (32x32) of a run train.py wrote."""
+    snaps = find_snapshots(issue_19_run)
+    assert [(s.images_shown, s.resolution) for s in snaps] == [(i, r) for i, (_, r, _) in ISSUE_19_GRIDS.items()]
+    np.testing.assert_allclose([s.alpha for s in snaps], [a for _, _, a in ISSUE_19_GRIDS.values()], atol=1e-6)
+    assert cli(capsys, "timelapse", issue_19_run, "--out", tmp_path / "growth.gif")[0] == 0
+
+
+@pytest.mark.parametrize("size, form", [(64, "short"), (40, "short in two lines"), (512, "full")])
+def test_the_caption_fits_small_frames_whole(issue_19_run, size, form):
+    """Issue 19: at 64 px the caption was cut at the right edge ('2.53 kim'). Every line of
+    every caption, measured with PIL's textbbox in the font it is drawn in, fits the frame."""
+    from PIL import ImageDraw
+
+    from progan.timelapse import _font, _pad, caption_lines, caption_right_edge, caption_style, timelapse_frames
+
+    snaps = find_snapshots(issue_19_run)
+    frames = list(timelapse_frames(snaps, size=size))
+    assert frames[0].shape == (size, size, 3)
+    chosen, font_size = caption_style(snaps, size, base_size=max(10, size // 40))
+    assert chosen == form  # the most readable form that fits: full words when there is room
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    for snap, frame in zip(snaps, frames):
+        lines = caption_lines(snap, chosen)
+        assert f"{snap.images_shown / 1000:.3g}" in "".join(lines)  # e.g. 2.53: the kimg is all there
+        edges = [caption_right_edge(draw, line, _font(font_size), _pad(font_size)) for line in lines]
+        assert max(edges) <= size, (lines, edges, font_size)
+        # as drawn: the caption's black box is the one measured, and the grey cells show right of it
+        box = int((frame[1] != 128).any(axis=1).argmin()) if (frame[1] == 128).all(axis=1).any() else size
+        assert box == max(edges) and (frame[1, 0] == 0).all()
+    if size == 64:  # one line, clear of the grid's lower rows
+        assert font_size >= 7 and (frames[0][size // 4:] == 128).all()
+
+
+@pytest.mark.slow
+def test_timelapse_of_the_issue_19_run(demo_lmdb, tmp_path, capsys):
+    """The exact flags of issue 19 through train.py (to 1.1 kimg: two grids past phase edges and a final one)."""
+    from conftest import run_cli
+
+    run = tmp_path / "run"
+    proc = run_cli(["train.py", "--data", str(demo_lmdb), "--out", str(run), *ISSUE_19, "--total-kimg", "1.1",
+                    "--log-with", "none"])
+    with Image.open(run / "samples-0000000512.png") as grid:
+        assert grid.size == (32, 32)  # drawn at 4x4: the step 480..511 was stable 4x4
+    snaps = find_snapshots(run)
+    assert [(s.images_shown, s.resolution) for s in snaps] == [(512, 4), (1024, 8), (1120, 8)]
+    # the tick line before "phase 1: fade 8x8" reports the phase that ended, as the grid does
+    lines = proc.stdout.splitlines()
+    tick_1 = next(line for line in lines if line.startswith("tick 1 "))
+    assert " res 4 " in tick_1 and "alpha 1.000" in tick_1, tick_1
+    assert lines.index(tick_1) < next(i for i, line in enumerate(lines) if line.startswith("phase 1: fade"))
+    stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert [(s["images_shown"], s["resolution"], s["phase"]) for s in stats][:2] == [(512, 4, "stable"), (1024, 8, "fade")]
+    assert cli(capsys, "timelapse", run, "--out", tmp_path / "growth.gif")[0] == 0
 
 
 @pytest.mark.slow

@@ -151,7 +151,10 @@ def test_run_folder_outputs(reference_run):
     stats = [json.loads(line) for line in (reference_run / "stats.jsonl").read_text().splitlines()]
     assert {s["kind"] for s in stats} == {"tick"}
     assert [s["images_shown"] for s in stats] == list(range(32, 257, 32))
-    assert [s["resolution"] for s in stats][:2] == [4, 8] and 0 < stats[2]["alpha"] < 1
+    # a tick reports the phase of the step that ended there (schedule.tick_state): the tick at 64,
+    # on the edge of the fade, follows the step 48..63 in stable 4x4
+    assert [(s["resolution"], s["phase"]) for s in stats][:3] == [(4, "stable"), (4, "stable"), (8, "fade")]
+    assert stats[2]["alpha"] == 0.125  # the step 80..95: (80 - 64) / 128
     assert all(np.isfinite([s["loss_d"], s["loss_g"]]).all() for s in stats)
     grid = reference_run / "samples-latest.png"
     from PIL import Image

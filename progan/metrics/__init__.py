@@ -14,6 +14,7 @@ from progan.metrics.common import MetricError
 from progan.metrics.evaluate import (
     DEFAULT_NUM_IMAGES,
     METRICS,
+    METRICS_WITH_REALS,
     evaluate_metrics,
     load_inception_once,
     parse_metric_names,
@@ -25,7 +26,7 @@ from progan.metrics.sources import DatasetSource, GeneratorSource
 from progan.metrics.swd import sliced_wasserstein_distance
 
 __all__ = [
-    "DEFAULT_NUM_IMAGES", "METRICS", "DatasetSource", "GeneratorSource", "MetricError",
+    "DEFAULT_NUM_IMAGES", "METRICS", "METRICS_WITH_REALS", "DatasetSource", "GeneratorSource", "MetricError",
     "evaluate_metrics", "feature_statistics", "fid_from_features", "frechet_distance", "load_inception_once",
     "ms_ssim", "ms_ssim_pairs", "parse_metric_names", "sliced_wasserstein_distance",
     "unavailable_reason",

@@ -23,6 +23,7 @@ from progan.fileio import append_jsonl
 from progan.metrics.common import MetricError
 from progan.metrics.evaluate import (
     DEFAULT_NUM_IMAGES,
+    METRICS_WITH_REALS,
     evaluate_metrics,
     load_inception_once,
     parse_metric_names,
@@ -42,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fake", required=True,
                    help="checkpoint file, run folder (its latest checkpoint), exported generator, or an LMDB database")
     p.add_argument("--real", help="the real images: a progan LMDB database (needed by swd and fid)")
-    p.add_argument("--num", type=int, help="images per metric (MS-SSIM uses num/2 pairs); default: the paper's")
+    p.add_argument("--num", type=int,
+                   help="images per metric (MS-SSIM uses num/2 pairs); default: the paper's (SWD 16384, "
+                        "MS-SSIM 20000, FID 50000), or all a database holds when it holds fewer (a note says so)")
     p.add_argument("--resolution", type=int,
                    help="resolution to compare at; default: the checkpoint's current one (a lower one "
                         "box-averages the generated images down), or the --fake database's largest")
@@ -72,10 +75,32 @@ def _check_available(names: list[str], resolution: int, args, aspect: str = DEFA
             raise MetricError(reason)
 
 
-def _fake_source(args, names: list[str], device: torch.device):
+def metric_counts(names: list[str], num: int | None, real: tuple[str, int] | None,
+                  fake: tuple[str, int] | None) -> tuple[dict[str, int], list[str]]:
+    """({metric: images}, notes): --num for every metric, or by default the paper's count lowered
+    to what the databases a metric reads hold ((path, image count) of --real and of an LMDB
+    --fake), with a note for each metric lowered. SWD compares as many reals as fakes; MS-SSIM
+    reads only the fakes; FID's reals may be fewer than its fakes (recorded as fid_real_images)."""
+    counts, notes = {}, []
+    for name in names:
+        if num is not None:
+            counts[name] = num
+            continue
+        count, limit = DEFAULT_NUM_IMAGES[name], None
+        for database in ((real,) if name == "swd" else ()) + (fake,):
+            if database is not None and database[1] < count:
+                count, limit = database[1], database[0]
+        counts[name] = count
+        if limit is not None:
+            notes.append(f"note: {name} on {count} images, all that {limit} holds (the paper's count is "
+                         f"{DEFAULT_NUM_IMAGES[name]}; numbers on other counts are not comparable; --num sets it)")
+    return counts, notes
+
+
+def _fake_source(args, names: list[str], counts: dict[str, int], device: torch.device):
     """(source, resolution, aspect, provenance dict, run folder or None) for --fake."""
     fake_path = Path(args.fake)
-    counts = [args.num or DEFAULT_NUM_IMAGES[name] for name in names]
+    counts = [counts[name] for name in names]
     if _is_lmdb(fake_path):
         from progan.data import MultiResolutionDataset, dataset_aspect, read_metadata
 
@@ -108,24 +133,30 @@ def run(argv: list[str]) -> int:
         raise MetricError(f"--num must be at least 2, got {args.num}")
     if args.batch_size < 1:
         raise MetricError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.real is None and any(name in ("swd", "fid") for name in names):
+    if args.real is None and any(name in METRICS_WITH_REALS for name in names):
         raise MetricError("swd and fid need --real DATA.lmdb")
     device = choose_device(args.device)
     if "fid" in names:
         _check_available(["fid"], args.resolution or 0, args)  # FID's needs do not depend on the resolution
         _, sha256 = load_inception_once(args.inception, not args.inception_unverified, device)  # fail early
+    from progan.data import read_metadata
+
+    uses_reals = any(name in METRICS_WITH_REALS for name in names)
     real_count = None
     if args.real is not None:
-        from progan.data import read_metadata
-
         # A missing or broken database fails before the generator loads.
         real_count = read_metadata(args.real)["count"]
-    source, resolution, aspect, provenance, run_dir = _fake_source(args, names, device)
+    fake_count = read_metadata(args.fake)["count"] if _is_lmdb(Path(args.fake)) else None
+    counts, notes = metric_counts(names, args.num, (args.real, real_count) if uses_reals and args.real else None,
+                                  (args.fake, fake_count) if fake_count is not None else None)
+    if args.real is not None and not uses_reals:
+        notes.append(f"note: {', '.join(names)} looks at generated images only; --real was not used")
+    source, resolution, aspect, provenance, run_dir = _fake_source(args, names, counts, device)
     cache_dir = Path(args.cache_dir) if args.cache_dir else (run_dir / "metric-cache" if run_dir else None)
     mirror_reals = args.mirror_reals == "yes" or (args.mirror_reals == "auto" and _trained_with_mirror(run_dir))
     started = time.perf_counter()
     results = evaluate_metrics(
-        names, source, args.real, resolution, args.num, cache_dir=cache_dir, seed=args.seed,
+        names, source, args.real if uses_reals else None, resolution, counts, cache_dir=cache_dir, seed=args.seed,
         inception_path=args.inception, verify_inception=not args.inception_unverified, device=device,
         batch_size=args.batch_size, aspect=aspect, mirror_reals=mirror_reals)
     record = {
@@ -133,18 +164,20 @@ def run(argv: list[str]) -> int:
         **results,
         "resolution": resolution,
         **({"aspect": aspect} if aspect != DEFAULT_ASPECT else {}),  # square records as before
-        "num_images": {name: args.num or DEFAULT_NUM_IMAGES[name] for name in names},
+        "num_images": counts,
         "seed": args.seed,
-        "real": args.real,
-        "mirror_reals": mirror_reals,
+        # Only a metric that reads reals (SWD, FID) says which and how: MS-SSIM looks at fakes only.
+        **({"real": args.real, "mirror_reals": mirror_reals} if uses_reals else {}),
         **provenance,
         "seconds": round(time.perf_counter() - started, 1),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     if "fid" in names:
         # FID's statistics use the whole database when it holds fewer images than asked for.
-        record["fid_real_images"] = min(record["num_images"]["fid"], real_count)
+        record["fid_real_images"] = min(counts["fid"], real_count)
         record["inception_sha256"] = sha256
+    for note in notes:  # after the work: a failure stays one line
+        print(note, file=sys.stderr)
     print(json.dumps(record), flush=True)
     if run_dir is not None and not args.no_log:
         append_jsonl(run_dir / "metrics.jsonl", record)

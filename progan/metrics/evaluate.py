@@ -21,7 +21,7 @@ import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -34,6 +34,8 @@ from progan.progress import Progress
 METRICS = ("swd", "msssim", "fid")
 DEFAULT_NUM_IMAGES = {"swd": swd.DEFAULT_NUM_IMAGES, "msssim": msssim.DEFAULT_NUM_IMAGES,
                       "fid": fid.DEFAULT_NUM_IMAGES}
+# The metrics that read real images; MS-SSIM looks at generated images only.
+METRICS_WITH_REALS = ("swd", "fid")
 AllGather = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -250,7 +252,7 @@ def evaluate_metrics(
     fake: ImageSource,
     real,
     resolution: int,
-    num_images: int | None = None,
+    num_images: int | Mapping[str, int] | None = None,
     *,
     rank: int = 0,
     world_size: int = 1,
@@ -273,9 +275,10 @@ def evaluate_metrics(
         `resolution` and without mirroring, the caller's object left as it is), an LMDB path, any object with __len__ and
         get_batch(indices) -> uint8 [N, C, R, R] (cached only if it has a `fingerprint`), or None
         (enough for MS-SSIM, which looks at generated images only).
-    num_images: images per metric; None = the paper's counts (SWD 16384, MS-SSIM 20000 = 10k
-        pairs, FID 50000). SWD takes that many reals (the database must have them); FID uses
-        min(num_images, database size) reals.
+    num_images: images per metric, or a {metric: images} dict; None (or a metric left out of
+        the dict) = the paper's counts (SWD 16384, MS-SSIM 20000 = 10k pairs, FID 50000). SWD
+        takes that many reals (the database must have them); FID uses min(num_images, database
+        size) reals.
     rank, world_size, all_gather: for several processes. Every process calls this with the same
         arguments; `all_gather(t)` must return the concatenation along dim 0 of `t` from ranks
         0..world_size-1 (all of the same shape), e.g. `accelerate.Accelerator.gather`. Tensors
@@ -302,15 +305,17 @@ def evaluate_metrics(
         raise MetricError("evaluate_metrics with world_size > 1 needs all_gather")
     if not 0 <= rank < world_size:
         raise MetricError(f"rank {rank} is not in 0..{world_size - 1}")
-    if num_images is not None and num_images < 1:
-        raise MetricError(f"the number of images must be at least 1, got {num_images}")
+    counts = {name: metric_count(num_images, name) for name in names}
+    for count in counts.values():
+        if count < 1:
+            raise MetricError(f"the number of images must be at least 1, got {count}")
     real_dataset, real_name, dataset_id = _open_real(real, resolution) if real is not None else (None, "", None)
     real_aspect = getattr(real_dataset, "aspect", aspect)
     if real_aspect != aspect:
         raise MetricError(f"{real_name} holds {real_aspect} images, the images compared are {aspect}; "
                           f"compare with a {aspect} database")
     if "swd" in names and real_dataset is not None:  # fail before any work, not after other metrics
-        swd_count = num_images or DEFAULT_NUM_IMAGES["swd"]
+        swd_count = counts["swd"]
         if len(real_dataset) < swd_count:
             raise MetricError(f"{real_name} has {len(real_dataset)} images at {describe_level(aspect, resolution)}, fewer "
                               f"than the {swd_count} SWD compares (lower --num)")
@@ -320,7 +325,7 @@ def evaluate_metrics(
                progress=progress, aspect=aspect, mirror_reals=mirror_reals)
     results: dict[str, float] = {}
     for name in names:
-        count = num_images or DEFAULT_NUM_IMAGES[name]
+        count = counts[name]
         if name == "swd":
             results.update(_evaluate_swd(run, count))
         elif name == "msssim":
@@ -328,6 +333,12 @@ def evaluate_metrics(
         else:
             results.update(_evaluate_fid(run, count, inception_path, verify_inception))
     return results
+
+
+def metric_count(num_images: int | Mapping[str, int] | None, name: str) -> int:
+    """Images metric `name` evaluates: num_images (an int or a {metric: images} dict) or the paper's count."""
+    count = num_images.get(name) if isinstance(num_images, Mapping) else num_images
+    return DEFAULT_NUM_IMAGES[name] if count is None else int(count)
 
 
 def _open_real(real, resolution: int) -> tuple[object, str, str | None]:
