@@ -35,6 +35,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -101,11 +102,12 @@ class Variant:
     batch_real_fake: bool = True
     compile: bool = False  # torch.compile G and D (D's penalty pass stays eager)
     scale_smaller: bool = True  # equalized-LR scale on the smaller of input and weight
+    stock_conv: bool = False  # F.conv2d's own double backward instead of progan.ops (image-sized kernels)
 
     def describe(self) -> str:
         return (f"channels_last>={self.channels_last_min_res}, fused_resample>={self.fused_min_res}, "
                 f"inplace_act={self.inplace_act}, adam={self.adam}, batch_real_fake={self.batch_real_fake}, "
-                f"compile={self.compile}, scale_smaller={self.scale_smaller}")
+                f"compile={self.compile}, scale_smaller={self.scale_smaller}, stock_conv={self.stock_conv}")
 
 
 COMPARISONS = {
@@ -118,6 +120,7 @@ COMPARISONS = {
     "batch_real_fake": [("batched", dict(batch_real_fake=True)), ("separate", dict(batch_real_fake=False))],
     "compile": [("eager", dict(compile=False)), ("compiled", dict(compile=True))],
     "scale": [("scale-smaller", dict(scale_smaller=True)), ("scale-weight", dict(scale_smaller=False))],
+    "conv": [("progan.ops", dict(stock_conv=False)), ("stock-conv", dict(stock_conv=True))],
     # Every option off: what a straightforward port executes (NCHW, separate upsample/pool and
     # 3x3 convs, out-of-place activations, reals and fakes in two D passes, default foreach
     # Adam, equalized-LR scale multiplied into the weight on every call).
@@ -129,17 +132,19 @@ COMPARISONS = {
 
 @contextmanager
 def library_overrides(v: Variant):
-    """Out-of-place leaky ReLU, or the equalized-LR scale always on the weight (the paper's code),
-    for the A/B comparisons; the library's choices otherwise."""
-    saved_act, saved_scaled = networks._lrelu, layers._Equalized._scaled
+    """Out-of-place leaky ReLU, the equalized-LR scale always on the weight (the paper's code), or
+    PyTorch's own convolutions, for the A/B comparisons; the library's choices otherwise."""
+    saved_act, saved_scaled, saved_ops = networks._lrelu, layers._Equalized._scaled, layers.ops
     if not v.inplace_act:
         networks._lrelu = lambda x, slope: F.leaky_relu(x, slope)
     if not v.scale_smaller:
         layers._Equalized._scaled = lambda self, x, weight: (x, weight * self.scale)
+    if v.stock_conv:
+        layers.ops = SimpleNamespace(conv2d=F.conv2d, conv_transpose2d=F.conv_transpose2d)
     try:
         yield
     finally:
-        networks._lrelu, layers._Equalized._scaled = saved_act, saved_scaled
+        networks._lrelu, layers._Equalized._scaled, layers.ops = saved_act, saved_scaled, saved_ops
 
 
 def apply_variant(G, D, v: Variant) -> None:

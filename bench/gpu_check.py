@@ -4,7 +4,10 @@
     python bench/gpu_check.py --out DIR --tiny      # the same code path on a CPU in seconds (a test runs it)
     python bench/gpu_check.py --out DIR --paper     # no GPU: the roofline projection of the release schedule
 
-GPU mode, in order (each part is timed; the table comes last, the full numbers go to DIR/gpu_check.json):
+GPU mode, in order (each part is timed and bounded; the table comes last; DIR/gpu_check.json and
+DIR/gpu_check.txt are rewritten after every part and every measured row, so a crash or a timeout
+late in the run keeps everything measured before it, and a part that fails is recorded with its
+error while the others still run):
 1. the CUDA-marked tests (`pytest -m cuda`);
 2. ceilings: a bf16 (and tf32) 8192^3 matmul, and a 2 GiB device-to-device copy (bytes read + written);
 3. per resolution 4..1024 at the paper's widths, for tf32 (fp32 with TF32 matmuls/convs) and bf16:
@@ -17,7 +20,14 @@ GPU mode, in order (each part is timed; the table comes last, the full numbers g
    trapped, and CUDA's sync debug mode counting every synchronisation);
 4. the release schedule's wall time projected from those per-phase rates;
 5. bf16's error in the penalty and in D's and G's gradients against float64 on this device
-   (bench/bench_precision.py), sampling img/s at the top resolution, and SWD's time on the device.
+   (bench/bench_precision.py), sampling img/s at the top resolution, and SWD's time on the device;
+6. the user's own path on this device: `data_prep synth/build`, `train.py` with its defaults
+   through two fades, SIGTERM (exit 3 and a checkpoint), `--resume auto` through a third fade to
+   the end (exit 0), `generate.py` writing a grid (exit 0);
+7. torch.profiler over two steps at the top resolution: the kernels taking the most device time,
+   and the convolutions by input shape (DIR/profile.txt);
+8. the convolutions of each resolution's step counted on the meta device, and how many have a
+   kernel larger than 4x4 (image-sized: PyTorch's own double backward; progan.ops has none).
 
 Paper mode needs no GPU: per phase of the release schedule (paper widths, 1024, 12M images), the
 FLOPs of one step and the fewest bytes it must move (every convolution and matmul reading its
@@ -241,9 +251,10 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def step_rows(data, work, preset, resolutions, precisions, device, steps, workers, max_doublings,
-              deadline, first_batch: int | None = None) -> list[dict]:
-    """Paper batch, then doubling while it fits (and leaves headroom): the largest batch is the last row."""
-    rows = []
+              deadline, first_batch: int | None = None, rows: list[dict] | None = None, on_row=None) -> list[dict]:
+    """Paper batch, then doubling while it fits (and leaves headroom): the largest batch is the last row.
+    Rows are appended to `rows` as they are measured, and `on_row()` is called after each."""
+    rows = [] if rows is None else rows
     total_mem = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
     for precision in precisions:
         for res in resolutions:
@@ -267,6 +278,8 @@ def step_rows(data, work, preset, resolutions, precisions, device, steps, worker
                 row["kind"] = "paper batch" if batch == base else "larger"
                 rows.append(row)
                 fitted = row
+                if on_row is not None:
+                    on_row()
                 print(f"  {precision} {res:4d}x{res:<4d} batch {batch:4d}: {row['s_per_kimg']:8.3f} s/kimg "
                       f"{row['tflops']:8.2f} TFLOP/s  host reads/step {row['host_reads_per_step']:.1f}", flush=True)
                 if total_mem and row["peak_bytes"] * 2 > 0.85 * total_mem:
@@ -274,6 +287,8 @@ def step_rows(data, work, preset, resolutions, precisions, device, steps, worker
                 batch *= 2
             if fitted is not None:
                 fitted["largest_that_fits"] = True
+                if on_row is not None:
+                    on_row()
     return rows
 
 
@@ -328,6 +343,43 @@ class _Bytes(TorchDispatchMode):
         return out
 
 
+class ConvolutionKernels(TorchDispatchMode):
+    """Counts the convolutions a step launches and those whose kernel is larger than `limit`
+    (height or width): on a GPU each such call is an implicit GEMM over an image-sized kernel,
+    the cost of PyTorch's own double backward through a convolution (issue 18). Works on the
+    meta device, so the census of a 1024 step is free."""
+
+    FORWARD = {"convolution", "_convolution", "cudnn_convolution", "cudnn_convolution_transpose",
+               "mkldnn_convolution", "convolution_overrideable", "_slow_conv2d_forward",
+               "slow_conv_transpose2d"}
+
+    def __init__(self, limit: int = 4) -> None:
+        super().__init__()
+        self.limit = limit
+        self.total = 0
+        self.image_sized: list[tuple[list[int], list[int]]] = []  # (input shape, kernel shape)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.FORWARD:
+            x, w = args[0], args[1]
+            self.total += 1
+            if max(w.shape[2:]) > self.limit:
+                self.image_sized.append((list(x.shape), list(w.shape)))
+        return func(*args, **(kwargs or {}))
+
+
+def convolution_census(preset: str, res: int, batch: int, alpha: float = 1.0, limit: int = 4) -> ConvolutionKernels:
+    """The convolutions of one training step (bench_step's, the trainer's own step) on the meta device."""
+    from bench.bench_step import Variant, build, train_step
+
+    v = Variant(adam="foreach")
+    setup = build(ModelConfig.preset(preset, res), batch, "meta", v)
+    census = ConvolutionKernels(limit)
+    with census:
+        train_step(setup, res, alpha)
+    return census
+
+
 def roofline(preset: str, top: int, peak_flops: float, peak_bytes: float) -> dict:
     """Per phase of the release schedule: FLOPs and fewest bytes per step (meta device), the floor."""
     from bench.bench_step import Variant, build, run_step
@@ -344,6 +396,7 @@ def roofline(preset: str, top: int, peak_flops: float, peak_bytes: float) -> dic
         counter = _Bytes(act_bytes=2)  # bf16 activations and weight copies under autocast
         with counter:
             run_step(setup, res, v)
+        census = convolution_census(preset, res, batch)
         params = sum(p.numel() for p in setup.G.parameters()) + sum(p.numel() for p in setup.D.parameters())
         # Adam per parameter: read p, g, m, v and write p, m, v (fp32); EMA: read G and Gs, write Gs.
         state = 7 * 4 * params + 3 * 4 * sum(p.numel() for p in setup.G.parameters())
@@ -352,7 +405,8 @@ def roofline(preset: str, top: int, peak_flops: float, peak_bytes: float) -> dic
         per_res[res] = {"batch": batch, "flops_per_step": flops, "bytes_per_step": total_bytes,
                         "flop_s": flops / peak_flops, "byte_s": total_bytes / peak_bytes,
                         "bound": "compute" if flops / peak_flops >= total_bytes / peak_bytes else "memory",
-                        "floor_s_per_kimg": floor * KIMG / batch}
+                        "floor_s_per_kimg": floor * KIMG / batch, "convs": census.total,
+                        "image_sized_convs": len(census.image_sized)}
     phases, total = [], 0.0
     for kind, res, images in phase_images(sched):
         hours = per_res[res]["floor_s_per_kimg"] * images / KIMG / 3600
@@ -405,6 +459,121 @@ def precision_error(device: torch.device, tiny: bool) -> list[dict]:
     return rows
 
 
+# --- the user's path: train.py through fades, SIGTERM, resume, generate.py ---------------------
+
+def _run_logged(cmd: list[str], log: list[str], timeout: float, stop_when=None) -> dict:
+    """Run `python CMD...` from the repository root, keeping its output lines in `log`; with
+    `stop_when(line)`, send SIGTERM once it returns True. Returns the exit code and the time."""
+    import signal
+    import threading
+
+    log.append("+ " + " ".join(cmd))
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, *cmd], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    timer = threading.Timer(timeout, proc.kill)  # a hung command cannot eat the rest of the lease
+    timer.start()
+    signalled = False
+    try:
+        for line in proc.stdout:
+            log.append(line.rstrip())
+            if stop_when is not None and not signalled and stop_when(line):
+                proc.send_signal(signal.SIGTERM)
+                signalled = True
+        code = proc.wait()
+    finally:
+        timer.cancel()
+    return {"returncode": code, "seconds": time.monotonic() - t0, "signalled": signalled}
+
+
+def user_path(work: Path, tiny: bool, device: torch.device, timeout: float) -> dict:
+    """The README's commands on this device, with the defaults (paper nets, --mixed-precision
+    auto): two fades, SIGTERM mid-run, --resume auto through a third fade, then generate.py."""
+    import re
+
+    deadline = time.monotonic() + timeout
+    left = lambda: max(5.0, deadline - time.monotonic())  # noqa: E731
+    log: list[str] = []
+    out: dict = {"log": log, "ok": False}
+    faces, db, run, samples = work / "faces", work / "faces.lmdb", work / "run", work / "samples"
+    res, count, fade_kimg, tick_kimg = (32, 64, 0.125, 0.0625) if tiny else (32, 512, 4, 1)
+    workers = "1" if tiny else "4"
+    for step, cmd in (("synth", ["-m", "data_prep", "synth", str(faces), "--count", str(count), "--size", str(res),
+                                 "--seed", "0", "--workers", workers]),
+                      ("build", ["-m", "data_prep", "build", str(faces), str(db), "--max-res", str(res),
+                                 "--workers", workers])):
+        out[step] = _run_logged(cmd, log, left())
+        if out[step]["returncode"]:
+            return out
+    train = ["train.py", "--data", str(db), "--out", str(run), "--resolution", str(res), "--fade-kimg", str(fade_kimg),
+             "--stable-kimg", str(fade_kimg), "--tick-kimg", str(tick_kimg), "--snapshot-ticks", "2",
+             "--workers", "0" if tiny else "4", "--device", device.type, "--log-with", "none"]
+    if tiny:
+        train += ["--config", "small"]
+    phases_seen: list[int] = []
+    ticks_after = [0]
+
+    def second_fade_running(line: str) -> bool:  # SIGTERM one tick into the second fade (phase 3)
+        m = re.match(r"phase (\d+):", line)
+        if m:
+            phases_seen.append(int(m.group(1)))
+        elif phases_seen and max(phases_seen) >= 3 and line.startswith("tick"):
+            ticks_after[0] += 1
+        return ticks_after[0] >= 1
+
+    out["first_leg"] = _run_logged(train, log, left(), stop_when=second_fade_running)
+    out["first_leg"]["phases_seen"] = list(phases_seen)
+    out["first_leg"]["checkpoint_written"] = any(line.startswith("stopped by SIGTERM") and "checkpoint" in line
+                                                 for line in log)
+    total = 5 * fade_kimg + fade_kimg / 2  # 4 stable, fade 8, 8, fade 16, 16: then half of fade 32
+    resume = ["train.py", "--out", str(run), "--resume", "auto", "--total-kimg", str(total), "--device", device.type,
+              "--log-with", "none"]
+    start = len(log)
+    out["resume"] = _run_logged(resume, log, left())
+    out["resume"]["phases_seen"] = [int(m.group(1)) for line in log[start:] if (m := re.match(r"phase (\d+):", line))]
+    out["generate"] = _run_logged(["generate.py", str(run), "--out", str(samples), "--seeds", "0-15", "--grid", "4x4",
+                                   "--device", device.type], log, left())
+    grid = samples / "grid.png"
+    out["grid_bytes"] = grid.stat().st_size if grid.exists() else 0
+    out["ok"] = (out["first_leg"]["returncode"] == 3 and out["first_leg"]["checkpoint_written"]
+                 and max(out["first_leg"]["phases_seen"] or [0]) >= 3 and out["resume"]["returncode"] == 0
+                 and 5 in out["resume"]["phases_seen"] and out["generate"]["returncode"] == 0 and out["grid_bytes"] > 0)
+    return out
+
+
+# --- where the device time goes ----------------------------------------------------------------
+
+def profile_step(data, work, preset, res, batch, precision, device, workers, top: int = 15) -> dict:
+    """torch.profiler over two trainer steps: the top kernels by self device time, and the
+    convolutions grouped by input shape (what the H200 profile of issue 18 showed)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer = make_trainer(data, work / "profile", preset, res, batch, precision, device, workers)
+    try:
+        for _ in range(2):
+            trainer_step(trainer)  # warm-up, cuDNN autotuning
+        sync(device)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities, record_shapes=True) as prof:
+            t0 = time.perf_counter()
+            for _ in range(2):
+                trainer_step(trainer)
+            sync(device)
+            seconds = (time.perf_counter() - t0) / 2
+    finally:
+        trainer.reals = None
+        del trainer
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    kernels = prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=70)
+    by_shape = prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=top,
+                                                                 max_name_column_width=40, max_shapes_column_width=90)
+    return {"resolution": res, "batch": batch, "precision": precision, "s_per_step": seconds,
+            "top_kernels": kernels, "by_input_shape": by_shape}
+
+
 # --- CUDA tests ---------------------------------------------------------------------------------
 
 def cuda_tests(timeout: float) -> dict:
@@ -434,25 +603,42 @@ def format_tables(result: dict) -> str:
 
         lines += ["", "error against float64 (bench/bench_precision.py on this device):", table(result["precision_error"])]
     if "sampling_img_per_s" in result:
-        lines.append(f"sampling at {result['sampling_resolution']}: {result['sampling_img_per_s']:.0f} img/s; "
-                     f"SWD of {result['swd_images']} images at {result['swd_resolution']}: {result['swd_seconds']:.2f} s")
+        lines.append(f"sampling at {result['sampling_resolution']}: {result['sampling_img_per_s']:.0f} img/s")
+    if "swd_seconds" in result:
+        lines.append(f"SWD of {result['swd_images']} images at {result['swd_resolution']}: {result['swd_seconds']:.2f} s")
+    if "user_path" in result:
+        u = result["user_path"]
+        legs = ", ".join(f"{name} exit {u[name]['returncode']} ({u[name]['seconds']:.0f} s)"
+                         for name in ("first_leg", "resume", "generate") if name in u)
+        lines.append(f"user path (train.py through fades, SIGTERM, --resume auto, generate.py): "
+                     f"{'OK' if u['ok'] else 'FAILED'}; {legs}")
+        if not u["ok"]:
+            lines += ["  " + line for line in u["log"][-15:]]
+    if "profile" in result:
+        q = result["profile"]
+        lines += ["", f"profile: {q['precision']} {q['resolution']}x{q['resolution']} batch {q['batch']}, "
+                  f"{1000 * q['s_per_step']:.1f} ms/step (top kernels in profile.txt)"]
+    for name, error in result.get("errors", {}).items():
+        lines.append(f"section {name} FAILED: {error.strip().splitlines()[-1]}")
     if "roofline" in result:
         r = result["roofline"]
         lines += ["", f"roofline, {r['preset']} widths, release schedule ({r['total_kimg']:.0f} kimg) at "
                   f"{r['peak_flops'] / 1e12:.0f} TFLOP/s and {r['peak_bytes_per_s'] / 1e12:.1f} TB/s:",
-                  "| res | batch | GFLOP/step | MB/step (fewest) | bound | floor s/kimg | phase floors (h) |",
-                  "|---:|---:|---:|---:|---|---:|---|"]
+                  "| res | batch | GFLOP/step | MB/step (fewest) | bound | floor s/kimg | image-sized conv kernels "
+                  "| phase floors (h) |",
+                  "|---:|---:|---:|---:|---|---:|---:|---|"]
         for res, q in r["per_resolution"].items():
             floors = ", ".join(f"{p['kind']} {p['floor_hours']:.3f}" for p in r["phases"] if p["resolution"] == res)
             lines.append(f"| {res} | {q['batch']} | {q['flops_per_step'] / 1e9:.1f} | {q['bytes_per_step'] / 1e6:.1f} "
-                         f"| {q['bound']} | {q['floor_s_per_kimg']:.4f} | {floors} |")
+                         f"| {q['bound']} | {q['floor_s_per_kimg']:.4f} | {q['image_sized_convs']} of {q['convs']} "
+                         f"| {floors} |")
         lines.append(f"floor of the whole schedule: {r['floor_hours']:.2f} h")
     for p in result.get("projections", []):
         if p["complete"]:
             parts = ", ".join(f"{q['kind'][0]}{q['resolution']} {q['hours']:.2f}" for q in p["phases"])
             lines.append(f"projected schedule ({p['precision']}): {p['hours']:.1f} h  [{parts}]")
     # The main table last: the reply of a remote run shows the end of the output.
-    if result.get("steps"):
+    if result.get("steps") and "ceilings" in result:
         ceiling = result["ceilings"]["matmul_bf16_tflops"]
         bw = result["ceilings"]["copy_bytes_per_s"]
         roof = result.get("roofline", {}).get("per_resolution", {})
@@ -473,7 +659,7 @@ def format_tables(result: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="folder for gpu_check.json")
+    p.add_argument("--out", required=True, help="folder for gpu_check.json, gpu_check.txt and profile.txt")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--tiny", action="store_true", help="small preset, 4..16, a few steps: the CPU dry run")
     mode.add_argument("--paper", action="store_true", help="roofline projection only (no GPU needed)")
@@ -482,8 +668,11 @@ def main(argv=None) -> int:
     p.add_argument("--precisions", nargs="+", choices=["tf32", "bf16"], default=None)
     p.add_argument("--steps", type=int, default=None, help="timed steps per row (default 10, tiny 2)")
     p.add_argument("--max-doublings", type=int, default=None, help="batch doublings past the paper's (default 4, tiny 1)")
-    p.add_argument("--budget-s", type=float, default=300.0, help="stop searching larger batches after this")
+    p.add_argument("--budget-s", type=float, default=330.0,
+                   help="the whole run's target: larger batches are searched only while the parts after them "
+                        "still fit (default 330)")
     p.add_argument("--skip-tests", action="store_true", help="do not run the CUDA-marked tests")
+    p.add_argument("--skip-user-path", action="store_true", help="do not run train.py/generate.py on the device")
     p.add_argument("--peak-tflops", type=float, default=H100_BF16_FLOPS / 1e12)
     p.add_argument("--peak-tbps", type=float, default=H100_BYTES_PER_S / 1e12)
     args = p.parse_args(argv)
@@ -494,11 +683,53 @@ def main(argv=None) -> int:
         return 2
 
 
+class Report:
+    """The result dict, written (JSON and tables) after every part and every row: a crash, a
+    timeout or a lost lease late in the run keeps everything measured before it."""
+
+    def __init__(self, out: Path, result: dict) -> None:
+        self.out, self.result = out, result
+        self.started = time.monotonic()
+
+    def save(self) -> None:
+        from progan.fileio import atomic_write_text
+
+        self.result["seconds"] = time.monotonic() - self.started
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out / "gpu_check.json", json.dumps(self.result, indent=2, default=str) + "\n")
+        try:
+            tables = format_tables(self.result)
+        except Exception as exc:  # a half-filled result must never cost the JSON above
+            tables = f"(tables not drawn: {type(exc).__name__}: {exc}; the numbers are in gpu_check.json)"
+        atomic_write_text(self.out / "gpu_check.txt", tables + "\n")
+
+    @contextlib.contextmanager
+    def part(self, name: str):
+        """One bounded part: its time and any error are recorded, then the others still run."""
+        import traceback
+
+        t0 = time.monotonic()
+        print(f"[{t0 - self.started:5.0f} s] {name}", flush=True)
+        try:
+            yield
+        except Exception as exc:  # recorded and shown; the remaining parts still measure
+            self.result.setdefault("errors", {})[name] = "".join(traceback.format_exception(exc))[-4000:]
+            print(f"  {name} failed: {type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}",
+                  flush=True)
+        finally:
+            self.result.setdefault("part_seconds", {})[name] = time.monotonic() - t0
+            self.save()
+
+
+# Seconds the parts after the batch search need on an H100/H200 (measured there): the user's
+# path ~60, profile ~15, sampling, precision and SWD ~20, the meta-device roofline ~30.
+RESERVE_AFTER_STEPS_S = 150.0
+
+
 def run(args) -> int:
     from progan.fileio import atomic_write_text
 
     out = Path(args.out)
-    start = time.monotonic()
     device = choose_device(args.device)
     preset = "small" if args.tiny else "paper"
     top_default = 16 if args.tiny else 1024
@@ -507,43 +738,67 @@ def run(args) -> int:
                                     "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                                     "cuda": torch.version.cuda}}
     peak_flops, peak_bytes = args.peak_tflops * 1e12, args.peak_tbps * 1e12
+    if not args.paper and device.type == "cpu" and not args.tiny:
+        raise CommandLineError("no CUDA device: use --tiny for the CPU dry run or --paper for the projection")
+    report = Report(out, result)
+    start = report.started
     if not args.paper:
-        if device.type == "cpu" and not args.tiny:
-            raise CommandLineError("no CUDA device: use --tiny for the CPU dry run or --paper for the projection")
         if device.type == "cuda" and not args.skip_tests:
-            result["cuda_tests"] = cuda_tests(timeout=120)
-        result["ceilings"] = ceilings(device, args.tiny)
+            with report.part("cuda_tests"):
+                result["cuda_tests"] = cuda_tests(timeout=90)
+        with report.part("ceilings"):
+            result["ceilings"] = ceilings(device, args.tiny)
         resolutions = args.resolutions or ([4, 8, 16] if args.tiny else PAPER_RESOLUTIONS)
         precisions = args.precisions or (["bf16"] if args.tiny else ["tf32", "bf16"])
         if device.type == "cpu":
             precisions = [p if p != "tf32" else "fp32" for p in precisions]
         steps = args.steps or (2 if args.tiny else 10)
         doublings = args.max_doublings if args.max_doublings is not None else (1 if args.tiny else 4)
+        top = max(resolutions)
         with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
             work = Path(tmp)
-            top = max(resolutions)
-            data = make_data(work, top, 32 if args.tiny else 64)
-            result["steps"] = step_rows(data, work, preset, resolutions, precisions, device, steps,
-                                        0 if args.tiny else 4, doublings, start + args.budget_s,
-                                        first_batch=8 if args.tiny else None)
-            sched = release_schedule(preset, top)
-            result["projections"] = [project(result["steps"], sched, prec) for prec in precisions]
-            result["sampling_resolution"] = top
-            result["sampling_img_per_s"] = sampling_rate(data, work, preset, top, precisions[-1], device,
-                                                         8 if args.tiny else 32)
-        result["precision_error"] = precision_error(device, args.tiny)
-        result["swd_images"], result["swd_resolution"] = (64, 16) if args.tiny else (2048, 256)
-        result["swd_seconds"] = swd_seconds(device, result["swd_images"], result["swd_resolution"])
-        peak_flops = result["ceilings"]["matmul_bf16_tflops"] * 1e12 if device.type == "cuda" else peak_flops
-        peak_bytes = result["ceilings"]["copy_bytes_per_s"] if device.type == "cuda" else peak_bytes
+            data = None
+            with report.part("data"):
+                data = make_data(work, top, 32 if args.tiny else 64)
+            if data is not None:
+                result["steps"] = []
+                with report.part("steps"):
+                    reserve = 0.0 if args.tiny else RESERVE_AFTER_STEPS_S
+                    step_rows(data, work, preset, resolutions, precisions, device, steps, 0 if args.tiny else 4,
+                              doublings, start + args.budget_s - reserve, first_batch=8 if args.tiny else None,
+                              rows=result["steps"], on_row=report.save)
+                sched = release_schedule(preset, top)
+                result["projections"] = [project(result["steps"], sched, prec) for prec in precisions]
+            if not args.skip_user_path:
+                with report.part("user_path"):
+                    result["user_path"] = user_path(work / "user", args.tiny, device, timeout=240 if args.tiny else 150)
+            if data is not None:
+                with report.part("profile"):
+                    prof_batch = 8 if args.tiny else preset_defaults(preset, top)["schedule"].batch_size(top)
+                    q = profile_step(data, work, preset, top, prof_batch, precisions[-1], device, 0)
+                    out.mkdir(parents=True, exist_ok=True)
+                    atomic_write_text(out / "profile.txt", f"{q['precision']} {top}x{top} batch {prof_batch}: "
+                                      f"{1000 * q['s_per_step']:.1f} ms/step\n\n{q['top_kernels']}\n\n{q['by_input_shape']}\n")
+                    result["profile"] = q
+                with report.part("sampling"):
+                    result["sampling_resolution"] = top
+                    result["sampling_img_per_s"] = sampling_rate(data, work, preset, top, precisions[-1], device,
+                                                                 8 if args.tiny else 32)
+        with report.part("precision"):
+            result["precision_error"] = precision_error(device, args.tiny)
+        with report.part("swd"):
+            result["swd_images"], result["swd_resolution"] = (64, 16) if args.tiny else (2048, 256)
+            result["swd_seconds"] = swd_seconds(device, result["swd_images"], result["swd_resolution"])
+        if device.type == "cuda" and "ceilings" in result:
+            peak_flops = result["ceilings"]["matmul_bf16_tflops"] * 1e12
+            peak_bytes = result["ceilings"]["copy_bytes_per_s"]
         top_default = top
-    result["roofline"] = roofline(preset, top_default, peak_flops, peak_bytes)
-    result["seconds"] = time.monotonic() - start
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "gpu_check.json", json.dumps(result, indent=2, default=str) + "\n")
+    with report.part("roofline"):
+        result["roofline"] = roofline(preset, top_default, peak_flops, peak_bytes)
+    report.save()
     print(format_tables(result))
     print(f"({result['seconds']:.0f} s; full numbers in {out / 'gpu_check.json'})")
-    return 0
+    return 1 if result.get("errors") else 0
 
 
 if __name__ == "__main__":

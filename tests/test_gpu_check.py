@@ -41,8 +41,12 @@ def test_bad_device_and_missing_gpu_are_one_line_errors(tmp_path):
 def test_tiny_dry_run_drives_the_trainer_step_and_its_numbers_add_up(tmp_path):
     out = tmp_path / "out"
     proc = run_cli(["bench/gpu_check.py", "--out", str(out), "--tiny", "--device", "cpu", "--resolutions", "4", "8",
-                    "--steps", "1", "--max-doublings", "1"], env={"OMP_NUM_THREADS": "1"})
+                    "--steps", "1", "--max-doublings", "1", "--skip-user-path"], env={"OMP_NUM_THREADS": "1"})
     result = json.loads((out / "gpu_check.json").read_text())
+    assert "errors" not in result and set(result["part_seconds"]) == {
+        "ceilings", "data", "steps", "profile", "sampling", "precision", "swd", "roofline"}
+    assert (out / "gpu_check.txt").read_text().strip().splitlines()[-1] == proc.stdout.strip().splitlines()[-2]
+    assert "aten::" in (out / "profile.txt").read_text() and result["profile"]["s_per_step"] > 0
     rows = result["steps"]
     assert [(r["resolution"], r["batch"]) for r in rows] == [(4, 8), (4, 16), (8, 8), (8, 16)]
     assert all(r["finite"] and r["s_per_kimg"] > 0 and r["flops_per_step"] > 0 for r in rows)
@@ -54,6 +58,7 @@ def test_tiny_dry_run_drives_the_trainer_step_and_its_numbers_add_up(tmp_path):
     # The roofline counts bench_step's step on the meta device: per image it must be the
     # trainer's own step (same networks, penalty and losses), else the floors mean nothing.
     roof = result["roofline"]["per_resolution"]
+    assert all(roof[res]["convs"] > 0 and roof[res]["image_sized_convs"] == 0 for res in ("4", "8"))
     for res in ("4", "8"):
         per_image_meta = roof[res]["flops_per_step"] / roof[res]["batch"]
         assert per_image_meta == pytest.approx(by[int(res), 8]["flops_per_step"] / 8, rel=0.05)
@@ -97,3 +102,38 @@ def test_batch_search_stops_at_out_of_memory_and_keeps_the_largest_that_ran(monk
     with pytest.raises(RuntimeError, match="illegal memory access"):
         gpu_check.step_rows(None, tmp_path, "small", [4], ["bf16"], torch.device("cpu"), 1, 0, 5,
                             time.monotonic() + 60, first_batch=8)
+
+
+def test_a_part_that_fails_is_recorded_and_keeps_what_was_measured_before_and_after(tmp_path):
+    from bench.gpu_check import Report
+
+    result = {"mode": "tiny", "environment": {"device_name": "cpu", "torch": torch.__version__}}
+    report = Report(tmp_path / "out", result)
+    with report.part("ceilings"):
+        result["ceilings"] = {"matmul_bf16_tflops": 1.0, "matmul_fp32_tflops": 0.5, "copy_bytes_per_s": 1e9}
+    saved = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert saved["ceilings"]["matmul_bf16_tflops"] == 1.0  # on disk as soon as the part ends
+    with report.part("precision"):
+        result["precision_error"] = []
+        raise RuntimeError("expected dtype float for `end` but got dtype c10::BFloat16")
+    with report.part("swd"):
+        result["swd_images"], result["swd_resolution"], result["swd_seconds"] = 64, 16, 0.5
+    saved = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert "c10::BFloat16" in saved["errors"]["precision"] and saved["swd_seconds"] == 0.5
+    assert set(saved["part_seconds"]) == {"ceilings", "precision", "swd"}
+    text = (tmp_path / "out" / "gpu_check.txt").read_text()
+    assert "section precision FAILED" in text and "SWD of 64 images" in text
+
+
+@pytest.mark.slow
+def test_the_users_path_on_this_device_goes_through_fades_sigterm_resume_and_generate(tmp_path):
+    """The part of the GPU check that would have caught the fade crash: the README's commands
+    with their defaults, here on the CPU (tiny sizes)."""
+    from bench.gpu_check import user_path
+
+    got = user_path(tmp_path, tiny=True, device=torch.device("cpu"), timeout=400)
+    assert got["ok"], "\n".join(got["log"][-30:])
+    assert got["first_leg"]["returncode"] == 3 and got["first_leg"]["signalled"]
+    assert max(got["first_leg"]["phases_seen"]) >= 3  # stopped inside the second fade
+    assert 5 in got["resume"]["phases_seen"]  # the resumed run went into the third fade
+    assert got["generate"]["returncode"] == 0 and (tmp_path / "samples" / "grid.png").stat().st_size > 0
