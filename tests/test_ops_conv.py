@@ -159,14 +159,19 @@ def test_trainer_step_in_fp32_equals_the_stock_convolutions_within_rounding(monk
         torch.testing.assert_close(got, want, rtol=2e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("preset,res,batch,alpha,aspect", [
-    ("paper", 64, 32, 1.0, "1:1"), ("small", 32, 8, 0.5, "1:1"), ("small", 32, 8, 1.0, "3:4")])
-def test_a_training_step_launches_no_image_sized_convolution_kernel(preset, res, batch, alpha, aspect, monkeypatch):
+@pytest.mark.parametrize("preset,res,batch,alpha,aspect,device_kind", [
+    ("paper", 64, 32, 1.0, "1:1", "cpu"), ("small", 32, 8, 0.5, "1:1", "cpu"), ("small", 32, 8, 1.0, "3:4", "cpu"),
+    ("small", 32, 8, 0.5, "1:1", "cuda")])  # CUDA's kernel choices: NHWC from 8, unfused resampling below 128
+def test_a_training_step_launches_no_image_sized_convolution_kernel(preset, res, batch, alpha, aspect, device_kind,
+                                                                    monkeypatch):
     from bench import bench_step
     from bench.gpu_check import ConvolutionKernels
+    from progan.device import apply_kernel_choices, kernel_choices
 
     def census():
         s = bench_step.build(ModelConfig.preset(preset, res, aspect), batch, "meta", bench_step.Variant(adam="foreach"))
+        for net in (s.G, s.D):
+            apply_kernel_choices(net, kernel_choices(device_kind))
         counter = ConvolutionKernels(limit=4)
         with counter:
             bench_step.train_step(s, res, alpha)
