@@ -92,8 +92,12 @@ class _Geometry:
         return ([self.stride] * 2, [self.padding] * 2, [1, 1], self.transposed, list(self.output_padding), 1)
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    return device_type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(device_type)
+
+
 def _autocast_off(device_type: str):
-    return torch.autocast(device_type, enabled=False) if device_type in _AUTOCAST_DEVICES else contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False) if _autocast_enabled(device_type) else contextlib.nullcontext()
 
 
 class _Convolution(torch.autograd.Function):
@@ -166,7 +170,7 @@ def _needs_graph(*tensors: Tensor | None) -> bool:
 def _autocast_operands(x: Tensor, w: Tensor, b: Tensor | None):
     """Cast as autocast casts a convolution's operands, so the Function sees one dtype."""
     device_type = x.device.type
-    if device_type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(device_type):
+    if _autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
         if x.dtype != torch.float64 and w.dtype != torch.float64:
             return x.to(dtype), w.to(dtype), None if b is None else b.to(dtype)
