@@ -32,6 +32,13 @@ def _max_batch(text: str) -> int | str:
     return value
 
 
+def _path(text: str) -> str:
+    """A path flag: never empty (an empty --out would train into the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty value")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         prog="train.py",
@@ -39,10 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
         "take the preset's value; when resuming they take the run's own.",
         argument_default=argparse.SUPPRESS,
     )
-    p.add_argument("--data", help="LMDB made by `python -m data_prep build`")
-    p.add_argument("--out", help="run folder (config, stats.jsonl, sample grids, checkpoints)")
+    p.add_argument("--data", type=_path, help="LMDB made by `python -m data_prep build`")
+    p.add_argument("--out", type=_path, help="run folder (config, stats.jsonl, sample grids, checkpoints)")
     p.add_argument("--resolution", type=int, help="final resolution (default: the database's largest)")
-    p.add_argument("--config", help="paper (default) | paper-8gpu | small | FILE.json (e.g. another run's config.json)")
+    p.add_argument("--config", type=_path, help="paper (default) | paper-8gpu | small | FILE.json (e.g. another run's config.json)")
     p.add_argument("--fade-kimg", type=float, help="thousands of images per fade-in")
     p.add_argument("--stable-kimg", type=float, help="thousands of images per stable phase")
     p.add_argument("--total-kimg", type=float, help="stop after this many thousand images (default: end of schedule)")
@@ -53,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autocast dtype (default auto: bf16 on GPUs that have it, else fp32; README)")
     p.add_argument("--device", help="auto (default: the GPU when there is one) | cpu | cuda")
     p.add_argument("--seed", type=int, help="seed of all randomness (default 0)")
-    p.add_argument("--resume", help="auto (the run folder's latest checkpoint, if any) | PATH to a checkpoint")
+    p.add_argument("--resume", type=_path, help="auto (the run folder's latest checkpoint, if any) | PATH to a checkpoint")
     p.add_argument("--workers", type=int, help="data loader processes for levels not held in memory")
     p.add_argument("--max-batch-per-device", type=_max_batch,
                    help="split larger batches and accumulate gradients; auto: the largest that fits (CUDA)")
@@ -69,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", help="comma list of swd, msssim, fid, evaluated during training")
     p.add_argument("--metric-kimg", type=float, help="evaluate --metrics every this many kimg")
     p.add_argument("--metric-images", type=int, help="generated images per evaluation")
-    p.add_argument("--inception", help="Inception-v3 weights file for --metrics fid")
+    p.add_argument("--inception", type=_path, help="Inception-v3 weights file for --metrics fid")
     p.add_argument("--log-with", metavar="LIST",
                    help="experiment trackers through accelerate: auto (default: tensorboard when installed), "
                    "none, or a comma list such as tensorboard,wandb,mlflow")

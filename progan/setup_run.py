@@ -156,7 +156,6 @@ def prepare_run(args: dict) -> RunPlan:
     """Turn parsed flags (only those given) into a RunPlan, or raise CommandLineError."""
     from progan import trackers
     from progan.data import DatasetError
-    from progan.precision import resolve_mixed_precision
     from progan.training import TrainingError, validate_setup
 
     world_size = _world_size()
@@ -164,19 +163,17 @@ def prepare_run(args: dict) -> RunPlan:
     resume_path, resume, damaged = _find_resume(args)
     try:
         if resume is not None:
-            saved = TrainConfig.from_dict(resume["config"])
-            config = _apply_flags(saved.to_dict(), args)
+            saved = _resolved(TrainConfig.from_dict(resume["config"]), device)
+            config = _resolved(_apply_flags(saved.to_dict(), args), device)
             diffs = config.semantic_differences(saved)
             if diffs:
                 raise CommandLineError(
                     f"the run at {resume_path} was trained with other values of {', '.join(diffs)}; "
                     f"leave those flags out to resume, or start a new --out")
         else:
-            config = _apply_flags(_base_config(args), args)
-            _check_existing_run(config)
+            config = _resolved(_apply_flags(_base_config(args), args), device)
+            _check_existing_run(config, device)
         validate_setup(config, world_size)
-        # auto -> what this device runs best (progan/precision.py); the run saves the result.
-        config = config.replace(mixed_precision=resolve_mixed_precision(config.mixed_precision, device))
         if resume is not None:
             _check_same_dataset(config, resume)
     except (DatasetError, TrainingError, checkpoints.CheckpointError) as exc:
@@ -189,6 +186,14 @@ def prepare_run(args: dict) -> RunPlan:
         raise CommandLineError(str(exc)) from None
     return RunPlan(config=config, resume=resume, resume_path=resume_path, world_size=world_size, damaged=damaged,
                    cpu=device.type == "cpu")
+
+
+def _resolved(config: TrainConfig, device) -> TrainConfig:
+    """`config` with --mixed-precision auto resolved to what `device` runs best (progan/precision.py):
+    the run saves, and a resume compares, the concrete value (ValueError when the device cannot run it)."""
+    from progan.precision import resolve_mixed_precision
+
+    return config.replace(mixed_precision=resolve_mixed_precision(config.mixed_precision, device))
 
 
 def _find_resume(args: dict) -> tuple[Path | None, dict | None, list[tuple[Path, str]]]:
@@ -270,7 +275,7 @@ def _apply_flags(base: dict, args: dict) -> TrainConfig:
     return TrainConfig.from_dict(config)
 
 
-def _check_existing_run(config: TrainConfig) -> None:
+def _check_existing_run(config: TrainConfig, device) -> None:
     """A new run must not silently overwrite or mix with another run in the same folder."""
     run_dir = Path(config.out)
     if not run_dir.is_dir():
@@ -283,7 +288,7 @@ def _check_existing_run(config: TrainConfig) -> None:
     saved_path = run_dir / CONFIG_FILE
     if saved_path.is_file():
         try:
-            saved = TrainConfig.from_json(saved_path.read_text())
+            saved = _resolved(TrainConfig.from_json(saved_path.read_text()), device)
         except (ValueError, KeyError, TypeError, json.JSONDecodeError):
             return  # an unreadable config with no checkpoint: nothing of value to protect
         diffs = config.semantic_differences(saved)
