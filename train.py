@@ -14,9 +14,9 @@ import argparse
 import os
 import sys
 
-from progan.cli import (EXIT_LOST_PEER, EXIT_USAGE, EXIT_WRITE_FAILED, VERBOSE_ENV, CommandLineError,
-                        OneLineErrorParser, fail, first_line)
-from progan.data import DatasetError
+from progan.cli import (EXIT_DIVERGED, EXIT_LOST_PEER, EXIT_PREEMPTED, EXIT_USAGE, EXIT_WRITE_FAILED, VERBOSE_ENV,
+                        CommandLineError, OneLineErrorParser, fail, first_line)
+from progan.signals import Interrupted, StopSignals, pause_point
 
 
 def _max_batch(text: str) -> int | str:
@@ -86,17 +86,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 finished, 2 bad input or run folder in use, 3 pre-empted (SIGTERM/SIGINT,
-    checkpoint saved), 4 run folder not writable (disk full), 5 another process of the group died;
-    1 is an unexpected error."""
+    """Exit codes: 0 finished, 2 bad input or run folder in use, 3 pre-empted (SIGTERM/SIGINT:
+    checkpoint saved, or stopped during set-up with nothing to save yet), 4 run folder not
+    writable (disk full), 5 another process of the group died, 6 training diverged (a whole tick of
+    non-finite steps; the last good checkpoint kept); 1 is an unexpected error."""
+    stop = StopSignals()  # first: a signal at any later moment is one line, never a traceback
+    installed = stop.install()
+    try:
+        pause_point("start")
+        return _main(argv, stop)
+    except Interrupted as exc:
+        return fail(f"stopped by {exc.signal_name} during set-up, before training began: nothing to save "
+                    f"yet, nothing lost; rerun the same command", prog="train.py", code=EXIT_PREEMPTED)
+    finally:
+        if installed:
+            stop.uninstall()
+
+
+def _main(argv: list[str] | None, stop: StopSignals) -> int:
+    from progan.data import DatasetError
     from progan.diskspace import WriteFailed
     from progan.elastic import lost_peer
+    from progan.training import TrainingDiverged
 
     args = vars(build_parser().parse_args(argv))
     if args.pop("verbose", False):
         os.environ[VERBOSE_ENV] = "1"
     try:
-        return run(args)
+        return run(args, stop)
+    except TrainingDiverged as exc:
+        return fail(str(exc), prog="train.py", code=EXIT_DIVERGED)
     except CommandLineError as exc:
         return fail(str(exc), prog="train.py", code=EXIT_USAGE)
     except DatasetError as exc:  # a damaged record met in training: only the process that read it knows
@@ -114,14 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_LOST_PEER
 
 
-def run(args: dict) -> int:
+def run(args: dict, stop: StopSignals | None = None) -> int:
     from progan.setup_run import prepare_run
 
     plan = prepare_run(args)
     if args.get("dry_run"):
         print(plan.describe())
         return 0
-    return plan.train()
+    return plan.train(stop)
 
 
 if __name__ == "__main__":

@@ -60,12 +60,16 @@ class RunPlan:
         lines += [f"skipped unreadable: {why}" for _, why in self.damaged]
         return "\n".join(lines)
 
-    def train(self) -> int:
+    def train(self, stop=None) -> int:
         """Lock the run folder, start (or join) the process group and train; returns the exit code
-        (EXIT_FINISHED, or EXIT_PREEMPTED when a signal stopped it after saving a checkpoint)."""
+        (EXIT_FINISHED, or EXIT_PREEMPTED when a signal stopped it after saving a checkpoint).
+        `stop`: train.py's progan.signals.StopSignals, installed since its first line (set-up signals
+        raise Interrupted; the loop turns later ones into a stop with a checkpoint)."""
+        from progan import trackers
         from progan.diskspace import WriteFailed, check_room, write_failed
         from progan.elastic import init_process_group
         from progan.runlock import lock_run_folder, share_from_main
+        from progan.signals import pause_point
         from progan.training import Trainer
 
         run_dir = Path(self.config.out)
@@ -86,14 +90,18 @@ class RunPlan:
         error = share_from_main(error, self.world_size)  # also the barrier before training
         if error is not None:
             raise WriteFailed(error)
-        trainer = Trainer(self.config, accelerator, resume=self.resume, log=accelerator.print)
+        pause_point("setup")  # tests: a signal here, with config.json, run.lock and the trackers' files written
+        trainer = Trainer(self.config, accelerator, resume=self.resume, log=accelerator.print, stop=stop)
         self.resume = None  # the trainer holds what it needs; free the CPU copy
         if trainer.images_shown:
-            trainer.truncate_stats()
+            try:
+                trainer.truncate_stats()
+            except OSError as exc:
+                raise write_failed(exc, run_dir, "stats.jsonl", None) from None
             accelerator.print(f"resumed from {self.resume_path} at {trainer.images_shown / KIMG:.1f} kimg, "
                               f"{describe_level(self.config.model.aspect, trainer.state.resolution)} alpha {trainer.state.alpha:.3f}")
         outcome = trainer.run()
-        accelerator.end_training()
+        trackers.finish(accelerator, run_dir)
         if lock is not None:
             lock.release()
         return EXIT_PREEMPTED if outcome == "stopped" else EXIT_FINISHED
