@@ -293,15 +293,17 @@ def test_resuming_nan_weights_exits_6_and_keeps_the_checkpoints(demo_lmdb, refer
     for key in (checkpoints.CHECKSUMS, "format", "format_version", "kind"):
         state.pop(key)
     checkpoints.save_training_checkpoint(out, state)
-    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != LOCK_NAME}
+    before = checkpoint_files(out)
     proc = train_cli(demo_lmdb, out, "--total-kimg", "0.512", "--resume", "auto", check=False)
     assert proc.returncode == EXIT_DIVERGED, proc.stdout + proc.stderr
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1 and "every D and G step of tick 9" in err
     assert "the last good checkpoint checkpoint-0000000256.pt is kept" in err and "finished" not in proc.stdout
-    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != LOCK_NAME}
-    assert {k: v for k, v in after.items() if k != "stats.jsonl" and not k.startswith("events")} == \
-        {k: v for k, v in before.items() if k != "stats.jsonl"}  # no checkpoint written, none pruned
+    assert checkpoint_files(out) == before and len(before) == 4  # no checkpoint written, none pruned
+
+
+def checkpoint_files(run_dir: Path) -> dict:
+    return {p.name: p.read_bytes() for p in [*run_dir.glob("checkpoint-*"), run_dir / "latest.json"]}
 
 
 # -- flags -----------------------------------------------------------------------------------
