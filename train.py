@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from progan.cli import (EXIT_DIVERGED, EXIT_LOST_PEER, EXIT_PREEMPTED, EXIT_USAGE, EXIT_WRITE_FAILED, VERBOSE_ENV,
@@ -144,4 +145,7 @@ def run(args: dict, stop: StopSignals | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the run is over and its exit code stands: a late
+        signal.signal(sig, signal.SIG_IGN)        # signal during interpreter shutdown changes nothing
+    sys.exit(code)
