@@ -105,14 +105,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None, stop: StopSignals) -> int:
+    args = vars(build_parser().parse_args(argv))  # first: --help and a bad flag import no torch
+    if args.pop("verbose", False):
+        os.environ[VERBOSE_ENV] = "1"
     from progan.data import DatasetError
     from progan.diskspace import WriteFailed
     from progan.elastic import lost_peer
     from progan.training import TrainingDiverged
-
-    args = vars(build_parser().parse_args(argv))
-    if args.pop("verbose", False):
-        os.environ[VERBOSE_ENV] = "1"
     try:
         return run(args, stop)
     except TrainingDiverged as exc:

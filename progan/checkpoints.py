@@ -109,7 +109,7 @@ def _crc(value) -> int:
             return zlib.crc32(head)
         flat = tensor.contiguous().reshape(-1)
         data = flat.view(torch.uint8) if flat.dtype != torch.bool else flat.to(torch.uint8)
-        return zlib.crc32(data.numpy(), zlib.crc32(head))  # the bytes, read in place (no copy)
+        return zlib.crc32(data.cpu().numpy(), zlib.crc32(head))  # the bytes, read in place on the CPU
     return zlib.crc32(repr(value).encode())
 
 
