@@ -69,13 +69,14 @@ class StopSignals:
             raise Interrupted(self.signal_name)
 
 
-def pause_point(stage: str, seconds: float = 60.0) -> None:
-    """For tests of set-up signals: with PROGAN_TEST_PAUSE=STAGE:FILE, write FILE (this PID) and
-    wait up to `seconds` here, so a test can signal the process at a known point. A no-op otherwise."""
+def pause_point(stage: str, seconds: float = 60.0, until=None) -> None:
+    """For tests of signals: with PROGAN_TEST_PAUSE=STAGE:FILE, write FILE (this PID) and wait here
+    up to `seconds` (or until `until()` is true), so a test can signal the process at a known
+    point. A no-op otherwise."""
     name, _, path = os.environ.get(PAUSE_ENV, "").partition(":")
     if name != stage or not path:
         return
     Path(path).write_text(f"{os.getpid()}\n")
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (until is not None and until()):
         time.sleep(0.02)

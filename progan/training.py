@@ -53,7 +53,7 @@ from progan.reals import BatchReader, DataOrder, RealImages, fade_reals, memory_
 from progan.runlock import share_from_main
 from progan.schedule import KIMG, TrainingState, state_at
 from progan.seeds import STREAM_GRID, derived_seed, seeded_generator
-from progan.signals import StopSignals
+from progan.signals import StopSignals, pause_point
 from progan.step import StepInputs, StepModels, StepSettings, StepStats, micro_slices, step_inputs  # noqa: F401
 from progan.step import train_step as run_step
 from progan.train_config import TrainConfig
@@ -529,6 +529,8 @@ class Trainer:
                 if save_now:
                     self.save_checkpoint()
             self.state = state_at(c.schedule, self.images_shown)
+            if outcome == "stopped":  # tests: a second signal lands here, before the last checkpoint
+                pause_point("stopping", until=lambda: getattr(self.stop, "repeats", 0) > 0)
             self._upkeep_write("a sample grid", self.save_sample_grid)
             path = self.save_checkpoint()
         finally:

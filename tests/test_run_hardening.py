@@ -109,6 +109,27 @@ def test_a_signal_at_the_first_line_of_main_writes_nothing(demo_lmdb, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_second_ctrl_c_before_the_last_checkpoint_waits_for_it(demo_lmdb, tmp_path):
+    out, marker = tmp_path / "run", tmp_path / "stopping"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", PAUSE_ENV: f"stopping:{marker}"}
+    proc = subprocess.Popen(train_command(demo_lmdb, out, "--total-kimg", "100"), cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(out / "stats.jsonl", proc)
+        proc.send_signal(signal.SIGINT)
+        wait_for(marker, proc)  # stopped, its last checkpoint not yet written
+        proc.send_signal(signal.SIGINT)  # the impatient second Ctrl-C
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == EXIT_PREEMPTED and stderr.strip() == "", stdout + stderr
+    assert "stopped by SIGINT at" in stdout and "(1 more signal(s) waited for it)" in stdout
+    saved = final_state(out)
+    assert saved["images_shown"] == json.loads((out / "latest.json").read_text())["images_shown"]
+
+
+@pytest.mark.slow
 def test_repeated_ctrl_c_waits_for_the_checkpoint_and_exits_3(demo_lmdb, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(train_command(demo_lmdb, out, "--total-kimg", "100"), cwd=REPO, stdout=subprocess.PIPE,
@@ -272,6 +293,7 @@ def test_a_tick_of_only_non_finite_steps_stops_the_run_unsaved(demo_lmdb, tmp_pa
     from progan.training import TrainingDiverged
 
     trainer = make_trainer(demo_lmdb, tmp_path / "run", "--total-kimg", "0.256")
+    (tmp_path / "run").mkdir()
     real_critic_loss = losses.critic_loss
     monkeypatch.setattr(losses, "critic_loss", lambda r, f: real_critic_loss(r, f) * float("nan"))
     with pytest.raises(TrainingDiverged) as diverged:
@@ -280,6 +302,21 @@ def test_a_tick_of_only_non_finite_steps_stops_the_run_unsaved(demo_lmdb, tmp_pa
     assert message.startswith("every D step of tick 1 (2 steps, to 0.032 kimg) was skipped as non-finite")
     assert "no checkpoint was written" in message and len(message.splitlines()) == 1
     assert not list((tmp_path / "run").glob("checkpoint-*"))  # stopped without saving the damage
+
+
+@pytest.mark.slow  # fp16 on a CPU: ~14 s
+def test_with_fp16_a_falling_loss_scale_explains_skips_until_it_reaches_1(demo_lmdb, tmp_path, monkeypatch,
+                                                                          one_torch_thread):
+    import progan.losses as losses
+    from progan.training import TrainingDiverged
+
+    trainer = make_trainer(demo_lmdb, tmp_path / "run", "--total-kimg", "0.256", "--mixed-precision", "fp16")
+    (tmp_path / "run").mkdir()
+    real_critic_loss = losses.critic_loss
+    monkeypatch.setattr(losses, "critic_loss", lambda r, f: real_critic_loss(r, f) * float("nan"))
+    with pytest.raises(TrainingDiverged, match="every D step of tick 7 "):
+        trainer.run()  # 2^14 halves to 1 over 14 skipped steps: ticks 1-6 are the scale finding its level
+    assert trainer.scale_d.value() == 1.0 and trainer.step == 14
 
 
 @pytest.mark.slow
