@@ -76,7 +76,7 @@ def test_stop_signals_raise_during_setup_then_only_ask(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_during_setup_is_one_line_and_blocks_no_rerun(demo_lmdb, tmp_path, sig):
     out, marker = tmp_path / "run", tmp_path / "paused"
     cmd = train_command(demo_lmdb, out, "--total-kimg", "0.032", "--log-with", "tensorboard")
