@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
-from progan.cli import (EXIT_LOST_PEER, EXIT_USAGE, EXIT_WRITE_FAILED, VERBOSE_ENV, CommandLineError,
-                        OneLineErrorParser, fail, first_line)
-from progan.data import DatasetError
+from progan.cli import (EXIT_DIVERGED, EXIT_LOST_PEER, EXIT_PREEMPTED, EXIT_USAGE, EXIT_WRITE_FAILED, VERBOSE_ENV,
+                        CommandLineError, OneLineErrorParser, fail, first_line)
+from progan.signals import Interrupted, StopSignals, pause_point
 
 
 def _max_batch(text: str) -> int | str:
@@ -32,6 +33,13 @@ def _max_batch(text: str) -> int | str:
     return value
 
 
+def _path(text: str) -> str:
+    """A path flag: never empty (an empty --out would train into the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty value")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         prog="train.py",
@@ -39,10 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
         "take the preset's value; when resuming they take the run's own.",
         argument_default=argparse.SUPPRESS,
     )
-    p.add_argument("--data", help="LMDB made by `python -m data_prep build`")
-    p.add_argument("--out", help="run folder (config, stats.jsonl, sample grids, checkpoints)")
+    p.add_argument("--data", type=_path, help="LMDB made by `python -m data_prep build`")
+    p.add_argument("--out", type=_path, help="run folder (config, stats.jsonl, sample grids, checkpoints)")
     p.add_argument("--resolution", type=int, help="final resolution (default: the database's largest)")
-    p.add_argument("--config", help="paper (default) | paper-8gpu | small | FILE.json (e.g. another run's config.json)")
+    p.add_argument("--config", type=_path, help="paper (default) | paper-8gpu | small | FILE.json (e.g. another run's config.json)")
     p.add_argument("--fade-kimg", type=float, help="thousands of images per fade-in")
     p.add_argument("--stable-kimg", type=float, help="thousands of images per stable phase")
     p.add_argument("--total-kimg", type=float, help="stop after this many thousand images (default: end of schedule)")
@@ -53,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autocast dtype (default auto: bf16 on GPUs that have it, else fp32; README)")
     p.add_argument("--device", help="auto (default: the GPU when there is one) | cpu | cuda")
     p.add_argument("--seed", type=int, help="seed of all randomness (default 0)")
-    p.add_argument("--resume", help="auto (the run folder's latest checkpoint, if any) | PATH to a checkpoint")
+    p.add_argument("--resume", type=_path, help="auto (the run folder's latest checkpoint, if any) | PATH to a checkpoint")
     p.add_argument("--workers", type=int, help="data loader processes for levels not held in memory")
     p.add_argument("--max-batch-per-device", type=_max_batch,
                    help="split larger batches and accumulate gradients; auto: the largest that fits (CUDA)")
@@ -69,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", help="comma list of swd, msssim, fid, evaluated during training")
     p.add_argument("--metric-kimg", type=float, help="evaluate --metrics every this many kimg")
     p.add_argument("--metric-images", type=int, help="generated images per evaluation")
-    p.add_argument("--inception", help="Inception-v3 weights file for --metrics fid")
+    p.add_argument("--inception", type=_path, help="Inception-v3 weights file for --metrics fid")
     p.add_argument("--log-with", metavar="LIST",
                    help="experiment trackers through accelerate: auto (default: tensorboard when installed), "
                    "none, or a comma list such as tensorboard,wandb,mlflow")
@@ -79,17 +87,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 finished, 2 bad input or run folder in use, 3 pre-empted (SIGTERM/SIGINT,
-    checkpoint saved), 4 run folder not writable (disk full), 5 another process of the group died;
-    1 is an unexpected error."""
-    from progan.diskspace import WriteFailed
-    from progan.elastic import lost_peer
+    """Exit codes: 0 finished, 2 bad input or run folder in use, 3 pre-empted (SIGTERM/SIGINT:
+    checkpoint saved, or stopped during set-up with nothing to save yet), 4 run folder not
+    writable (disk full), 5 another process of the group died, 6 training diverged (a whole tick of
+    non-finite steps; the last good checkpoint kept); 1 is an unexpected error."""
+    stop = StopSignals()  # first: a signal at any later moment is one line, never a traceback
+    installed = stop.install()
+    try:
+        pause_point("start")
+        return _main(argv, stop)
+    except Interrupted as exc:
+        return fail(f"stopped by {exc.signal_name} during set-up, before training began: nothing to save "
+                    f"yet, nothing lost; rerun the same command", prog="train.py", code=EXIT_PREEMPTED)
+    finally:
+        if installed:
+            stop.uninstall()
 
-    args = vars(build_parser().parse_args(argv))
+
+def _main(argv: list[str] | None, stop: StopSignals) -> int:
+    args = vars(build_parser().parse_args(argv))  # first: --help and a bad flag import no torch
     if args.pop("verbose", False):
         os.environ[VERBOSE_ENV] = "1"
+    from progan.data import DatasetError
+    from progan.diskspace import WriteFailed
+    from progan.elastic import lost_peer
+    from progan.training import TrainingDiverged
     try:
-        return run(args)
+        return run(args, stop)
+    except TrainingDiverged as exc:
+        return fail(str(exc), prog="train.py", code=EXIT_DIVERGED)
     except CommandLineError as exc:
         return fail(str(exc), prog="train.py", code=EXIT_USAGE)
     except DatasetError as exc:  # a damaged record met in training: only the process that read it knows
@@ -107,15 +133,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_LOST_PEER
 
 
-def run(args: dict) -> int:
+def run(args: dict, stop: StopSignals | None = None) -> int:
     from progan.setup_run import prepare_run
 
     plan = prepare_run(args)
     if args.get("dry_run"):
         print(plan.describe())
         return 0
-    return plan.train()
+    return plan.train(stop)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the run is over and its exit code stands: a late
+        signal.signal(sig, signal.SIG_IGN)        # signal during interpreter shutdown changes nothing
+    sys.exit(code)

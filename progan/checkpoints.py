@@ -9,12 +9,18 @@ Files hold only tensors, numbers, strings, lists and dicts, are loaded with
 `torch.load(weights_only=True)` (a crafted file cannot run code), and are written atomically:
 `checkpoint-<images>.pt` first, then the `latest.json` pointer, so a kill at any moment leaves
 the previous checkpoint intact and findable.
+
+Every file also carries a CRC-32 of each tensor's bytes (and of each other value's text) under
+"checksums", checked on load: a flipped bit or a value overwritten in place (a NaN) makes the
+file unreadable like a truncated one, never a silent load. Files written before checksums
+existed load as before, unchecked.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +37,8 @@ FORMAT_VERSION = 1
 TRAINING_KIND = "training"
 GENERATOR_KIND = "generator"
 LATEST_POINTER = "latest.json"
+CHECKSUMS = "checksums"          # {"algorithm": "crc32", "values": {"generator/w": crc, ...}}
+CHECKSUM_ALGORITHM = "crc32"
 CHECKPOINT_GLOB = "checkpoint-*.pt"
 
 
@@ -50,6 +58,7 @@ def save_training_checkpoint(run_dir: str | Path, state: dict, keep: int = 3) ->
     path = run_dir / checkpoint_name(int(state["images_shown"]))
     free = free_bytes(run_dir)  # before: a failed torch.save may still hold its unlinked file open
     try:
+        state = with_checksums(state)
         with atomic_output(path) as tmp:
             torch.save(state, tmp)
         pointer = {"checkpoint": path.name, "images_shown": int(state["images_shown"])}
@@ -73,9 +82,79 @@ def export_generator(checkpoint: dict, out_path: str | Path) -> Path:
         "generator_ema": checkpoint["generator_ema"],
     }
     out_path = Path(out_path)
+    exported = with_checksums(exported)
     with atomic_output(out_path) as tmp:
         torch.save(exported, tmp)
     return out_path
+
+
+# -- checksums ------------------------------------------------------------------------------
+def _leaves(obj, prefix: str = ""):
+    """(path, value) of every tensor and plain value in a nested dict/list, in a fixed order."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _leaves(value, f"{prefix}/{key}" if prefix else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for index, value in enumerate(obj):
+            yield from _leaves(value, f"{prefix}/{index}")
+    else:
+        yield prefix, obj
+
+
+def _crc(value) -> int:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach()
+        head = f"{tensor.dtype} {tuple(tensor.shape)}".encode()
+        if tensor.numel() == 0:
+            return zlib.crc32(head)
+        flat = tensor.contiguous().reshape(-1)
+        data = flat.view(torch.uint8) if flat.dtype != torch.bool else flat.to(torch.uint8)
+        return zlib.crc32(data.cpu().numpy(), zlib.crc32(head))  # the bytes, read in place on the CPU
+    return zlib.crc32(repr(value).encode())
+
+
+def checksums(state: dict) -> dict[str, int]:
+    """CRC-32 of every tensor's bytes (dtype and shape included) and of every other value's text."""
+    return {path: _crc(value) for key, part in state.items() if key != CHECKSUMS
+            for path, value in _leaves(part, str(key))}
+
+
+def with_checksums(state: dict) -> dict:
+    """`state` on the CPU (torch.save copies there anyway) with its checksums added."""
+    state = _to_cpu({k: v for k, v in state.items() if k != CHECKSUMS})
+    state[CHECKSUMS] = {"algorithm": CHECKSUM_ALGORITHM, "values": checksums(state)}
+    return state
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_to_cpu(v) for v in obj)
+    return obj
+
+
+def verify_checksums(data: dict, path: Path) -> None:
+    """CheckpointError unless every value matches the checksum written with it (none: not checked)."""
+    record = data.get(CHECKSUMS)
+    if record is None:
+        return  # written before checksums existed
+    try:
+        if record["algorithm"] != CHECKSUM_ALGORITHM:
+            raise CheckpointError(f"{path} has checksums of an unknown kind ({record['algorithm']!r})")
+        expected = dict(record["values"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path} is damaged: its checksum record is unreadable") from None
+    found = checksums(data)
+    bad = sorted(set(expected) ^ set(found)) or [k for k in expected if expected[k] != found[k]]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise CheckpointError(f"{path} is damaged: {bad[0]}{more} does not match the checksum written with it "
+                              f"(a flipped bit, a bad disk or an edit)")
 
 
 def _prune(run_dir: Path, keep: int, protect: Path) -> None:
@@ -166,6 +245,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path} has checkpoint format version {version}; this progan reads version "
             f"{FORMAT_VERSION} (use the progan release that wrote it)"
         )
+    verify_checksums(data, path)
     return data
 
 

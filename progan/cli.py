@@ -45,6 +45,7 @@ EXIT_USAGE = 2        # bad input, an unusable checkpoint or database, a run fol
 EXIT_PREEMPTED = 3    # stopped by SIGTERM/SIGINT after saving a checkpoint: rerun with --resume auto
 EXIT_WRITE_FAILED = 4 # the run folder could not be written (disk full, I/O error); the last checkpoint is intact
 EXIT_LOST_PEER = 5    # another process of a multi-process run died; restart the group with --resume auto
+EXIT_DIVERGED = 6     # every step of a whole tick was non-finite; stopped unsaved, the last good checkpoint kept
 
 VERBOSE_ENV = "PROGAN_VERBOSE"  # set (train.py --verbose does) to never shorten messages
 SHORTENED = f" ... [shortened; {VERBOSE_ENV}=1 shows all]"

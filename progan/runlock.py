@@ -1,8 +1,12 @@
-"""One run per folder: an exclusive lock on RUN/run.lock, held for the life of the run.
+"""One run per folder: an exclusive lock on the run folder itself, held for the life of the run.
 
-The lock is an flock on an open file, so the kernel drops it when the holder exits for any
-reason (kill -9 included): a lock left by a dead run never blocks a resume. The file's text
-(PID, host, start time) only names the holder for the refusal message; it is not the lock.
+The lock is an flock on the run folder's own directory (opened O_RDONLY|O_DIRECTORY), so it
+lives exactly as long as the folder: deleting RUN/run.lock cannot defeat it, and the kernel
+drops it when the holder exits for any reason (kill -9 included), so a lock left by a dead run
+never blocks a resume. RUN/run.lock's text (PID, host, start time) only names the holder for
+the refusal message; it is not the lock. Where a file system cannot flock a directory (some
+NFS mounts lock only files opened for writing), the lock falls back to an flock on RUN/run.lock
+itself, as before: one run per folder still holds, but deleting that file there defeats it.
 
 In a multi-process run only the main process takes the lock, before anything is written; the
 other processes learn its outcome through one broadcast, so every rank refuses alike.
@@ -29,7 +33,8 @@ class RunFolderBusy(CommandLineError):
 
 
 class RunLock:
-    """A held lock; released by release() or by the process ending."""
+    """A held lock (a descriptor of the run folder, or of run.lock as a fallback); released by
+    release() or by the process ending."""
 
     def __init__(self, path: Path, fd: int) -> None:
         self.path, self._fd = path, fd
@@ -48,23 +53,49 @@ def acquire(run_dir: str | os.PathLike) -> RunLock:
     path = run_dir / LOCK_NAME
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        lock_fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
         raise RunFolderBusy(f"cannot lock the run folder {run_dir}: {exc.strerror or exc}") from None
+    if not _flock(lock_fd, run_dir, path):  # this file system cannot lock a directory: lock run.lock
+        os.close(lock_fd)
+        try:
+            lock_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise RunFolderBusy(f"cannot lock the run folder {run_dir}: {exc.strerror or exc}") from None
+        if not _flock(lock_fd, run_dir, path):
+            os.close(lock_fd)
+            raise RunFolderBusy(f"cannot lock the run folder {run_dir}: its file system supports no flock "
+                                f"(README, 'One run per folder')") from None
+    # The holder's record: written in place, never renamed (it may be the lock itself, above).
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    with contextlib.suppress(OSError):  # a full disk: the lock holds all the same, the run's first write reports it
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        finally:
+            os.close(fd)
+    return RunLock(path, lock_fd)
+
+
+# errno values of a file system that cannot flock this kind of descriptor (NFS: a read-only one)
+_UNSUPPORTED = {errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL}
+
+
+def _flock(fd: int, run_dir: Path, path: Path) -> bool:
+    """Take an exclusive flock on `fd`: True when taken, False when the file system cannot flock it;
+    RunFolderBusy (the descriptor closed) when another process holds it or the error is another."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
     except OSError as exc:
+        if exc.errno in _UNSUPPORTED:
+            return False
         os.close(fd)
         if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise RunFolderBusy(f"cannot lock the run folder {run_dir}: {exc.strerror or exc}") from None
         raise RunFolderBusy(f"{run_dir} is in use by another training run ({describe_holder(path)}); "
                             f"wait for it to end or stop it, or choose another --out") from None
-    # Rewritten in place, never renamed: a rename would put an unlocked file at the lock's name.
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    with contextlib.suppress(OSError):  # a full disk: the lock holds all the same, the run's first write reports it
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
-    return RunLock(path, fd)
 
 
 def describe_holder(path: Path) -> str:
@@ -72,6 +103,8 @@ def describe_holder(path: Path) -> str:
     try:
         holder = json.loads(path.read_text())
         return f"PID {holder['pid']} on host {holder['host']}, since {holder['started']}"
+    except FileNotFoundError:
+        return f"holder unknown: its {path.name} was deleted"
     except (OSError, ValueError, KeyError, TypeError):
         return "holder unknown: its lock file is being written"
 

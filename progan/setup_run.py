@@ -60,12 +60,16 @@ class RunPlan:
         lines += [f"skipped unreadable: {why}" for _, why in self.damaged]
         return "\n".join(lines)
 
-    def train(self) -> int:
+    def train(self, stop=None) -> int:
         """Lock the run folder, start (or join) the process group and train; returns the exit code
-        (EXIT_FINISHED, or EXIT_PREEMPTED when a signal stopped it after saving a checkpoint)."""
+        (EXIT_FINISHED, or EXIT_PREEMPTED when a signal stopped it after saving a checkpoint).
+        `stop`: train.py's progan.signals.StopSignals, installed since its first line (set-up signals
+        raise Interrupted; the loop turns later ones into a stop with a checkpoint)."""
+        from progan import trackers
         from progan.diskspace import WriteFailed, check_room, write_failed
         from progan.elastic import init_process_group
         from progan.runlock import lock_run_folder, share_from_main
+        from progan.signals import pause_point
         from progan.training import Trainer
 
         run_dir = Path(self.config.out)
@@ -86,14 +90,18 @@ class RunPlan:
         error = share_from_main(error, self.world_size)  # also the barrier before training
         if error is not None:
             raise WriteFailed(error)
-        trainer = Trainer(self.config, accelerator, resume=self.resume, log=accelerator.print)
+        pause_point("setup")  # tests: a signal here, with config.json, run.lock and the trackers' files written
+        trainer = Trainer(self.config, accelerator, resume=self.resume, log=accelerator.print, stop=stop)
         self.resume = None  # the trainer holds what it needs; free the CPU copy
         if trainer.images_shown:
-            trainer.truncate_stats()
+            try:
+                trainer.truncate_stats()
+            except OSError as exc:
+                raise write_failed(exc, run_dir, "stats.jsonl", None) from None
             accelerator.print(f"resumed from {self.resume_path} at {trainer.images_shown / KIMG:.1f} kimg, "
                               f"{describe_level(self.config.model.aspect, trainer.state.resolution)} alpha {trainer.state.alpha:.3f}")
         outcome = trainer.run()
-        accelerator.end_training()
+        trackers.finish(accelerator, run_dir)
         if lock is not None:
             lock.release()
         return EXIT_PREEMPTED if outcome == "stopped" else EXIT_FINISHED
@@ -156,7 +164,6 @@ def prepare_run(args: dict) -> RunPlan:
     """Turn parsed flags (only those given) into a RunPlan, or raise CommandLineError."""
     from progan import trackers
     from progan.data import DatasetError
-    from progan.precision import resolve_mixed_precision
     from progan.training import TrainingError, validate_setup
 
     world_size = _world_size()
@@ -164,19 +171,17 @@ def prepare_run(args: dict) -> RunPlan:
     resume_path, resume, damaged = _find_resume(args)
     try:
         if resume is not None:
-            saved = TrainConfig.from_dict(resume["config"])
-            config = _apply_flags(saved.to_dict(), args)
+            saved = _resolved(TrainConfig.from_dict(resume["config"]), device)
+            config = _resolved(_apply_flags(saved.to_dict(), args), device)
             diffs = config.semantic_differences(saved)
             if diffs:
                 raise CommandLineError(
                     f"the run at {resume_path} was trained with other values of {', '.join(diffs)}; "
                     f"leave those flags out to resume, or start a new --out")
         else:
-            config = _apply_flags(_base_config(args), args)
-            _check_existing_run(config)
+            config = _resolved(_apply_flags(_base_config(args), args), device)
+            _check_existing_run(config, device)
         validate_setup(config, world_size)
-        # auto -> what this device runs best (progan/precision.py); the run saves the result.
-        config = config.replace(mixed_precision=resolve_mixed_precision(config.mixed_precision, device))
         if resume is not None:
             _check_same_dataset(config, resume)
     except (DatasetError, TrainingError, checkpoints.CheckpointError) as exc:
@@ -189,6 +194,14 @@ def prepare_run(args: dict) -> RunPlan:
         raise CommandLineError(str(exc)) from None
     return RunPlan(config=config, resume=resume, resume_path=resume_path, world_size=world_size, damaged=damaged,
                    cpu=device.type == "cpu")
+
+
+def _resolved(config: TrainConfig, device) -> TrainConfig:
+    """`config` with --mixed-precision auto resolved to what `device` runs best (progan/precision.py):
+    the run saves, and a resume compares, the concrete value (ValueError when the device cannot run it)."""
+    from progan.precision import resolve_mixed_precision
+
+    return config.replace(mixed_precision=resolve_mixed_precision(config.mixed_precision, device))
 
 
 def _find_resume(args: dict) -> tuple[Path | None, dict | None, list[tuple[Path, str]]]:
@@ -270,7 +283,7 @@ def _apply_flags(base: dict, args: dict) -> TrainConfig:
     return TrainConfig.from_dict(config)
 
 
-def _check_existing_run(config: TrainConfig) -> None:
+def _check_existing_run(config: TrainConfig, device) -> None:
     """A new run must not silently overwrite or mix with another run in the same folder."""
     run_dir = Path(config.out)
     if not run_dir.is_dir():
@@ -283,7 +296,7 @@ def _check_existing_run(config: TrainConfig) -> None:
     saved_path = run_dir / CONFIG_FILE
     if saved_path.is_file():
         try:
-            saved = TrainConfig.from_json(saved_path.read_text())
+            saved = _resolved(TrainConfig.from_json(saved_path.read_text()), device)
         except (ValueError, KeyError, TypeError, json.JSONDecodeError):
             return  # an unreadable config with no checkpoint: nothing of value to protect
         diffs = config.semantic_differences(saved)

@@ -6,11 +6,18 @@ when it is installed, else none) or `none`. Each tick's numbers (the scalars of 
 go to every tracker with `accelerator.log`, stepped in images shown; each fixed-latent sample
 grid goes as an image to the trackers whose accelerate class can log images (tensorboard,
 wandb, aim, clearml, swanlab). TensorBoard writes under RUN/tensorboard.
+
+A tracker's failure to write (a full disk) is the run's: TensorBoard writes from a background
+thread, which keeps the error for the next call in the main thread; `start` installs a thread
+hook that keeps such a thread's error off the terminal (no traceback), the training loop calls
+the trackers like any other upkeep write (one line, a last checkpoint, exit 4), and `finish`
+closes them the same way.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import threading
 from pathlib import Path
 
 AUTO, NONE = "auto", "none"
@@ -66,7 +73,45 @@ def accelerator_options(names: list[str], run_dir: Path) -> dict:
 def start(accelerator, names: list[str], config: dict | None = None) -> None:
     """init_trackers with the run's config flattened to the scalars trackers accept."""
     if names:
+        quiet_writer_threads()
         accelerator.init_trackers(PROJECT_NAME, config=flatten(config) if config else None)
+
+
+def finish(accelerator, run_dir: Path) -> None:
+    """end_training: flush and close the trackers; a failed write is WriteFailed (one line, exit 4)."""
+    from progan.diskspace import write_failed
+
+    try:
+        accelerator.end_training()
+    except OSError as exc:
+        raise write_failed(exc, run_dir, "the trackers' logs", None) from None
+
+
+# Writer threads of the tracker packages: an error there reaches the main thread at the next
+# log call (TensorBoard's _AsyncWriter re-raises it), so the thread's own traceback is noise.
+_WRITER_MODULES = ("tensorboard.", "tensorboardX.", "torch.utils.tensorboard")
+thread_errors: list[BaseException] = []  # what those threads raised, for the record (and tests)
+
+
+def _is_writer_thread(thread: threading.Thread | None) -> bool:
+    module = type(thread).__module__ if thread is not None else ""
+    return module.startswith(_WRITER_MODULES)
+
+
+def quiet_writer_threads() -> None:
+    """Keep the tracker writer threads' errors (a full disk) off the terminal; others as before."""
+    previous = threading.excepthook
+    if getattr(previous, "_progan_quiet", False):
+        return
+
+    def hook(args) -> None:
+        if _is_writer_thread(args.thread) and isinstance(args.exc_value, OSError):
+            thread_errors.append(args.exc_value)  # re-raised in the main thread by the next log call
+            return
+        previous(args)
+
+    hook._progan_quiet = True
+    threading.excepthook = hook
 
 
 def flatten(config: dict, prefix: str = "") -> dict:

@@ -26,9 +26,11 @@ OPERATIONAL_FIELDS = frozenset(
     {
         "data", "out", "workers", "max_batch_per_device", "tick_kimg", "snapshot_ticks",
         "checkpoint_minutes", "keep_checkpoints", "metrics", "metric_kimg", "metric_images",
-        "inception", "mixed_precision", "log_with", "tf32",
+        "inception", "log_with", "tf32",
     }
 )
+# mixed_precision changes the computation, so a resume must keep it; it is compared resolved
+# ("auto" -> the device's concrete choice, progan/precision.py), never as typed.
 OPERATIONAL_SCHEDULE_FIELDS = frozenset({"total_kimg"})
 
 
@@ -67,6 +69,9 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
+        for name in ("data", "out"):
+            if not str(getattr(self, name)).strip():
+                raise ValueError(f"--{name} must be a path, not empty")
         if self.mixed_precision not in MIXED_PRECISION_CHOICES:
             raise ValueError(
                 f"--mixed-precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}, "

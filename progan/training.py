@@ -43,7 +43,7 @@ from progan.diskspace import WriteFailed
 from progan.ema import make_ema
 from progan.fileio import append_jsonl, atomic_write_text
 from progan.fit import cuda_fits, largest_fitting, micro_batch_problem, stddev_group
-from progan.gradsync import GradientSync, LaggedFlags, LossScale, StopRequest
+from progan.gradsync import GradientSync, LaggedFlags, LossScale
 from progan.images import make_grid, save_png, to_uint8
 from progan.integrity import check_levels
 from progan.networks import Discriminator, Generator
@@ -53,6 +53,7 @@ from progan.reals import BatchReader, DataOrder, RealImages, fade_reals, memory_
 from progan.runlock import share_from_main
 from progan.schedule import KIMG, TrainingState, state_at, tick_state
 from progan.seeds import STREAM_GRID, derived_seed, seeded_generator
+from progan.signals import StopSignals, pause_point
 from progan.step import StepInputs, StepModels, StepSettings, StepStats, micro_slices, step_inputs  # noqa: F401
 from progan.step import train_step as run_step
 from progan.train_config import TrainConfig
@@ -60,6 +61,11 @@ from progan.train_config import TrainConfig
 
 class TrainingError(ValueError):
     """A problem with the run's setup; the message is one line for the user."""
+
+
+class TrainingDiverged(Exception):
+    """Every step of a whole tick was skipped as non-finite: the run cannot go on (train.py exits
+    6), and stops without a checkpoint so the last good one stays the newest. One line."""
 
 
 def _load_adam_state(optimizer: torch.optim.Adam, state: dict) -> None:
@@ -78,7 +84,8 @@ def _load_adam_state(optimizer: torch.optim.Adam, state: dict) -> None:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, accelerator, resume: dict | None = None, log=print) -> None:
+    def __init__(self, config: TrainConfig, accelerator, resume: dict | None = None, log=print,
+                 stop: StopSignals | None = None) -> None:
         self.accelerator = accelerator
         self.log = log
         self.device = accelerator.device
@@ -96,7 +103,9 @@ class Trainer:
         # every group of the global batch lands whole on one process, and N processes (or
         # gradient-accumulation rounds) compute exactly the groups one process would.
         self.part = slice(self.rank, None, self.world_size)
-        self.stop = StopRequest()
+        # train.py's handler, installed since its first line; built directly, the trainer's own
+        # (installed for the loop only). Either way a repeated signal never cuts the final checkpoint short.
+        self.stop = stop if stop is not None else StopSignals(during_setup=False)
         self.write_failure: str | None = None  # set on the main process by a failed upkeep write
 
         metadata = read_metadata(config.data)
@@ -362,6 +371,25 @@ class Trainer:
         self.stats.reset_sums()
         self._tick_start_time = time.monotonic()
         self._tick_start_images = self.images_shown
+        self._tick_start_skipped = self.stats.skipped.tolist()  # a host read, once a tick
+
+    def _check_progress(self, steps: int) -> None:
+        """Raise TrainingDiverged when every D step or every G step of the tick just ended was skipped
+        as non-finite (fp16: once its loss scale has fallen to 1, the scale no longer explains it)."""
+        if steps == 0:
+            return
+        skipped = [now - before for now, before in zip(self.stats.skipped.tolist(), self._tick_start_skipped)]
+        stuck = [name for name, n, scale in zip("DG", skipped, (self.scale_d, self.scale_g))
+                 if n >= steps and not (scale.enabled and scale.value() > 1.0)]
+        if not stuck:
+            return
+        latest = checkpoints.find_latest_checkpoint(self.run_dir) if self.is_main else None
+        kept = f"the last good checkpoint {latest.name} is kept" if latest else "no checkpoint was written"
+        raise TrainingDiverged(
+            f"every {' and '.join(stuck)} step of tick {self.ticks} ({steps} steps, to "
+            f"{self.images_shown / KIMG:.3f} kimg) was skipped as non-finite (NaN or inf): training "
+            f"cannot go on; stopped without saving, {kept}. Lower the learning rate (or use "
+            f"--mixed-precision no), then rerun with --resume auto")
 
     def tick(self) -> dict:
         """Gather statistics, write the log line and stats.jsonl; returns the stats."""
@@ -395,8 +423,9 @@ class Trainer:
                 f"D {loss_d:+.3f}  G {loss_g:+.3f}  gp {gp:.3f}  skipped {self.skipped_d}/{self.skipped_g}")
             self._upkeep_write("stats.jsonl", lambda: append_jsonl(self.run_dir / "stats.jsonl", stats))
             if getattr(self.accelerator, "trackers", None):  # step in images: ticks may be < 1 kimg
-                self.accelerator.log({k: v for k, v in stats.items() if isinstance(v, (int, float))},
-                                     step=self.images_shown)
+                self._upkeep_write("the trackers' logs", lambda: self.accelerator.log(
+                    {k: v for k, v in stats.items() if isinstance(v, (int, float))}, step=self.images_shown))
+        self._check_progress(self.stats.steps)
         self._reset_tick_stats()
         return stats
 
@@ -427,10 +456,11 @@ class Trainer:
                       "alpha": round(st.alpha, 5), "num_images": c.metric_images,
                       **({"mirror_reals": c.mirror} if set(names) & set(METRICS_WITH_REALS) else {}),  # reals read
                       "seconds": round(seconds, 1), **results}
-            append_jsonl(self.run_dir / "stats.jsonl", record)
+            self._upkeep_write("stats.jsonl", lambda: append_jsonl(self.run_dir / "stats.jsonl", record))
             self.log("metrics " + "  ".join(f"{k} {v:.4g}" for k, v in results.items()) + f"  ({seconds:.0f} s)")
             if getattr(self.accelerator, "trackers", None):
-                self.accelerator.log({f"metrics/{k}": v for k, v in results.items()}, step=self.images_shown)
+                self._upkeep_write("the trackers' logs", lambda: self.accelerator.log(
+                    {f"metrics/{k}": v for k, v in results.items()}, step=self.images_shown))
         return results
 
     @torch.no_grad()
@@ -478,7 +508,8 @@ class Trainer:
         metric_images = round(c.metric_kimg * KIMG) if c.metrics and c.metric_kimg > 0 else 0
         next_metric = (self.images_shown // metric_images + 1) * metric_images if metric_images else None
         self._last_checkpoint_time = time.monotonic()
-        self.stop.install()
+        installed = self.stop.install()  # kept until the last checkpoint is safe (a 2nd signal waits for it)
+        self.stop.training()
         outcome = "finished"
         try:
             while self.images_shown < total:
@@ -500,18 +531,23 @@ class Trainer:
                     break
                 if save_now:
                     self.save_checkpoint()
+            self.state = state_at(c.schedule, self.images_shown)
+            if outcome == "stopped":  # tests: a second signal lands here, before the last checkpoint
+                pause_point("stopping", until=lambda: getattr(self.stop, "repeats", 0) > 0)
+            self._upkeep_write("a sample grid", self.save_sample_grid)
+            path = self.save_checkpoint()
         finally:
-            self.stop.uninstall()
-        self.state = state_at(c.schedule, self.images_shown)
-        self._upkeep_write("a sample grid", self.save_sample_grid)
-        path = self.save_checkpoint()
+            if installed:
+                self.stop.uninstall()
         failure = share_from_main(self.write_failure, self.world_size)
         if failure is not None:
             raise WriteFailed(f"{failure} (stopped at {self.images_shown / KIMG:.3f} kimg, checkpoint {path} saved)")
         if self.is_main:
             how = f"stopped by {self.stop.signal_name or 'a request on another process'}" if outcome == "stopped" else "finished"
             replicas = f", {self.world_size} replicas identical" if self.world_size > 1 else ""
-            self.log(f"{how} at {self.images_shown / KIMG:.1f} kimg; checkpoint {path}{replicas}")
+            repeats = getattr(self.stop, "repeats", 0)
+            waited = f" ({repeats} more signal(s) waited for it)" if repeats else ""
+            self.log(f"{how} at {self.images_shown / KIMG:.1f} kimg; checkpoint {path}{replicas}{waited}")
         return outcome
 
 
