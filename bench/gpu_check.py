@@ -22,8 +22,9 @@ error while the others still run):
 5. bf16's error in the penalty and in D's and G's gradients against float64 on this device
    (bench/bench_precision.py), sampling img/s at the top resolution, and SWD's time on the device;
 6. the user's own path on this device: `data_prep synth/build`, `train.py` with its defaults
-   through two fades, SIGTERM (exit 3 and a checkpoint), `--resume auto` through a third fade to
-   the end (exit 0), `generate.py` writing a grid (exit 0);
+   (paper nets, bf16) through one fade and into a second, SIGTERM there (exit 3 and a
+   checkpoint), `--resume auto` through a third fade to the end (exit 0), `generate.py` writing a
+   grid (exit 0);
 7. torch.profiler over two steps at the top resolution: the kernels taking the most device time,
    and the convolutions by input shape (DIR/profile.txt);
 8. the convolutions of each resolution's step counted on the meta device, and how many have a
@@ -488,7 +489,9 @@ def _run_logged(cmd: list[str], log: list[str], timeout: float, stop_when=None) 
 
 def user_path(work: Path, tiny: bool, device: torch.device, timeout: float) -> dict:
     """The README's commands on this device, with the defaults (paper nets, --mixed-precision
-    auto): two fades, SIGTERM mid-run, --resume auto through a third fade, then generate.py."""
+    auto): SIGTERM one tick into the second fade, then --resume auto through the fade after it,
+    then generate.py. Tiny (the CPU dry run): the small preset to 16x16, one fade before the
+    signal and one after it."""
     import re
 
     deadline = time.monotonic() + timeout
@@ -496,7 +499,9 @@ def user_path(work: Path, tiny: bool, device: torch.device, timeout: float) -> d
     log: list[str] = []
     out: dict = {"log": log, "ok": False}
     faces, db, run, samples = work / "faces", work / "faces.lmdb", work / "run", work / "samples"
-    res, count, fade_kimg, tick_kimg = (32, 64, 0.125, 0.0625) if tiny else (32, 512, 4, 1)
+    # Phases with fade = stable = F: 1 fade 8, 2 stable 8, 3 fade 16, 4 stable 16, 5 fade 32, ...
+    res, count, fade_kimg, tick_kimg = (16, 64, 0.125, 0.0625) if tiny else (32, 512, 4, 1)
+    stop_in_phase, resume_into_phase = (1, 3) if tiny else (3, 5)
     workers = "1" if tiny else "4"
     for step, cmd in (("synth", ["-m", "data_prep", "synth", str(faces), "--count", str(count), "--size", str(res),
                                  "--seed", "0", "--workers", workers]),
@@ -513,19 +518,19 @@ def user_path(work: Path, tiny: bool, device: torch.device, timeout: float) -> d
     phases_seen: list[int] = []
     ticks_after = [0]
 
-    def second_fade_running(line: str) -> bool:  # SIGTERM one tick into the second fade (phase 3)
+    def fade_running(line: str) -> bool:  # SIGTERM one tick into phase `stop_in_phase`
         m = re.match(r"phase (\d+):", line)
         if m:
             phases_seen.append(int(m.group(1)))
-        elif phases_seen and max(phases_seen) >= 3 and line.startswith("tick"):
+        elif phases_seen and max(phases_seen) >= stop_in_phase and line.startswith("tick"):
             ticks_after[0] += 1
         return ticks_after[0] >= 1
 
-    out["first_leg"] = _run_logged(train, log, left(), stop_when=second_fade_running)
+    out["first_leg"] = _run_logged(train, log, left(), stop_when=fade_running)
     out["first_leg"]["phases_seen"] = list(phases_seen)
     out["first_leg"]["checkpoint_written"] = any(line.startswith("stopped by SIGTERM") and "checkpoint" in line
                                                  for line in log)
-    total = 5 * fade_kimg + fade_kimg / 2  # 4 stable, fade 8, 8, fade 16, 16: then half of fade 32
+    total = (resume_into_phase + 0.5) * fade_kimg  # half-way into that fade
     resume = ["train.py", "--out", str(run), "--resume", "auto", "--total-kimg", str(total), "--device", device.type,
               "--log-with", "none"]
     start = len(log)
@@ -535,9 +540,11 @@ def user_path(work: Path, tiny: bool, device: torch.device, timeout: float) -> d
                                    "--device", device.type], log, left())
     grid = samples / "grid.png"
     out["grid_bytes"] = grid.stat().st_size if grid.exists() else 0
+    out["expected_phases"] = {"signal_in": stop_in_phase, "resume_into": resume_into_phase}
     out["ok"] = (out["first_leg"]["returncode"] == 3 and out["first_leg"]["checkpoint_written"]
-                 and max(out["first_leg"]["phases_seen"] or [0]) >= 3 and out["resume"]["returncode"] == 0
-                 and 5 in out["resume"]["phases_seen"] and out["generate"]["returncode"] == 0 and out["grid_bytes"] > 0)
+                 and max(out["first_leg"]["phases_seen"] or [0]) >= stop_in_phase
+                 and out["resume"]["returncode"] == 0 and resume_into_phase in out["resume"]["phases_seen"]
+                 and out["generate"]["returncode"] == 0 and out["grid_bytes"] > 0)
     return out
 
 

@@ -134,6 +134,6 @@ def test_the_users_path_on_this_device_goes_through_fades_sigterm_resume_and_gen
     got = user_path(tmp_path, tiny=True, device=torch.device("cpu"), timeout=400)
     assert got["ok"], "\n".join(got["log"][-30:])
     assert got["first_leg"]["returncode"] == 3 and got["first_leg"]["signalled"]
-    assert max(got["first_leg"]["phases_seen"]) >= 3  # stopped inside the second fade
-    assert 5 in got["resume"]["phases_seen"]  # the resumed run went into the third fade
+    assert max(got["first_leg"]["phases_seen"]) >= 1  # stopped inside the first fade (the GPU run: the second)
+    assert 3 in got["resume"]["phases_seen"]  # the resumed run went into the next fade
     assert got["generate"]["returncode"] == 0 and (tmp_path / "samples" / "grid.png").stat().st_size > 0
