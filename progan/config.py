@@ -51,8 +51,14 @@ class ModelConfig:
     # width:height (progan.aspect); level R is level_size(R) = (w0*R/4, h0*R/4). Configs saved
     # before this field existed have none and load as the square 1:1.
     aspect: str = DEFAULT_ASPECT
+    # Class-conditional models (the release's label_size): the names of the classes, in label
+    # order; () = unconditional. Configs saved before this field existed load as unconditional,
+    # and an unconditional config's dict/JSON has no "class_names" key, as before.
+    class_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.class_names, list):  # from JSON; a tuple keeps the config hashable
+            object.__setattr__(self, "class_names", tuple(self.class_names))
         self.validate()
 
     # --- validation ---------------------------------------------------------------------
@@ -79,6 +85,16 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.leaky_slope must be a number in [0, 1), got {slope!r}")
         if not isinstance(self.aspect, str) or self.aspect not in ASPECTS:
             raise ValueError(f"ModelConfig.aspect must be {ASPECT_RULE}, got {self.aspect!r}")
+        names = self.class_names
+        if not isinstance(names, tuple) or not all(isinstance(n, str) and n.strip() for n in names):
+            raise ValueError(f"ModelConfig.class_names must be a list of non-empty class names "
+                             f"(or empty for an unconditional model), got {names!r}")
+        if len(names) == 1:
+            raise ValueError(f"ModelConfig.class_names must name at least 2 classes (or none for an "
+                             f"unconditional model), got {list(names)}")
+        if len(set(names)) != len(names):
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"ModelConfig.class_names must be distinct; {duplicates} appear more than once")
         if self.channels(r) < 1:
             raise ValueError(
                 f"ModelConfig: fmap_base={self.fmap_base} leaves 0 channels at {r}x{r}; "
@@ -96,6 +112,15 @@ class ModelConfig:
         return self.stage_channels(int(math.log2(res)) - 1)
 
     @property
+    def label_size(self) -> int:
+        """Number of classes (the release's label_size); 0 for an unconditional model."""
+        return len(self.class_names)
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.class_names)
+
+    @property
     def resolutions(self) -> list[int]:
         """[4, 8, ..., resolution]."""
         return [2**k for k in range(2, int(math.log2(self.resolution)) + 1)]
@@ -111,15 +136,23 @@ class ModelConfig:
 
     # --- presets and serialisation ------------------------------------------------------
     @classmethod
-    def preset(cls, name: str, resolution: int, aspect: str = DEFAULT_ASPECT) -> "ModelConfig":
+    def preset(cls, name: str, resolution: int, aspect: str = DEFAULT_ASPECT,
+               class_names: tuple[str, ...] = ()) -> "ModelConfig":
         """'paper' (latent 512, fmap_base 8192, fmap_max 512) or 'small' (latent 64, fmap_base
         256, fmap_max 64, fmap_min 8: the same architecture for CPU demos up to about 64x64)."""
         if name not in _PRESETS:
             raise ValueError(f"unknown ModelConfig preset {name!r}; choose one of {sorted(_PRESETS)}")
-        return cls(resolution=resolution, aspect=aspect, **_PRESETS[name])
+        return cls(resolution=resolution, aspect=aspect, class_names=tuple(class_names), **_PRESETS[name])
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON types; "class_names" (a list) only for a conditional model, so unconditional
+        configs serialise exactly as before the field existed."""
+        data = dataclasses.asdict(self)
+        if self.class_names:
+            data["class_names"] = list(self.class_names)
+        else:
+            del data["class_names"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
