@@ -17,6 +17,19 @@ Where this differs from the paper's release code (tkarras/progressive_growing_of
   (below that the separate upsample/pool + 3x3 conv is faster on CPU; same function).
 - D's second conv in each block pools *before* its bias and activation. That is the release
   code (fused_scale=True, its default); the paper's Table 2 lists lrelu before the pooling.
+
+Class-conditional models (cfg.class_names, K = cfg.label_size > 0) are the release's (G_paper,
+D_paper with label_size > 0; loss.py G_wgan_acgan / D_wgangp_acgan), nothing more:
+- G: the one-hot labels are concatenated to the latents, combo = [z, onehot] [N, latent + K],
+  and the first PixelNorm and the 4x4 dense layer (gain sqrt(2)/4, fan-in latent + K) take the
+  combo; every other layer is the unconditional one. ``G(z, R, alpha, labels=...)`` takes class
+  indices (integer [N]) or one-hot/soft rows (float [N, K]); required for a conditional model,
+  refused for an unconditional one.
+- D: the last dense layer has 1 + K outputs: column 0 is the critic score, columns 1.. the class
+  logits (an AC-GAN head). ``D(x, R, alpha)`` still returns the scores [N] (the gradient penalty
+  and the G step's score use only them); ``D(..., with_class_logits=True)`` returns
+  (scores [N], logits [N, K]).
+With K = 0 every module, parameter shape and initial value is the unconditional model's.
 """
 
 from __future__ import annotations
@@ -75,13 +88,51 @@ def check_phase(cfg: ModelConfig, resolution: int, alpha: float) -> float:
     return float(alpha)
 
 
+def one_hot_labels(labels: Tensor | None, cfg: ModelConfig, z: Tensor) -> Tensor:
+    """A conditional G's labels as float rows [N, K] in z's dtype: class indices (integer [N])
+    become one-hot, float [N, K] rows (one-hot or soft) pass as they are. ValueError for a wrong
+    shape, dtype or device; the values are checked on the CPU only, where reading them costs no
+    device sync (on a GPU an index out of range trips one_hot's device-side assert instead)."""
+    k, n = cfg.label_size, z.shape[0]
+    if labels is None:
+        raise ValueError(f"Generator: this model is class-conditional ({k} classes: {', '.join(cfg.class_names)}); "
+                         f"pass labels=class indices [N] or one-hot rows [N, {k}]")
+    if not isinstance(labels, Tensor):
+        raise ValueError(f"Generator: labels must be a tensor (class indices [N] or one-hot rows [N, {k}]), "
+                         f"got {type(labels).__name__}")
+    if labels.device != z.device:
+        raise ValueError(f"Generator: labels are on {labels.device} but the latents on {z.device}; "
+                         f"move them to the same device")
+    if labels.dtype == torch.bool or labels.is_complex():
+        raise ValueError(f"Generator: labels must be integer class indices [N] or float rows [N, {k}], "
+                         f"got dtype {labels.dtype}")
+    if labels.is_floating_point():
+        if tuple(labels.shape) != (n, k):
+            raise ValueError(f"Generator: float labels must be one-hot/soft rows [N, K] = [{n}, {k}], "
+                             f"got {list(labels.shape)}")
+        if labels.device.type == "cpu" and not bool(((labels >= 0) & (labels <= 1)).all()):
+            raise ValueError("Generator: float labels must lie in [0, 1] (one-hot or soft class weights)")
+        return labels.to(z.dtype)
+    if tuple(labels.shape) != (n,):
+        raise ValueError(f"Generator: class indices must be a 1-D integer tensor [N] = [{n}], got "
+                         f"{list(labels.shape)}")
+    if labels.device.type == "cpu" and n and not (0 <= int(labels.min()) and int(labels.max()) < k):
+        raise ValueError(f"Generator: class indices must be in 0..{k - 1}, got values from "
+                         f"{int(labels.min())} to {int(labels.max())}")
+    return F.one_hot(labels.long(), k).to(z.dtype)
+
+
 # --- generator blocks ---------------------------------------------------------------------
 
 class GeneratorInputBlock(nn.Module):
     """latent -> base block (4x4 square, w0 x h0 otherwise): PixelNorm(z), dense to C*h0*w0 (+ one
-    bias per channel), conv3x3; each layer followed by lrelu and PixelNorm. [N, latent] -> [N, C, h0, w0]"""
+    bias per channel), conv3x3; each layer followed by lrelu and PixelNorm. [N, latent] -> [N, C, h0, w0]
 
-    def __init__(self, latent_size: int, channels: int, slope: float, base_size: tuple[int, int] = (4, 4)):
+    Conditional: z is the release's combo [latents, onehot labels], [N, latent + label_size];
+    the PixelNorm normalises the combo as a whole, as the release's normalize_latents does."""
+
+    def __init__(self, latent_size: int, channels: int, slope: float, base_size: tuple[int, int] = (4, 4),
+                 label_size: int = 0):
         super().__init__()
         self.channels = channels
         self.slope = slope
@@ -89,7 +140,8 @@ class GeneratorInputBlock(nn.Module):
         self.pixel_norm = PixelNorm()
         # gain sqrt(2)/4 as the paper's code ("to match the original Theano implementation"); kept
         # for every shape, so a non-square model starts from the square one's weight scale.
-        self.dense = EqualizedLinear(latent_size, channels * self.width * self.height, gain=SQRT2 / 4, bias=False)
+        self.dense = EqualizedLinear(latent_size + label_size, channels * self.width * self.height,
+                                     gain=SQRT2 / 4, bias=False)
         self.bias = nn.Parameter(torch.zeros(channels))  # per channel, not per (C, H, W) unit
         self.conv = EqualizedConv2d(channels, channels, 3)
 
@@ -132,22 +184,30 @@ class Generator(nn.Module):
         cfg.validate()
         self.cfg = cfg
         self.latent_size = cfg.latent_size
+        self.label_size = cfg.label_size
         slope = cfg.leaky_slope
         self.blocks = nn.ModuleDict()
         self.to_rgb = nn.ModuleDict()
         for res in cfg.resolutions:
             if res == 4:
-                block = GeneratorInputBlock(cfg.latent_size, cfg.channels(4), slope, cfg.base_size)
+                block = GeneratorInputBlock(cfg.latent_size, cfg.channels(4), slope, cfg.base_size, cfg.label_size)
             else:
                 block = GeneratorBlock(cfg.channels(res // 2), cfg.channels(res), slope,
                                        fused=res >= FUSED_MIN_RES, memory_format=memory_format_for(res))
             self.blocks[str(res)] = block
             self.to_rgb[str(res)] = to_rgb(cfg.channels(res), cfg.num_channels)
 
-    def forward(self, z: Tensor, resolution: int, alpha: float = 1.0) -> Tensor:
+    def forward(self, z: Tensor, resolution: int, alpha: float = 1.0, labels: Tensor | None = None) -> Tensor:
+        """labels (conditional models only): class indices, integer [N], or one-hot/soft rows,
+        float [N, K], on z's device."""
         alpha = check_phase(self.cfg, resolution, alpha)
         if z.dim() != 2 or z.shape[1] != self.latent_size:
             raise ValueError(f"Generator expects latents [N, {self.latent_size}], got {list(z.shape)}")
+        if self.label_size:
+            z = torch.cat([z, one_hot_labels(labels, self.cfg, z)], dim=1)  # [N, latent + K], the release's combo_in
+        elif labels is not None:
+            raise ValueError("Generator: labels given to an unconditional model (its ModelConfig has no "
+                             "class_names); call it without labels")
         x = self.blocks["4"](z)  # [N, C, h0, w0] (4x4 square)
         res = 4
         while res < resolution // 2:
@@ -197,11 +257,13 @@ class DiscriminatorBlock(nn.Module):
 
 
 class DiscriminatorOutputBlock(nn.Module):
-    """base block -> score: minibatch stddev (+1 channel), conv3x3, dense to nf(0), dense to 1;
-    lrelu after all but the last (gain 1). [N, C, h0, w0] -> [N]"""
+    """base block -> score: minibatch stddev (+1 channel), conv3x3, dense to nf(0), dense to
+    1 + label_size; lrelu after all but the last (gain 1). [N, C, h0, w0] -> scores [N], or with
+    ``with_class_logits`` (scores [N], class logits [N, label_size]): the release's
+    scores_out = x[:, :1], labels_out = x[:, 1:]."""
 
     def __init__(self, in_channels: int, hidden: int, mbstd_group_size: int, slope: float,
-                 base_size: tuple[int, int] = (4, 4)):
+                 base_size: tuple[int, int] = (4, 4), label_size: int = 0):
         super().__init__()
         self.slope = slope
         # The paper's code skips the layer for group sizes <= 1 (a group of one has no spread).
@@ -209,19 +271,23 @@ class DiscriminatorOutputBlock(nn.Module):
         extra = 1 if mbstd_group_size > 1 else 0
         self.conv = EqualizedConv2d(in_channels + extra, in_channels, 3)
         self.dense0 = EqualizedLinear(in_channels * base_size[0] * base_size[1], hidden)
-        self.dense1 = EqualizedLinear(hidden, 1, gain=1.0)
+        self.dense1 = EqualizedLinear(hidden, 1 + label_size, gain=1.0)  # K = 0: the unconditional layer
 
-    def forward(self, x: Tensor, segments: int = 1) -> Tensor:
+    def forward(self, x: Tensor, segments: int = 1, with_class_logits: bool = False):
         if isinstance(self.mbstd, MinibatchStddev):
             x = self.mbstd(x, segments)  # [N, C+1, 4, 4]
         x = _lrelu(self.conv(x), self.slope)  # [N, C, 4, 4]
         x = _lrelu(self.dense0(x.flatten(1)), self.slope)  # [N, hidden]
-        return self.dense1(x).squeeze(1)  # [N]
+        out = self.dense1(x)  # [N, 1 + K]
+        if with_class_logits:
+            return out[:, 0], out[:, 1:]  # [N], [N, K]
+        return out[:, 0]  # [N]
 
 
 class Discriminator(nn.Module):
     """D(images [N, num_channels, H, W], resolution R, alpha) -> critic scores [N], where
-    (W, H) = cfg.level_size(R) (R x R when square)."""
+    (W, H) = cfg.level_size(R) (R x R when square); conditional models can also return their
+    class logits (with_class_logits=True)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -235,16 +301,21 @@ class Discriminator(nn.Module):
                                               memory_format_for(res))
             if res == 4:
                 block = DiscriminatorOutputBlock(cfg.channels(4), cfg.stage_channels(0),
-                                                 cfg.mbstd_group_size, slope, cfg.base_size)
+                                                 cfg.mbstd_group_size, slope, cfg.base_size, cfg.label_size)
             else:
                 block = DiscriminatorBlock(cfg.channels(res), cfg.channels(res // 2), slope,
                                            fused=res >= FUSED_MIN_RES, memory_format=memory_format_for(res))
             self.blocks[str(res)] = block
 
-    def forward(self, x: Tensor, resolution: int, alpha: float = 1.0, segments: int = 1) -> Tensor:
+    def forward(self, x: Tensor, resolution: int, alpha: float = 1.0, segments: int = 1,
+                with_class_logits: bool = False):
         """``segments`` > 1: x is that many minibatches stacked along dim 0 (e.g. torch.cat([reals,
         fakes])), scored in one pass exactly as separate calls would (minibatch stddev groups stay
-        within each); bigger batches run faster on CPU."""
+        within each); bigger batches run faster on CPU. ``with_class_logits`` (conditional models
+        only): returns (scores [N], class logits [N, K]) instead of the scores."""
+        if with_class_logits and not self.cfg.label_size:
+            raise ValueError("Discriminator: with_class_logits needs a class-conditional model (its "
+                             "ModelConfig has no class_names)")
         alpha = check_phase(self.cfg, resolution, alpha)
         width, height = self.cfg.level_size(resolution)
         expected = (self.cfg.num_channels, height, width)
@@ -261,12 +332,12 @@ class Discriminator(nn.Module):
             while res > 4:
                 h = self.blocks[str(res)](h)
                 res //= 2
-        return self.blocks["4"](h, segments)
+        return self.blocks["4"](h, segments, with_class_logits)
 
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["Generator", "Discriminator", "check_phase", "count_parameters", "FUSED_MIN_RES",
+__all__ = ["Generator", "Discriminator", "check_phase", "one_hot_labels", "count_parameters", "FUSED_MIN_RES",
            "CHANNELS_LAST_MIN_RES"]
