@@ -5,6 +5,15 @@
           + eps * mean(D(real)^2)                                          eps 0.001
     L_G = -mean(D(G(z)))
 
+Class-conditional models (the release's AC-GAN terms, softmax cross entropy CE per sample,
+averaged like the other terms, cond_weight 1 by default):
+
+    L_D += cond_weight * (CE(real_labels, D_logits(real)) + CE(real_labels, D_logits(fake)))
+    L_G += cond_weight * CE(labels, D_logits(G(z, labels)))
+
+where the critic's fakes are generated with the reals' labels, and G's labels are drawn with
+the training set's class frequencies (progan.step.step_inputs).
+
 All return fp32 scalars (fp64 for fp64 inputs), also when D runs under autocast. The penalty takes the input gradient
 with ``torch.autograd.grad(..., create_graph=True)`` and is then part of an ordinary
 ``loss.backward()``: the pattern that works under DistributedDataParallel.
@@ -12,9 +21,12 @@ with ``torch.autograd.grad(..., create_graph=True)`` and is then part of an ordi
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from progan.layers import at_least_fp32  # losses in fp32 at least: fp16/bf16 widened, fp64 kept
@@ -33,9 +45,41 @@ def drift_penalty(real_scores: Tensor, weight: float = 0.001) -> Tensor:
     return weight * at_least_fp32(real_scores).square().mean()
 
 
-def generator_loss(fake_scores: Tensor) -> Tensor:
-    """-mean(D(G(z))); G minimises it."""
-    return -at_least_fp32(fake_scores).mean()
+def class_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean softmax cross entropy of class logits [N, K] against labels: class indices (integer
+    [N]) or class probabilities (float [N, K], e.g. one-hot). In fp32 at least, whatever the
+    logits' dtype (log-softmax subtracts the max first, so large logits are exact)."""
+    if logits.dim() != 2:
+        raise ValueError(f"class_loss: logits must be [N, K], got {list(logits.shape)}")
+    n, k = logits.shape
+    if labels.is_floating_point():
+        if tuple(labels.shape) != (n, k):
+            raise ValueError(f"class_loss: float labels must be class probabilities [N, K] = [{n}, {k}], "
+                             f"got {list(labels.shape)}")
+    elif labels.dtype == torch.bool or tuple(labels.shape) != (n,):
+        raise ValueError(f"class_loss: labels must be class indices (integer [N] = [{n}]) or "
+                         f"probabilities [N, K], got {labels.dtype} {list(labels.shape)}")
+    logits = at_least_fp32(logits)
+    return F.cross_entropy(logits, labels.to(logits.dtype) if labels.is_floating_point() else labels.long())
+
+
+def check_cond_weight(cond_weight: float) -> float:
+    if isinstance(cond_weight, bool) or not isinstance(cond_weight, numbers.Real) \
+            or not math.isfinite(cond_weight) or cond_weight < 0:
+        raise ValueError(f"cond_weight must be a finite number >= 0 (the release uses 1.0), got {cond_weight!r}")
+    return float(cond_weight)
+
+
+def generator_loss(fake_scores: Tensor, fake_logits: Tensor | None = None, labels: Tensor | None = None,
+                   cond_weight: float = 1.0) -> Tensor:
+    """-mean(D(G(z))); G minimises it. Conditional (fake_logits and the labels G was given):
+    + cond_weight * class_loss(fake_logits, labels), the release's G_wgan_acgan."""
+    loss = -at_least_fp32(fake_scores).mean()
+    if (fake_logits is None) != (labels is None):
+        raise ValueError("generator_loss: pass fake_logits and labels together (conditional) or neither")
+    if fake_logits is not None:
+        loss = loss + check_cond_weight(cond_weight) * class_loss(fake_logits, labels)
+    return loss
 
 
 def gradient_penalty(
@@ -100,6 +144,8 @@ def discriminator_loss(
     batch_real_fake: bool = True,
     mix_weights: Tensor | None = None,
     penalty_critic: Critic | None = None,
+    real_labels: Tensor | None = None,
+    cond_weight: float = 1.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The paper's full D loss on one minibatch; returns (loss, detached parts for logging).
 
@@ -110,14 +156,32 @@ def discriminator_loss(
     scores and is faster on CPU (bench/RESULTS.md). The mixes for the penalty always get their
     own pass, through ``penalty_critic`` when given (an eager twin sharing the parameters of a
     torch.compile'd critic: compiled graphs have no double backward).
+
+    Conditional (``real_labels``, class indices [N]; the fakes must have been generated with
+    these same labels, as the release does): the critic is asked for its class logits too and
+    ``cond_weight * (class_loss(real) + class_loss(fake))`` is added; that term is
+    ``parts["class_loss"]``. The penalty uses the scores only.
     """
     fake = fake.detach().to(real.dtype)
-    if batch_real_fake:
-        scores = discriminator(torch.cat([real, fake]), resolution, alpha, segments=2)  # [2N]
-        real_scores, fake_scores = scores.chunk(2)
+    conditional = real_labels is not None
+    if conditional:
+        cond_weight = check_cond_weight(cond_weight)
+        extra = {"with_class_logits": True}
     else:
-        real_scores = discriminator(real, resolution, alpha)
-        fake_scores = discriminator(fake, resolution, alpha)
+        extra = {}
+    if batch_real_fake:
+        out = discriminator(torch.cat([real, fake]), resolution, alpha, segments=2, **extra)  # [2N] (, [2N, K])
+        if conditional:
+            real_scores, fake_scores = out[0].chunk(2)
+            real_logits, fake_logits = out[1].chunk(2)
+        else:
+            real_scores, fake_scores = out.chunk(2)
+    else:
+        real_out, fake_out = discriminator(real, resolution, alpha, **extra), discriminator(fake, resolution, alpha, **extra)
+        if conditional:
+            (real_scores, real_logits), (fake_scores, fake_logits) = real_out, fake_out
+        else:
+            real_scores, fake_scores = real_out, fake_out
     wasserstein = critic_loss(real_scores, fake_scores)
     drift = drift_penalty(real_scores, drift_weight)
     penalty = gradient_penalty(penalty_critic or discriminator, real, fake, resolution, alpha, gp_weight,
@@ -126,4 +190,9 @@ def discriminator_loss(
     parts = {"critic": wasserstein.detach(), "gradient_penalty": penalty.detach(),
              "drift": drift.detach(), "real_score": at_least_fp32(real_scores.detach()).mean(),
              "fake_score": at_least_fp32(fake_scores.detach()).mean()}
+    if conditional:
+        labels = real_labels.to(real.device)
+        term = cond_weight * (class_loss(real_logits, labels) + class_loss(fake_logits, labels))
+        loss = loss + term
+        parts["class_loss"] = term.detach()
     return loss, parts
