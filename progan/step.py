@@ -10,6 +10,9 @@ per tick. A step therefore queues its work and returns without waiting for the d
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +20,7 @@ import torch
 from progan.ema import update_ema_in_use
 from progan.gradsync import GradientSync, LossScale, step_unless_non_finite
 from progan.layers import autocast
-from progan.losses import discriminator_loss, generator_loss
+from progan.losses import check_cond_weight, class_loss, discriminator_loss, generator_loss
 from progan.precision import autocast_dtype
 from progan.reals import fade_reals
 from progan.seeds import STREAM_STEP, seeded_generator
@@ -31,18 +34,49 @@ class StepInputs:
     mix_weights: torch.Tensor   # [n]          gradient-penalty interpolation weights
     flips: torch.Tensor         # [n] bool     mirror augmentation of the reals
     latents_g: torch.Tensor     # [n, latent]  for the generator step
+    labels_g: torch.Tensor | None = None  # [n] int64  classes of the generator step's fakes (conditional)
+
+
+def class_weights(class_frequencies: torch.Tensor | Sequence[float], device: torch.device | str = "cpu") -> torch.Tensor:
+    """The training set's class counts or frequencies as float32 weights [K] on `device`; ValueError
+    unless 1-D with at least 2 entries, finite, >= 0 and not all 0. Call it once and pass its
+    result to every step_inputs: the check reads the values (a device sync for a device tensor)."""
+    if isinstance(class_frequencies, torch.Tensor):
+        values = class_frequencies.detach().cpu().tolist() if class_frequencies.dim() == 1 else None
+    else:
+        values = list(class_frequencies) if isinstance(class_frequencies, Sequence) else None
+    ok = values is not None and len(values) >= 2 and all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in values)
+    if not ok or not sum(values) > 0:
+        raise ValueError(f"class_frequencies must be the training set's count (or frequency) of each class: "
+                         f"at least 2 finite numbers >= 0, not all 0; got {class_frequencies!r}")
+    return torch.tensor([float(v) for v in values], dtype=torch.float32, device=device)
 
 
 def step_inputs(seed: int, step: int, global_batch: int, latent_size: int, part: slice,
-                device: torch.device | str = "cpu") -> StepInputs:
+                device: torch.device | str = "cpu",
+                class_frequencies: torch.Tensor | Sequence[float] | None = None) -> StepInputs:
     """Draw the step's random inputs for the whole global batch on `device` and keep this process's
-    `part`. Every process draws the same global batch, so N processes see what one would."""
+    `part`. Every process draws the same global batch, so N processes see what one would.
+
+    Conditional models: `class_frequencies` [K] (counts or frequencies; None = unconditional)
+    gives the generator step's labels, drawn with those frequencies as the release's
+    get_random_labels_tf, after every other draw (an unconditional run's numbers stay the same).
+    A tensor is used as is, with no host read (make it once with class_weights, which checks it);
+    a sequence of numbers is checked here."""
     gen = seeded_generator(seed, STREAM_STEP, step, device)
     latents_d = torch.randn(global_batch, latent_size, generator=gen, device=device)
     mix = torch.rand(global_batch, generator=gen, device=device)
     flips = torch.rand(global_batch, generator=gen, device=device) < 0.5
     latents_g = torch.randn(global_batch, latent_size, generator=gen, device=device)
-    return StepInputs(latents_d[part], mix[part], flips[part], latents_g[part])
+    labels_g = None
+    if class_frequencies is not None:
+        if isinstance(class_frequencies, torch.Tensor):
+            weights = class_frequencies.to(device=device, dtype=torch.float32)
+        else:
+            weights = class_weights(class_frequencies, device)
+        labels_g = torch.multinomial(weights, global_batch, replacement=True, generator=gen)[part]  # [n] int64
+    return StepInputs(latents_d[part], mix[part], flips[part], latents_g[part], labels_g)
 
 
 def micro_slices(n: int, max_batch: int | None) -> list[slice]:
@@ -78,6 +112,7 @@ class StepSettings:
     mirror: bool = True
     autocast_dtype: torch.dtype | None = None
     batch_real_fake: bool = True  # reals and fakes in one D pass (bench/bench_step.py compares)
+    cond_weight: float = 1.0      # weight of the class terms of conditional models (the release's 1.0)
 
     @classmethod
     def from_config(cls, config) -> "StepSettings":
@@ -91,25 +126,45 @@ class StepStats:
     """Device-side sums over the steps of a tick: losses (weighted by micro-batch) and skips."""
 
     NAMES = ("loss_d", "wasserstein", "gradient_penalty", "score_real", "score_fake", "loss_g")
+    # Conditional models: the class terms as added to each loss (included in loss_d / loss_g).
+    # Apart from `sums`, whose layout the trainer's tick unpacks.
+    CLASS_NAMES = ("class_loss_d", "class_loss_g")
 
     def __init__(self, device: torch.device | str) -> None:
         self.sums = torch.zeros(len(self.NAMES), device=device)
+        self.class_sums = torch.zeros(len(self.CLASS_NAMES), device=device)
         self.skipped = torch.zeros(2, dtype=torch.int64, device=device)  # [D, G], whole run
         self.steps = 0
 
     def reset_sums(self) -> None:
         self.sums.zero_()
+        self.class_sums.zero_()
         self.steps = 0
 
 
 def train_step(m: StepModels, s: StepSettings, reals: torch.Tensor, inputs: StepInputs, resolution: int,
-               alpha: float, micro: list[slice], stats: StepStats, flags: list[float] | None = None):
+               alpha: float, micro: list[slice], stats: StepStats, flags: list[float] | None = None,
+               real_labels: torch.Tensor | None = None):
     """One D step then one G step then the EMA update, on this process's share of the batch.
 
     reals: uint8 [n, C, R, R] on the device. Returns the flags: as given with one process, else
     a device tensor of them summed over processes (see GradientSync.reduce).
+
+    Conditional models: real_labels, the reals' class indices (int64 [n] on the device), and
+    inputs.labels_g (step_inputs with class_frequencies). As the release, the critic's fakes are
+    generated with the reals' labels; mirroring keeps a label; micro-batches slice the labels
+    as they slice the images.
     """
     device = reals.device
+    conditional = real_labels is not None
+    if conditional:
+        if inputs.labels_g is None:
+            raise ValueError("train_step: real_labels given but inputs.labels_g is None; draw the step's "
+                             "inputs with step_inputs(..., class_frequencies=...)")
+        if tuple(real_labels.shape) != (reals.shape[0],):
+            raise ValueError(f"train_step: real_labels must be class indices [n] = [{reals.shape[0]}], "
+                             f"got {list(real_labels.shape)}")
+        check_cond_weight(s.cond_weight)
     x = reals.float().div_(127.5).sub_(1.0)
     if s.mirror:
         x = torch.where(inputs.flips[:, None, None, None], x.flip(3), x)
@@ -121,18 +176,21 @@ def train_step(m: StepModels, s: StepSettings, reals: torch.Tensor, inputs: Step
     m.D.requires_grad_(True)
     scale = m.scale_d.scale
     for part in micro:
+        labels = {"labels": real_labels[part]} if conditional else {}  # the fakes take the reals' labels
         with torch.no_grad(), autocast(device, s.autocast_dtype):
-            fakes = m.G(inputs.latents_d[part], resolution=resolution, alpha=alpha)
+            fakes = m.G(inputs.latents_d[part], resolution=resolution, alpha=alpha, **labels)
         with autocast(device, s.autocast_dtype):
             # Reals and fakes in one pass (each its own minibatch-stddev population).
             loss, parts = discriminator_loss(
                 m.D, x[part], fakes, resolution, alpha, gp_weight=s.gp_weight, gp_target=s.gp_target,
                 drift_weight=s.drift_weight, loss_scale=scale if m.scale_d.enabled else None,
                 mix_weights=inputs.mix_weights[part], batch_real_fake=s.batch_real_fake,
-                penalty_critic=m.D_penalty)
+                penalty_critic=m.D_penalty, real_labels=labels.get("labels"), cond_weight=s.cond_weight)
         (loss * (weight * scale)).backward()
         stats.sums[:5] += torch.stack([loss.detach(), parts["critic"], parts["gradient_penalty"],
                                        parts["real_score"], parts["fake_score"]]) * weight
+        if conditional:
+            stats.class_sums[0] += parts["class_loss"] * weight
     found_inf_d, flags = m.sync.reduce(list(m.D.parameters()), scale, flags)
     m.scale_d.update(found_inf_d)
     step_unless_non_finite(m.opt_d, found_inf_d)
@@ -143,10 +201,19 @@ def train_step(m: StepModels, s: StepSettings, reals: torch.Tensor, inputs: Step
     m.G.requires_grad_(True)
     scale = m.scale_g.scale
     for part in micro:
-        with autocast(device, s.autocast_dtype):
-            scores = m.D(m.G(inputs.latents_g[part], resolution=resolution, alpha=alpha),
-                         resolution=resolution, alpha=alpha)
-        loss = generator_loss(scores.float())
+        if conditional:
+            labels_g = inputs.labels_g[part]
+            with autocast(device, s.autocast_dtype):
+                scores, logits = m.D(m.G(inputs.latents_g[part], resolution=resolution, alpha=alpha, labels=labels_g),
+                                     resolution=resolution, alpha=alpha, with_class_logits=True)
+            term = s.cond_weight * class_loss(logits, labels_g)  # as generator_loss(scores, logits, labels_g, w) adds it
+            loss = generator_loss(scores.float()) + term
+            stats.class_sums[1] += term.detach() * weight
+        else:
+            with autocast(device, s.autocast_dtype):
+                scores = m.D(m.G(inputs.latents_g[part], resolution=resolution, alpha=alpha),
+                             resolution=resolution, alpha=alpha)
+            loss = generator_loss(scores.float())
         (loss * (weight * scale)).backward()
         stats.sums[5] += loss.detach() * weight
     found_inf_g, _ = m.sync.reduce(list(m.G.parameters()), scale)
