@@ -55,6 +55,7 @@ def test_config_round_trips_through_json_and_rejects_unknown_keys():
     assert ModelConfig.from_json(cfg.to_json()) == cfg
     assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert ModelConfig.from_dict({"resolution": 64}) == ModelConfig(resolution=64)
+    assert "class_names" not in cfg.to_dict() and cfg.label_size == 0  # unconditional: the dict as before
     with pytest.raises(ValueError, match=r"unknown keys \['fmap_floor'\]"):
         ModelConfig.from_dict({"resolution": 64, "fmap_floor": 1})
     with pytest.raises(ValueError, match="must be a power of two"):
@@ -87,6 +88,7 @@ def test_architecture_details_the_counts_imply():
     assert first.bias.shape == (512,)  # one bias per channel
     assert D.blocks["4"].conv.weight.shape == (512, 513, 3, 3)  # + minibatch stddev channel
     assert D.blocks["4"].dense0.weight.shape == (512, 512 * 16)
+    assert D.blocks["4"].dense1.weight.shape == (1, 512) and D.blocks["4"].dense1.bias.shape == (1,)  # score only
     assert G.to_rgb["1024"].weight.shape == (3, 16, 1, 1)
     assert D.from_rgb["1024"].conv.weight.shape == (16, 3, 1, 1)
 
