@@ -88,11 +88,12 @@ def check_phase(cfg: ModelConfig, resolution: int, alpha: float) -> float:
     return float(alpha)
 
 
-def one_hot_labels(labels: Tensor | None, cfg: ModelConfig, z: Tensor) -> Tensor:
+def one_hot_labels(labels: Tensor | None, cfg: ModelConfig, z: Tensor, check_values: bool = True) -> Tensor:
     """A conditional G's labels as float rows [N, K] in z's dtype: class indices (integer [N])
     become one-hot, float [N, K] rows (one-hot or soft) pass as they are. ValueError for a wrong
-    shape, dtype or device; the values are checked on the CPU only, where reading them costs no
-    device sync (on a GPU an index out of range trips one_hot's device-side assert instead)."""
+    shape, dtype or device, and with ``check_values`` for values out of range (a host read: the
+    Generator checks them in eval mode only, so a training step never waits on the device; there
+    an index out of range still fails in one_hot, on a GPU as a device-side assert)."""
     k, n = cfg.label_size, z.shape[0]
     if labels is None:
         raise ValueError(f"Generator: this model is class-conditional ({k} classes: {', '.join(cfg.class_names)}); "
@@ -110,13 +111,13 @@ def one_hot_labels(labels: Tensor | None, cfg: ModelConfig, z: Tensor) -> Tensor
         if tuple(labels.shape) != (n, k):
             raise ValueError(f"Generator: float labels must be one-hot/soft rows [N, K] = [{n}, {k}], "
                              f"got {list(labels.shape)}")
-        if labels.device.type == "cpu" and not bool(((labels >= 0) & (labels <= 1)).all()):
+        if check_values and not bool(((labels >= 0) & (labels <= 1)).all()):
             raise ValueError("Generator: float labels must lie in [0, 1] (one-hot or soft class weights)")
         return labels.to(z.dtype)
     if tuple(labels.shape) != (n,):
         raise ValueError(f"Generator: class indices must be a 1-D integer tensor [N] = [{n}], got "
                          f"{list(labels.shape)}")
-    if labels.device.type == "cpu" and n and not (0 <= int(labels.min()) and int(labels.max()) < k):
+    if check_values and n and not (0 <= int(labels.min()) and int(labels.max()) < k):
         raise ValueError(f"Generator: class indices must be in 0..{k - 1}, got values from "
                          f"{int(labels.min())} to {int(labels.max())}")
     return F.one_hot(labels.long(), k).to(z.dtype)
@@ -199,12 +200,14 @@ class Generator(nn.Module):
 
     def forward(self, z: Tensor, resolution: int, alpha: float = 1.0, labels: Tensor | None = None) -> Tensor:
         """labels (conditional models only): class indices, integer [N], or one-hot/soft rows,
-        float [N, K], on z's device."""
+        float [N, K], on z's device. Their values are checked in eval mode (sampling); in
+        training mode they come from the data and the step, and are not read back (no sync)."""
         alpha = check_phase(self.cfg, resolution, alpha)
         if z.dim() != 2 or z.shape[1] != self.latent_size:
             raise ValueError(f"Generator expects latents [N, {self.latent_size}], got {list(z.shape)}")
         if self.label_size:
-            z = torch.cat([z, one_hot_labels(labels, self.cfg, z)], dim=1)  # [N, latent + K], the release's combo_in
+            onehot = one_hot_labels(labels, self.cfg, z, check_values=not self.training)  # [N, K]
+            z = torch.cat([z, onehot], dim=1)  # [N, latent + K], the release's combo_in
         elif labels is not None:
             raise ValueError("Generator: labels given to an unconditional model (its ModelConfig has no "
                              "class_names); call it without labels")
