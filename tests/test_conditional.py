@@ -88,6 +88,18 @@ def test_conditional_generator_round_trips_through_pt_and_safetensors_exports(tm
         torch.testing.assert_close(loaded(z, 8, 0.25, labels=labels), expected, rtol=0, atol=0)
 
 
+def test_conditional_config_round_trips_through_a_training_config_and_a_weights_only_load(tmp_path):
+    from progan.train_config import TrainConfig, preset_defaults
+
+    kwargs = preset_defaults("small", 8)
+    config = TrainConfig(data="x.lmdb", out="run", **{**kwargs, "model": cond(8, NAMES10)})
+    assert TrainConfig.from_json(config.to_json()) == config
+    torch.save({"config": config.to_dict(), "model_config": config.model.to_dict()}, tmp_path / "c.pt")
+    loaded = torch.load(tmp_path / "c.pt", weights_only=True)  # as checkpoints are read
+    assert ModelConfig.from_dict(loaded["model_config"]) == config.model
+    assert TrainConfig.from_dict(loaded["config"]) == config
+
+
 # --- parameter counts: the release's formula, written out ------------------------------------
 
 def release_counts(fmap_base, fmap_max, fmap_min, latent, resolution, label_size, base=(4, 4), channels=3):
@@ -192,9 +204,19 @@ def test_conditional_shapes_at_resolutions_fades_and_shapes(aspect, res, alpha):
 ])
 def test_bad_labels_are_one_line_value_errors(labels, match):
     G, _ = nets(cond(8, ("a", "b", "c")))
+    G.eval()  # sampling: values are checked too
     with pytest.raises(ValueError, match=match) as info:
         G(torch.randn(4, G.cfg.latent_size), 8, labels=labels)
     assert "\n" not in str(info.value)
+
+
+def test_in_training_mode_shapes_are_checked_and_bad_values_still_fail():
+    G, _ = nets(cond(8, ("a", "b", "c")))
+    z = torch.randn(4, G.cfg.latent_size)
+    with pytest.raises(ValueError, match=r"\[N\] = \[4\], got \[3\]"):
+        G(z, 8, labels=torch.tensor([0, 1, 2]))
+    with pytest.raises(RuntimeError, match="Class values must be smaller than num_classes"):
+        G(z, 8, labels=torch.tensor([0, 1, 3, 0]))  # one_hot's own check, not ours (no host read)
 
 
 def test_unconditional_models_refuse_labels_and_class_logits():
@@ -357,9 +379,9 @@ def test_bad_class_frequencies_are_one_line_errors(bad):
         step_inputs(0, 0, 4, 8, slice(None), class_frequencies=bad)
 
 
-def step_models(cfg: ModelConfig, seed: int = 0, lr: float = 1e-3) -> StepModels:
+def step_models(cfg: ModelConfig, seed: int = 0, lr: float = 1e-3, fused: bool = False) -> StepModels:
     G, D = nets(cfg, seed)
-    kw = dict(lr=lr, betas=(0.0, 0.99), eps=1e-8)
+    kw = dict(lr=lr, betas=(0.0, 0.99), eps=1e-8, fused=fused or None)
     return StepModels(G, D, make_ema(G), torch.optim.Adam(G.parameters(), **kw), torch.optim.Adam(D.parameters(), **kw),
                       LossScale(False), LossScale(False), GradientSync(1))
 
@@ -381,6 +403,30 @@ def test_train_step_feeds_the_reals_labels_to_the_critics_fakes_per_micro_batch(
     for got, part in zip(seen[2:], micro):  # G step: the drawn labels
         assert torch.equal(got, inputs.labels_g[part])
     assert (stats.class_sums > 0).all() and torch.isfinite(stats.sums).all()
+
+
+@pytest.mark.parametrize("precision", [None, torch.bfloat16])
+def test_conditional_steps_read_nothing_to_the_host(monkeypatch, precision):
+    """As the unconditional step (tests/test_step.py): no value goes to the host, so a step on a
+    GPU never waits; the labels are neither checked nor counted by reading them."""
+    cfg = cond(8, ("a", "b", "c"))
+    m = step_models(cfg, fused=True)  # fused Adam skips non-finite steps on the device
+    settings, stats = StepSettings(autocast_dtype=precision), StepStats("cpu")
+    weights = class_weights([5, 3, 2])  # checked once, outside the steps
+    reals = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)
+    real_labels = torch.tensor([0, 1, 2, 0, 1, 2, 2, 2])
+    train_step(m, settings, reals, step_inputs(0, 0, 8, cfg.latent_size, slice(None), class_frequencies=weights),
+               8, 0.5, micro_slices(8, 4), stats, real_labels=real_labels)  # builds the optimizer state
+    for name in ("item", "__bool__", "tolist", "numpy", "__float__", "__int__"):
+        def trap(*args, _name=name, **kwargs):
+            raise AssertionError(f"Tensor.{_name} called inside a conditional training step")
+        monkeypatch.setattr(torch.Tensor, name, trap)
+    for step in (1, 2):
+        inputs = step_inputs(0, step, 8, cfg.latent_size, slice(None), class_frequencies=weights)
+        train_step(m, settings, reals, inputs, 8, 0.5, micro_slices(8, 4), stats, real_labels=real_labels)
+    monkeypatch.undo()
+    assert stats.steps == 3 and torch.isfinite(stats.sums).all() and torch.isfinite(stats.class_sums).all()
+    assert stats.skipped.sum() == 0 and (stats.class_sums > 0).all()
 
 
 def test_train_step_refuses_labels_it_cannot_use():
