@@ -177,7 +177,8 @@ def discriminator_loss(
         else:
             real_scores, fake_scores = out.chunk(2)
     else:
-        real_out, fake_out = discriminator(real, resolution, alpha, **extra), discriminator(fake, resolution, alpha, **extra)
+        real_out = discriminator(real, resolution, alpha, **extra)
+        fake_out = discriminator(fake, resolution, alpha, **extra)
         if conditional:
             (real_scores, real_logits), (fake_scores, fake_logits) = real_out, fake_out
         else:

@@ -37,7 +37,8 @@ class StepInputs:
     labels_g: torch.Tensor | None = None  # [n] int64  classes of the generator step's fakes (conditional)
 
 
-def class_weights(class_frequencies: torch.Tensor | Sequence[float], device: torch.device | str = "cpu") -> torch.Tensor:
+def class_weights(class_frequencies: torch.Tensor | Sequence[float],
+                  device: torch.device | str = "cpu") -> torch.Tensor:
     """The training set's class counts or frequencies as float32 weights [K] on `device`; ValueError
     unless 1-D with at least 2 entries, finite, >= 0 and not all 0. Call it once and pass its
     result to every step_inputs: the check reads the values (a device sync for a device tensor)."""
@@ -206,7 +207,7 @@ def train_step(m: StepModels, s: StepSettings, reals: torch.Tensor, inputs: Step
             with autocast(device, s.autocast_dtype):
                 scores, logits = m.D(m.G(inputs.latents_g[part], resolution=resolution, alpha=alpha, labels=labels_g),
                                      resolution=resolution, alpha=alpha, with_class_logits=True)
-            term = s.cond_weight * class_loss(logits, labels_g)  # as generator_loss(scores, logits, labels_g, w) adds it
+            term = s.cond_weight * class_loss(logits, labels_g)  # generator_loss's term, kept for the stats
             loss = generator_loss(scores.float()) + term
             stats.class_sums[1] += term.detach() * weight
         else:

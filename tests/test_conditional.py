@@ -3,7 +3,6 @@ class names, G's label input, D's class logits, the AC-GAN loss terms and the tr
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 
@@ -19,8 +18,7 @@ from progan.export import write_safetensors
 from progan.gradsync import GradientSync, LossScale
 from progan.losses import class_loss, discriminator_loss, generator_loss, gradient_penalty
 from progan.networks import Discriminator, Generator, count_parameters
-from progan.step import StepInputs, StepModels, StepSettings, StepStats, class_weights, micro_slices, step_inputs, \
-    train_step
+from progan.step import StepModels, StepSettings, StepStats, class_weights, micro_slices, step_inputs, train_step
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
