@@ -39,6 +39,7 @@ from progan.aspect import DEFAULT_ASPECT, parse_aspect
 from progan.data import (
     DEFAULT_ENCODING,
     ENCODINGS,
+    DatabaseWriteFailed,
     DatasetError,
     DatasetWriter,
     ImageRecord,
@@ -129,7 +130,7 @@ def _open_writer(out: Path):
     try:
         yield writer
     except lmdb.Error as error:  # disk full, I/O error: committed chunks stay valid
-        raise BuildError(
+        raise DatabaseWriteFailed(
             f"{out}: database write failed ({error}); fix that and rerun the same command to resume"
         ) from None
     finally:
@@ -246,7 +247,8 @@ def _check_same_plan(out: Path, recorded: dict, plan: dict, finished: bool) -> N
     if not differences:
         return
     if finished:
-        what, remedy = "a finished dataset", "delete it or choose another OUT"
+        what, remedy = "a finished dataset", ("to build it with the new settings delete it or choose another OUT; "
+                                              "`python -m data_prep info` shows the recorded ones")
     else:
         what, remedy = "an unfinished build", "rerun with the recorded settings, or delete it or choose another OUT"
     raise BuildError(f"{out}: holds {what} with different settings ({'; '.join(differences)}); {remedy}")
@@ -262,6 +264,8 @@ def _plan_differences(recorded: dict, plan: dict) -> list[str]:
         if key in ("source_listing_sha256", "source_files"):
             if "the files under SOURCE changed" not in differences:
                 differences.append("the files under SOURCE changed")
+        elif key == "options.aspect":  # recorded only when not square: no value means 1:1, as `info` says
+            differences.append(f"aspect: {before or DEFAULT_ASPECT} recorded, {now or DEFAULT_ASPECT} now")
         else:
             differences.append(f"{key.split('.')[-1]}: {before} recorded, {now} now")
     return differences

@@ -16,31 +16,39 @@ from data_prep.synth import FORMATS, synth
 from progan.data import (
     DEFAULT_ENCODING,
     ENCODINGS,
+    DatabaseWriteFailed,
     DatasetError,
     MultiResolutionDataset,
     dataset_aspect,
     read_metadata,
 )
 from progan.aspect import ASPECT_RULE, DEFAULT_ASPECT, describe_level
-from progan.cli import OneLineErrorParser, fail
+from progan.cli import EXIT_USAGE, EXIT_WRITE_FAILED, OneLineErrorParser, fail
 from progan.integrity import verify
 from progan.config import RESOLUTION_RULE, is_valid_resolution
 from progan.diskspace import format_bytes
 from progan.images import make_grid, save_png
 from progan.progress import Progress
 
+EXIT_INTERRUPTED = 130  # Ctrl-C: the shell's 128 + SIGINT; a build resumes when rerun
+
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes, as train.py's (README, "Exit codes"): 0 done, 2 bad input or an unusable or
+    damaged database (verify found bad records), 4 the output could not be written (disk full,
+    I/O error; committed chunks are kept), 130 interrupted (Ctrl-C); 1 is an unexpected error."""
     parser = _parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (BuildError, DatasetError, OSError) as error:  # OSError: unwritable output, full disk
-        return fail(str(error), f"data_prep {args.command}", code=1)
+    except (DatabaseWriteFailed, OSError) as error:  # OSError: unwritable output
+        return fail(str(error), f"data_prep {args.command}", code=EXIT_WRITE_FAILED)
+    except (BuildError, DatasetError) as error:
+        return fail(str(error), f"data_prep {args.command}", code=EXIT_USAGE)
     except KeyboardInterrupt:
         hint = "; rerun the same command to resume" if args.command == "build" else ""
         print(f"\ndata_prep {args.command}: interrupted{hint}", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("verify", help="read every record at every level; check checksums, shapes and count",
                             description="Read every record at every level and check its checksum, shape and the "
-                                        "record count. Lists each bad record (level, image, why) and exits 1 if "
+                                        "record count. Lists each bad record (level, image, why) and exits 2 if "
                                         "there is any.")
     p.add_argument("dataset", type=Path, metavar="DATASET")
     p.set_defaults(run=_run_verify)
@@ -165,8 +173,24 @@ def _run_info(args) -> int:
     metadata = read_metadata(args.dataset)
     if args.brief:
         metadata = dict(metadata, sources=len(metadata["sources"]), skipped=len(metadata["skipped"]))
-    print(json.dumps(metadata, indent=2))
+    print(compact_json(metadata))
     return 0
+
+
+def compact_json(value, indent: int = 0, width: int = 100, used: int = 0) -> str:
+    """JSON indented like json.dumps(indent=2), but any list or object that fits on its line
+    (`width` characters; `used` of them taken by the key before it) stays on one line
+    (resolutions, level sizes, options), so a brief `info` is a screenful, not one number a line."""
+    inline = json.dumps(value, separators=(", ", ": "))
+    if not isinstance(value, (dict, list)) or not value or indent + used + len(inline) <= width:
+        return inline
+    pad, inner = " " * indent, " " * (indent + 2)
+    if isinstance(value, dict):
+        items = [f"{inner}{json.dumps(key)}: {compact_json(item, indent + 2, width, len(key) + 4)}"
+                 for key, item in value.items()]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    items = [f"{inner}{compact_json(item, indent + 2, width)}" for item in value]
+    return "[\n" + ",\n".join(items) + f"\n{pad}]"
 
 
 def _run_verify(args) -> int:
