@@ -1,10 +1,13 @@
 """Damage in a database, found before hours of training are lost.
 
-Every record's crc32 is stored at build time (progan.data, `crc32/{R}` tables). Two checks use
+Every record's crc32 is stored at build time (progan.data, `crc32/{R}` tables). Three checks use
 them: `verify` reads every record of every level and lists each bad one (`data_prep verify`);
 `check_levels` is the trainer's cheap check at start: the key structure and count of each level
-it will need, its checksum table, and a spread sample of records. Reading during training checks
-each record's checksum too (MultiResolutionDataset).
+it will need, its checksum table, and a spread sample of records; `BackgroundCheck` reads every
+record of the levels a run still needs, in a thread from the start of training, so damage in a
+level used hours later stops the run minutes in. Reading during training checks each record's
+checksum too (MultiResolutionDataset). Every read first checks that data.mdb is not shorter than
+the database needs (progan.data.MappedFile): a cut file is one line, never SIGBUS.
 """
 
 from __future__ import annotations

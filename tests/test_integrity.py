@@ -471,3 +471,25 @@ def test_training_stops_with_one_line_when_its_database_is_cut_while_it_runs(dem
     lines = err.strip().splitlines()
     assert proc.returncode == 2 and "Traceback" not in err, err
     assert lines[-1].startswith(f"train.py: error: {db}: data.mdb is cut short (") and "bytes its database needs" in lines[-1]
+
+
+@pytest.mark.slow
+def test_damage_found_by_one_process_stops_both_with_one_line(demo_lmdb, tmp_path):
+    # Two processes on a node check alternate records: image 5 is process 1's. Its finding stops
+    # both at the same step (the stop flag rides the gradient all-reduce) and process 0 says it once.
+    from progan.checkpoints import find_latest_checkpoint
+
+    db = copy_db(demo_lmdb, tmp_path)
+    flip_pixel_byte(db, 16, 5)
+    run = tmp_path / "run"
+    launch = ["-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2", "--rdzv-backend", "c10d",
+              "--rdzv-endpoint", "127.0.0.1:0", str(REPO / "train.py")]
+    proc = run_cli([*launch, "--data", str(db), "--out", str(run), *TINY_RUN, "--stable-kimg", "0.512",
+                    "--fade-kimg", "0.512"], check=False, env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "exitcode  : 2" in output, output  # torchrun exits 1, a worker 2
+    assert f'File "{REPO / "progan"}' not in output and f'File "{REPO / "train.py"}' not in output  # torchrun's own traceback only
+    assert output.count("train.py: error: ") == 1, output
+    assert f"{db}: record 16-00000005 fails its crc32 checksum" in output and "found by the background check" in output
+    latest = find_latest_checkpoint(run)
+    assert latest is not None and int(latest.stem.split("-")[1]) < 1536
