@@ -142,7 +142,7 @@ def main() -> None:
                         help="time the background check and its cost on the training step instead")
     parser.add_argument("--step-res", type=int, default=32, help="--background: resolution of the timed step")
     parser.add_argument("--steps", type=int, default=20, help="--background: steps per timed sample")
-    parser.add_argument("--rounds", type=int, default=2, help="--background: A B rounds of the step timing")
+    parser.add_argument("--rounds", type=int, default=2, help="--background: A B rounds of the step timing (0: none)")
     parser.add_argument("--keep", action="store_true", help="keep the database for the next run")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "progan_bench_integrity")
     args = parser.parse_args()
@@ -156,7 +156,8 @@ def main() -> None:
           f"(ready in {time.perf_counter() - start:.0f} s)\n")
     if args.background:
         background_table(db, args.images, resolutions)
-        step_overhead_table(db, args.work, resolutions, args.step_res, args.batch, args.steps, args.rounds)
+        if args.rounds > 0:
+            step_overhead_table(db, args.work, resolutions, args.step_res, args.batch, args.steps, args.rounds)
     else:
         integrity_tables(db, args.images, resolutions, args.batch)
     if not args.keep:

@@ -218,20 +218,29 @@ class BackgroundCheck:
             self.seconds = time.perf_counter() - started
 
     def _check(self) -> None:
+        """Every record of the share, image by image (each image at every level): a build commits
+        an image's levels together, so this order goes through data.mdb from start to end, while
+        level by level would go through it once per level. LMDB maps the file without readahead
+        and a read touches the whole record (one 4 KiB page fault after another), so the file
+        ahead of the check is read into the page cache in large reads, which brings the check
+        to disk speed."""
         metadata = read_metadata(self.path)
         count, encoding, checksums = metadata["count"], metadata["encoding"], metadata.get("checksums")
         aspect = dataset_aspect(metadata)
-        first, step = self.share
         with _reading(self.path) as env:
             mapped = mapped_file(self.path)
-            for resolution in self.resolutions:
-                txn = env.begin(buffers=True)
-                try:
+            txn = env.begin(buffers=True)
+            try:
+                tables = []
+                for resolution in self.resolutions:
                     mapped.check()
-                    table = read_checksum_table(txn, self.path, checksums, resolution, count)
-                    for index in range(first, count, step):
-                        if self._stopping.is_set():
-                            return
+                    tables.append(read_checksum_table(txn, self.path, checksums, resolution, count))
+                prefetch = _Prefetch(mapped)
+                for index in range(self.share[0], count, self.share[1]):
+                    if self._stopping.is_set():
+                        return
+                    prefetch.ahead_of(index / count)
+                    for resolution, table in zip(self.resolutions, tables):
                         try:
                             read_record(txn, resolution, index, encoding, table, aspect, mapped)
                         except FileCutShort:
@@ -240,8 +249,25 @@ class BackgroundCheck:
                             self.failure = damaged_record(self.path, resolution, index, str(error), aspect)
                             return
                         self.records += 1
-                finally:
-                    txn.abort()
+            finally:
+                txn.abort()
+
+
+class _Prefetch:
+    """Reads data.mdb ahead of a reader going through it from start to end, `window` bytes at a
+    time, `ahead` bytes past where the reader is (a fraction of the file)."""
+
+    def __init__(self, mapped, window: int = 16 << 20, ahead: int = 64 << 20) -> None:
+        self.mapped, self.ahead = mapped, ahead
+        self.buffer = bytearray(window)
+        self.size = mapped.needed
+        self.done = 0  # bytes read so far
+
+    def ahead_of(self, fraction: float) -> None:
+        target = min(self.size, int(fraction * self.size) + self.ahead)
+        while self.done < target:
+            self.mapped.read_ahead(self.done, self.buffer)
+            self.done += len(self.buffer)
 
 
 def _lower_thread_priority(niceness: int = 10) -> None:

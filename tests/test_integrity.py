@@ -314,6 +314,7 @@ from data_prep.cli import main as data_prep
 from progan.data import DatasetError, MultiResolutionDataset
 from progan.integrity import verify
 sys.path.insert(0, os.getcwd())
+from progan.metrics.__main__ import main as metrics
 from train import main as train
 
 good, work, faces = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -337,6 +338,7 @@ for size in sizes:
         "preview": quiet(data_prep, "preview", work, "--res", 8, "--out", work + "-grid.png"),
         "build": quiet(data_prep, "build", faces, work, "--max-res", 16, "--workers", 1),
         "train": quiet(train, "--data", work, "--out", work + "-run", "--config", "small", "--dry-run"),
+        "metrics": quiet(metrics, "swd", "--real", good, "--fake", work, "--num", 16, "--no-log"),
         "size_after": os.path.getsize(os.path.join(work, "data.mdb")),
     }
 
@@ -379,7 +381,7 @@ def test_a_cut_file_is_one_line_from_every_command_at_any_size(demo_lmdb, tmp_pa
     result = json.loads(proc.stdout)
     for size in sizes:
         row = result["rows"][str(size)]
-        for command in ("info", "verify", "preview", "build", "train"):
+        for command in ("info", "verify", "preview", "build", "train", "metrics"):
             code, err = row[command]
             assert code == 2 and len(err) == 1, (size, command, err)
             assert f"data.mdb is cut short ({size:,} of the " in err[0], (size, command, err)
