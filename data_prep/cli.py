@@ -20,6 +20,7 @@ from progan.data import (
     DatasetError,
     MultiResolutionDataset,
     dataset_aspect,
+    read_labels,
     read_metadata,
 )
 from progan.aspect import ASPECT_RULE, DEFAULT_ASPECT, describe_level
@@ -83,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS,
                    help="skip images with more pixels than this, as decompression bombs "
                         f"(default {DEFAULT_MAX_PIXELS})")
+    p.add_argument("--labels", default=None, metavar="folders|FILE.json",
+                   help="store a class per image: `folders` (the first folder under SOURCE is the class) or a "
+                        'JSON file {"a/b.png": "cat", ...} or {"labels": [["a/b.png", 3], ...]}; files without '
+                        "a label are skipped (default: unlabelled)")
     p.set_defaults(run=_run_build)
 
     p = commands.add_parser("info", help="print a dataset's metadata as JSON")
@@ -148,6 +153,7 @@ def _run_build(args) -> int:
         source=args.source, out=args.out, max_res=args.max_res, min_res=args.min_res,
         workers=args.workers or 0, crop=args.crop, upscale=args.upscale,
         limit=args.limit, encoding=args.encoding, max_pixels=args.max_pixels, aspect=args.aspect,
+        labels=args.labels,
     )
     report = build(config)
     metadata = report.metadata
@@ -166,11 +172,42 @@ def _run_build(args) -> int:
     if metadata["skipped"]:
         print(f"skipped {len(metadata['skipped'])} files: {skip_summary(metadata['skipped'])} "
               f"(listed in the metadata: python -m data_prep info {args.out})")
+    _print_label_summary(args, report)
     return 0
+
+
+def _print_label_summary(args, report) -> None:
+    """After the build line: the classes and their counts, and label-file entries naming no file."""
+    metadata = report.metadata
+    if "classes" not in metadata:
+        return
+    classes, labels = read_labels(args.out)
+    print(f"labels: {len(classes)} classes ({_class_counts_text(classes, labels)})")
+    if report.unmatched_labels:
+        print(f"label file: {len(report.unmatched_labels)} entries name no image under {args.source} "
+              "(listed above; ignored)")
+
+
+def _class_counts(classes, labels) -> dict[str, int]:
+    return dict(zip(classes, np.bincount(labels, minlength=len(classes)).tolist()))
+
+
+def _class_counts_text(classes, labels, most: int = 10) -> str:
+    counts = list(_class_counts(classes, labels).items())
+    text = ", ".join(f"{name}: {count}" for name, count in counts[:most])
+    return text + (f", ... {len(counts) - most} more" if len(counts) > most else "")
 
 
 def _run_info(args) -> int:
     metadata = read_metadata(args.dataset)
+    if "classes" in metadata:  # the images per class, from the label table (damaged: said, not fatal)
+        try:
+            counts = _class_counts(*read_labels(args.dataset))
+        except DatasetError:
+            counts = f"unreadable: run python -m data_prep verify {args.dataset}"
+        metadata = dict(metadata, class_counts=counts)
+        if args.brief:  # one {name: count} instead of the names and the counts
+            metadata["classes"] = metadata.pop("class_counts")
     if args.brief:
         metadata = dict(metadata, sources=len(metadata["sources"]), skipped=len(metadata["skipped"]))
     print(compact_json(metadata))
@@ -199,16 +236,21 @@ def _run_verify(args) -> int:
     with Progress(metadata["count"] * levels, "verify", unit="rec") as progress:
         report = verify(args.dataset, on_record=progress.update,
                         on_bad=lambda bad: progress.write(f"bad: {bad.describe()}"))
-    if report.bad or report.stray:
+    if report.labels_problem:
+        print(f"bad: {report.labels_problem}", file=sys.stderr)
+    if report.bad or report.stray or report.labels_problem:
         per_level = collections.Counter(describe_level(bad.aspect, bad.resolution) for bad in report.bad)
         what = [f"{len(report.bad)} bad record(s) of {report.records} "
                 f"({', '.join(f'{n} at {level}' for level, n in per_level.items())})"] if report.bad else []
         what += [report.stray + " (stray keys)"] if report.stray else []
+        what += [report.labels_problem] if report.labels_problem else []
         listed = ", listed above" if report.bad else ""
         raise DatasetError(f"{args.dataset}: {'; '.join(what)}{listed}; delete it and build it again "
                            "(the same build command gives the same database)")
     checks = "checksums, decode to the right shapes" if report.checksums else (
         "decode to the right shapes; no checksums (built before progan stored them: rebuild to add them)")
+    if "classes" in metadata:
+        checks += f"; labels ({len(metadata['classes'])} classes)"
     print(f"{args.dataset}: ok, {report.records} records ({metadata['count']} images x {levels} resolutions): {checks}")
     return 0
 

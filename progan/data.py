@@ -13,6 +13,10 @@ A database is an LMDB environment folder (e.g. `faces.lmdb/`) holding:
     crc32/{R}           crc32 of every record of level R as stored, uint32 little-endian in index
                         order; metadata["checksums"] holds each table's own crc32. Databases built
                         before checksums have neither and are read unchecked.
+    labels              labelled builds only: the class of image i (the same picture at every
+                        level), uint32 little-endian in index order; metadata["classes"] holds the
+                        class names (index = position), metadata["label_table"] the table's crc32.
+                        Unlabelled databases have none of the three.
     build/state         progress of an unfinished build (removed when the build finishes)
     build/chunk/{n:08d} what chunk n of an unfinished build committed (removed likewise)
 
@@ -57,6 +61,8 @@ STATE_KEY = b"build/state"
 CHUNK_PREFIX = b"build/chunk/"
 CHECKSUM = "crc32"
 CHECKSUM_PREFIX = b"crc32/"
+LABELS_KEY = b"labels"
+LABEL_DTYPE = "<u4"  # one class index per image
 
 # name -> lossless. Numbers behind the default: bench/RESULTS.md, "Dataset build and reading".
 ENCODINGS = {"raw": True, "png": True, "webp": True, "jpeg": False}
@@ -85,6 +91,7 @@ class ImageRecord(NamedTuple):
     source: str  # path relative to the build's SOURCE folder
     levels: list[bytes]
     source_sha256: str  # of the source file's bytes
+    label: int | None = None  # class index in a labelled build
 
 
 # ----------------------------------------------------------------------------- keys and levels
@@ -457,6 +464,50 @@ def dataset_fingerprint(path) -> str:
     return hashlib.sha256(record).hexdigest()[:16]
 
 
+def class_names(metadata: dict) -> tuple[str, ...]:
+    """A database's class names, index = position; () when it is unlabelled."""
+    return tuple(metadata.get("classes", ()))
+
+
+def label_table_problem(data, metadata: dict) -> str | None:
+    """What is wrong with a label table as read (None: missing), or None when it is sound:
+    its checksum, its length (one entry per image) and every value a class index."""
+    if data is None:
+        return f"label table {LABELS_KEY.decode()} is missing"
+    count, classes = metadata["count"], class_names(metadata)
+    if record_checksum(data) != metadata.get("label_table", {}).get(CHECKSUM):
+        return f"label table {LABELS_KEY.decode()} fails its {CHECKSUM} checksum (its bytes changed since the build)"
+    if len(data) != 4 * count:
+        return f"label table {LABELS_KEY.decode()} holds {len(data) // 4} labels for {count} images"
+    labels = np.frombuffer(data, dtype=LABEL_DTYPE)
+    bad = np.flatnonzero(labels >= len(classes))
+    if len(bad):
+        return (f"label table {LABELS_KEY.decode()}: image {int(bad[0])} has class {int(labels[bad[0]])}, "
+                f"only {len(classes)} classes ({len(bad)} such image(s))")
+    return None
+
+
+def _read_label_table(path, metadata: dict) -> np.ndarray | None:
+    """int64 [N] class of each image, checked; None when unlabelled. DatasetError (one line)."""
+    if "classes" not in metadata:
+        return None
+    with _reading(path) as env, env.begin() as txn:
+        data = txn.get(LABELS_KEY)
+        data = None if data is None else bytes(data)
+    problem = label_table_problem(data, metadata)
+    if problem is not None:
+        raise DatasetError(f"{path}: {problem}; run `python -m data_prep verify {path}` and rebuild the database")
+    return np.frombuffer(data, dtype=LABEL_DTYPE).astype(np.int64)
+
+
+def read_labels(path) -> tuple[tuple[str, ...], np.ndarray | None]:
+    """(class names, int64 [N] class index of image i) of a database; ((), None) when it is
+    unlabelled. The table is checked against its checksum, length and the class count:
+    DatasetError (one line) when it is damaged."""
+    metadata = read_metadata(path)
+    return class_names(metadata), _read_label_table(os.fspath(path), metadata)
+
+
 class RecordError(ValueError):
     """What is wrong with one stored record: missing, unreadable, bad checksum, bad encoding."""
 
@@ -554,6 +605,23 @@ class MultiResolutionDataset:
         self._env_pid = None
         self._mapped = None  # the size guard of the open environment
         self._level = None  # [N, 3, R, R] uint8 once loaded
+        self._metadata_labels = {key: metadata[key] for key in ("count", "classes", "label_table") if key in metadata}
+        self.class_names = class_names(metadata)  # () when unlabelled
+        self._labels = None  # int64 [N], read with the first use of `labels`
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """int64 [N]: the class index of image i; None when the database is unlabelled. Read once
+        (checked against its checksum, length and class count) and kept: it is small."""
+        if self._labels is None and self.class_names:
+            self._labels = _read_label_table(self.path, self._metadata_labels)
+        return self._labels
+
+    @property
+    def class_counts(self) -> np.ndarray | None:
+        """int64 [K]: images per class; None when the database is unlabelled."""
+        labels = self.labels
+        return None if labels is None else np.bincount(labels, minlength=len(self.class_names)).astype(np.int64)
 
     def __len__(self) -> int:
         return self.length
@@ -751,6 +819,10 @@ class DatasetWriter:
             # Computed from the bytes handed to LMDB, so damage at any later point shows.
             CHECKSUM: [[record_checksum(data) for data in image.levels] for image in images],
         }
+        if "labels" in state["plan"]:  # a labelled build: each image's class index
+            record["labels"] = [image.label for image in images]
+            if any(not isinstance(label, int) for label in record["labels"]):
+                raise ValueError("a labelled build needs a class index for every image")
         new_state = dict(
             state, next_file=end_file, next_index=first_index + len(images), chunks=state["chunks"] + 1
         )
@@ -780,7 +852,10 @@ class DatasetWriter:
             tables = _checksum_tables(txn, self.state["plan"]["resolutions"], chunks)
             for resolution, table in tables.items():
                 txn.put(checksum_key(resolution), table)
-            metadata = _assemble_metadata(self.state["plan"], chunks, tables)
+            labels = _label_table(self.state["plan"], chunks)
+            if labels is not None:
+                txn.put(LABELS_KEY, labels)
+            metadata = _assemble_metadata(self.state["plan"], chunks, tables, labels)
             txn.put(META_KEY, canonical_json(metadata))
             for number in range(len(chunks)):
                 txn.delete(chunk_key(number))
@@ -788,7 +863,7 @@ class DatasetWriter:
             result["metadata"] = metadata
 
         count = self.state["next_index"]
-        sizes = [4 * count] * len(self.state["plan"]["resolutions"]) + [100 * count]  # tables, metadata
+        sizes = [4 * count] * (len(self.state["plan"]["resolutions"]) + 1) + [100 * count]  # tables, labels, metadata
         self._write(write, self.disk_bytes(sizes), "the metadata")
         self.finished_metadata, self.state = result["metadata"], None
         return self.finished_metadata
@@ -937,7 +1012,14 @@ def _checksum_tables(txn, resolutions: list[int], chunks: list[dict]) -> dict[in
     return {res: table[:, level].tobytes() for level, res in enumerate(resolutions)}
 
 
-def _assemble_metadata(plan: dict, chunks: list[dict], tables: dict[int, bytes]) -> dict:
+def _label_table(plan: dict, chunks: list[dict]) -> bytes | None:
+    """The label table (LABEL_DTYPE per image, index order) of a labelled build; None unlabelled."""
+    if "labels" not in plan:
+        return None
+    return np.array([label for chunk in chunks for label in chunk["labels"]], dtype=LABEL_DTYPE).tobytes()
+
+
+def _assemble_metadata(plan: dict, chunks: list[dict], tables: dict[int, bytes], labels: bytes | None = None) -> dict:
     sources = [source for chunk in chunks for source in chunk["sources"]]
     source_digest = hashlib.sha256()
     for chunk in chunks:
@@ -945,7 +1027,7 @@ def _assemble_metadata(plan: dict, chunks: list[dict], tables: dict[int, bytes])
             source_digest.update(bytes.fromhex(digest))
     encoding = plan["encoding"]
     aspect = plan.get("options", {}).get("aspect", DEFAULT_ASPECT)
-    return {
+    metadata = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "resolutions": plan["resolutions"],
@@ -968,3 +1050,8 @@ def _assemble_metadata(plan: dict, chunks: list[dict], tables: dict[int, bytes])
             "tables": {str(res): record_checksum(table) for res, table in tables.items()},
         },
     }
+    if labels is not None:  # only then: an unlabelled database is what it was before labels
+        metadata["classes"] = list(plan["labels"]["classes"])
+        metadata["label_table"] = {"key": LABELS_KEY.decode(), "dtype": "uint32 little-endian, one class index per image",
+                                   CHECKSUM: record_checksum(labels)}
+    return metadata

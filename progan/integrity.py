@@ -25,12 +25,14 @@ import numpy as np
 from progan.aspect import DEFAULT_ASPECT, describe_level
 from progan.cli import first_line
 from progan.data import (
+    LABELS_KEY,
     DatasetError,
     FileCutShort,
     _reading,
     damaged_record,
     dataset_aspect,
     image_key,
+    label_table_problem,
     read_checksum_table,
     mapped_file,
     read_metadata,
@@ -59,6 +61,7 @@ class VerifyReport:
     checksums: bool  # whether the database has them (older builds do not)
     bad: list[BadRecord] = field(default_factory=list)
     stray: str | None = None  # a record count that does not add up
+    labels_problem: str | None = None  # what is wrong with the label table of a labelled database
 
 
 def verify(path, on_record: Callable[[], None] | None = None,
@@ -102,6 +105,15 @@ def verify(path, on_record: Callable[[], None] | None = None,
                     if on_record is not None:
                         on_record()
             expected = 1 + count * len(resolutions) + (len(resolutions) if checksums is not None else 0)
+            if "classes" in metadata:  # the label table: checksum, one entry per image, each < K
+                expected += 1
+                mapped.check()
+                try:
+                    data = txn.get(LABELS_KEY)
+                    report.labels_problem = label_table_problem(None if data is None else bytes(data), metadata)
+                except lmdb.Error as error:
+                    report.labels_problem = f"label table {LABELS_KEY.decode()} cannot be read ({first_line(error)})"
+                    txn = _renew(env, txn)
             mapped.check()
             entries = txn.stat()["entries"]
         finally:
