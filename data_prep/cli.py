@@ -12,7 +12,7 @@ import numpy as np
 
 from data_prep.build import BuildConfig, BuildError, build, default_workers, skip_summary
 from data_prep.decode import DEFAULT_MAX_PIXELS
-from data_prep.synth import FORMATS, synth
+from data_prep.synth import FORMATS, MAX_CLASSES, synth
 from progan.data import (
     DEFAULT_ENCODING,
     ENCODINGS,
@@ -117,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="picture i depends only on (seed, i) (default 0)")
     p.add_argument("--format", choices=tuple(FORMATS), default="png", help="file format (default png)")
     p.add_argument("--workers", type=_positive, default=None, help="processes (default: all cores)")
+    p.add_argument("--classes", type=_classes, default=0, metavar="K",
+                   help=f"K kinds of face (2..{MAX_CLASSES}), told apart by background hue, one folder each "
+                        "(class_00, ...), for `build --labels folders` (default: one kind, no folders)")
     p.set_defaults(run=_run_synth)
     return parser
 
@@ -138,6 +141,16 @@ def _positive(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+def _classes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 2 <= value <= MAX_CLASSES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of classes from 2 to {MAX_CLASSES}")
     return value
 
 
@@ -269,6 +282,7 @@ def _run_synth(args) -> int:
         raise BuildError(f"{args.out_dir}: exists and is not a folder")
     with Progress(args.count, "synth", unit="img") as progress:
         synth(args.out_dir, args.count, args.size, args.seed, args.format,
-              workers=args.workers or default_workers(), progress=progress)
-    print(f"wrote {args.count} face pictures of {args.size}x{args.size} to {args.out_dir}")
+              workers=args.workers or default_workers(), progress=progress, classes=args.classes)
+    kinds = f" in {args.classes} class folders (class_00..class_{args.classes - 1:02d})" if args.classes else ""
+    print(f"wrote {args.count} face pictures of {args.size}x{args.size} to {args.out_dir}{kinds}")
     return 0
