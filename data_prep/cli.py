@@ -90,15 +90,17 @@ def _parser() -> argparse.ArgumentParser:
                         "a label are skipped (default: unlabelled)")
     p.set_defaults(run=_run_build)
 
-    p = commands.add_parser("info", help="print a dataset's metadata as JSON")
+    p = commands.add_parser("info", help="print a dataset's metadata as JSON (with images per class when labelled)")
     p.add_argument("dataset", type=Path, metavar="DATASET")
-    p.add_argument("--brief", action="store_true", help="replace the per-image source and skip lists by their lengths")
+    p.add_argument("--brief", action="store_true", help="replace the per-image source and skip lists by their lengths, "
+                                                            "and the class names by {name: images}")
     p.set_defaults(run=_run_info)
 
-    p = commands.add_parser("verify", help="read every record at every level; check checksums, shapes and count",
+    p = commands.add_parser("verify", help="read every record at every level; check checksums, shapes, count, labels",
                             description="Read every record at every level and check its checksum, shape and the "
-                                        "record count. Lists each bad record (level, image, why) and exits 2 if "
-                                        "there is any.")
+                                        "record count, and a labelled database's label table (checksum, one "
+                                        "label per image, every class index below the number of classes). Lists "
+                                        "each bad record (level, image, why) and exits 2 if there is any.")
     p.add_argument("dataset", type=Path, metavar="DATASET")
     p.set_defaults(run=_run_verify)
 

@@ -573,7 +573,9 @@ class MultiResolutionDataset:
     level fits `memory_budget_bytes` (`in_memory`), it is decoded once into one array (on first
     use, or `preload()`; preload before forking workers to share it) and `get_batch` indexes it.
     `mirror=True` flips each image horizontally with probability 1/2 (torch's RNG, which
-    DataLoader seeds per worker).
+    DataLoader seeds per worker). A labelled database's classes: `class_names` (() when
+    unlabelled), `labels` (int64 [N], image i's class index; None) and `class_counts` (int64 [K];
+    None), the same at every resolution.
     """
 
     def __init__(
