@@ -16,8 +16,9 @@ import queue
 import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TextIO
@@ -33,12 +34,14 @@ from data_prep.decode import (
     init_worker,
     process_file,
 )
+from data_prep.labels import LabelError, Labels, resolve_labels, skip_reason
 from data_prep.sources import IMAGE_EXTENSIONS, find_image_files, listing_digest
 from data_prep.transfer import TransferRing
 from progan.aspect import DEFAULT_ASPECT, parse_aspect
 from progan.data import (
     DEFAULT_ENCODING,
     ENCODINGS,
+    DatabaseWriteFailed,
     DatasetError,
     DatasetWriter,
     ImageRecord,
@@ -74,6 +77,7 @@ class BuildConfig:
     encoding: str = DEFAULT_ENCODING
     max_pixels: int = DEFAULT_MAX_PIXELS
     aspect: str = DEFAULT_ASPECT  # width:height, progan.aspect.ASPECTS
+    labels: str | None = None  # None: unlabelled; "folders" or a JSON file (data_prep.labels)
 
 
 @dataclass
@@ -81,6 +85,7 @@ class BuildReport:
     metadata: dict
     already_complete: bool = False
     seconds: float = 0.0
+    unmatched_labels: list[str] = dataclasses.field(default_factory=list)  # label-file entries naming no file
 
 
 def default_workers() -> int:
@@ -99,21 +104,24 @@ def build(config: BuildConfig, log: TextIO | None = None) -> BuildReport:
     started = time.perf_counter()
     resolutions = _check_config(config)
     files, unreadable = _scan(config.source, log)
-    plan = _make_plan(config, resolutions, files, unreadable)
+    labels = _resolve_labels(config, files, log)
+    plan = _make_plan(config, resolutions, files, unreadable, labels)
     # Read-only first: a finished dataset, or a build with other settings, needs no workers.
     try:
         finished = _check_recorded(config.out, plan, *read_build_records(config.out))
     except DatasetError as error:
         raise BuildError(str(error)) from None
+    unmatched = labels.unmatched if labels is not None else []
     if finished is not None:
-        return BuildReport(finished, already_complete=True, seconds=time.perf_counter() - started)
+        return BuildReport(finished, already_complete=True, seconds=time.perf_counter() - started,
+                           unmatched_labels=unmatched)
     workers = config.workers or default_workers()
     in_flight = 2 * workers + 2  # files queued or being decoded: enough to keep every worker busy
     # Workers fork before the database is opened, so they hold no LMDB handle or lock.
     with _worker_pool(workers, in_flight, config.max_pixels, _pyramid_bytes(resolutions)) as (pool, ring), \
             _open_writer(config.out) as writer:
-        report = _build_with(writer, config, plan, files, pool, ring, in_flight, log)
-    report.seconds = time.perf_counter() - started
+        report = _build_with(writer, config, plan, files, labels, pool, ring, in_flight, log)
+    report.seconds, report.unmatched_labels = time.perf_counter() - started, unmatched
     return report
 
 
@@ -129,7 +137,7 @@ def _open_writer(out: Path):
     try:
         yield writer
     except lmdb.Error as error:  # disk full, I/O error: committed chunks stay valid
-        raise BuildError(
+        raise DatabaseWriteFailed(
             f"{out}: database write failed ({error}); fix that and rerun the same command to resume"
         ) from None
     finally:
@@ -147,7 +155,8 @@ def _check_recorded(out: Path, plan: dict, finished: dict | None, state: dict | 
 
 
 def _build_with(
-    writer: DatasetWriter, config: BuildConfig, plan: dict, files, pool, ring, in_flight: int, log
+    writer: DatasetWriter, config: BuildConfig, plan: dict, files, labels: Labels | None, pool, ring,
+    in_flight: int, log
 ) -> BuildReport:
     # Checked again under the writer's lock: another build may have got there since.
     finished = _check_recorded(config.out, plan, writer.finished_metadata, writer.state)
@@ -160,7 +169,7 @@ def _build_with(
         _say(log, f"resuming {config.out}: {resumed_at} of {len(files)} files already done "
                   f"({writer.state['next_index']} images)")
     _warn_if_short_of_space(config, writer, len(files) - resumed_at, log)
-    _encode_remaining(config, files, writer, pool, ring, in_flight, log)
+    _encode_remaining(config, files, labels, writer, pool, ring, in_flight, log)
     if writer.state["next_index"] == 0:
         skips = [skip for chunk in writer.chunk_records() for skip in chunk["skipped"]]
         writer.abandon()
@@ -215,7 +224,21 @@ def _scan(source: Path, log: TextIO):
     return files, unreadable
 
 
-def _make_plan(config: BuildConfig, resolutions: list[int], files, unreadable) -> dict:
+def _resolve_labels(config: BuildConfig, files, log: TextIO) -> Labels | None:
+    """Each file's class (None: an unlabelled build); one line per label-file entry naming no
+    file under SOURCE. BuildError (one line) for an unusable --labels, before anything is written."""
+    if config.labels is None:
+        return None
+    try:
+        labels = resolve_labels(config.labels, [source.path for source in files])
+    except LabelError as error:
+        raise BuildError(str(error)) from None
+    for name in labels.unmatched:
+        _say(log, f"label file entry {name}: no such image under {config.source}; ignored")
+    return labels
+
+
+def _make_plan(config: BuildConfig, resolutions: list[int], files, unreadable, labels: Labels | None = None) -> dict:
     """Everything that decides the database contents; a resume must match it exactly."""
     plan = {
         "source": str(config.source.resolve()),
@@ -238,6 +261,8 @@ def _make_plan(config: BuildConfig, resolutions: list[int], files, unreadable) -
     }
     if config.aspect != DEFAULT_ASPECT:  # recorded only then: square builds made before --aspect still match
         plan["options"]["aspect"] = config.aspect
+    if labels is not None:  # recorded only then: an unlabelled build is what it was before labels
+        plan["labels"] = labels.plan
     return plan
 
 
@@ -246,7 +271,8 @@ def _check_same_plan(out: Path, recorded: dict, plan: dict, finished: bool) -> N
     if not differences:
         return
     if finished:
-        what, remedy = "a finished dataset", "delete it or choose another OUT"
+        what, remedy = "a finished dataset", ("to build it with the new settings delete it or choose another OUT; "
+                                              "`python -m data_prep info` shows the recorded ones")
     else:
         what, remedy = "an unfinished build", "rerun with the recorded settings, or delete it or choose another OUT"
     raise BuildError(f"{out}: holds {what} with different settings ({'; '.join(differences)}); {remedy}")
@@ -262,9 +288,24 @@ def _plan_differences(recorded: dict, plan: dict) -> list[str]:
         if key in ("source_listing_sha256", "source_files"):
             if "the files under SOURCE changed" not in differences:
                 differences.append("the files under SOURCE changed")
+        elif key.startswith("labels."):  # the classes follow from the rest
+            line = f"labels: {_describe_labels(recorded)} recorded, {_describe_labels(plan)} now"
+            if key != "labels.classes" and line not in differences:
+                differences.append(line)
+        elif key == "options.aspect":  # recorded only when not square: no value means 1:1, as `info` says
+            differences.append(f"aspect: {before or DEFAULT_ASPECT} recorded, {now or DEFAULT_ASPECT} now")
         else:
             differences.append(f"{key.split('.')[-1]}: {before} recorded, {now} now")
     return differences
+
+
+def _describe_labels(plan: dict) -> str:
+    labels = plan.get("labels")
+    if labels is None:
+        return "none"
+    if labels["from"] == "folders":
+        return "folders"
+    return f"a label file (sha256 {labels['file_sha256'][:12]})"
 
 
 def _flatten(plan: dict, prefix: str = "") -> dict:
@@ -278,7 +319,8 @@ def _flatten(plan: dict, prefix: str = "") -> dict:
 
 
 def _encode_remaining(
-    config: BuildConfig, files, writer: DatasetWriter, pool, ring, in_flight: int, log: TextIO
+    config: BuildConfig, files, labels: Labels | None, writer: DatasetWriter, pool, ring, in_flight: int,
+    log: TextIO
 ) -> None:
     """Process the files after the last committed chunk."""
     limit = config.limit
@@ -292,8 +334,10 @@ def _encode_remaining(
     chunk_files = _chunk_files(writer.state["plan"]["resolutions"])
     todo = len(files) - next_file
     total = todo if limit is None else min(todo, limit - images_done)
-    tasks = (
-        (position, os.path.join(config.source, files[position].path), options)
+    no_label = skip_reason(config.labels) if labels is not None else None
+    tasks = (  # a file without a label is not decoded: (position, None, reason)
+        (position, None, no_label) if labels is not None and labels.of(files[position].path) is None
+        else (position, os.path.join(config.source, files[position].path), options)
         for position in range(next_file, len(files))
     )
     images, skipped = [], []
@@ -303,7 +347,7 @@ def _encode_remaining(
         for position, levels, reason, digest in results:
             source = files[position].path
             if reason is None:
-                images.append(ImageRecord(source, levels, digest))
+                images.append(ImageRecord(source, levels, digest, labels.of(source) if labels else None))
             else:
                 skipped.append((source, reason))
                 progress.write(f"skipped {source}: {reason}")
@@ -395,8 +439,13 @@ def _in_order(pool: ProcessPoolExecutor, ring: TransferRing | None, in_flight: i
 
     try:
         for task in tasks:
-            slot = ring.acquire() if ring is not None else None
-            pending.append((task[0], slot, pool.submit(process_file, *task, slot)))
+            if task[1] is None:  # skipped without decoding; task[2] is the reason
+                future = Future()
+                future.set_result((task[0], None, None, task[2], None))
+                pending.append((task[0], None, future))
+            else:
+                slot = ring.acquire() if ring is not None else None
+                pending.append((task[0], slot, pool.submit(process_file, *task, slot)))
             if len(pending) >= in_flight:
                 yield next_result()
         while pending:

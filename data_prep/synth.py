@@ -7,6 +7,12 @@ with a small pose jitter (rotation, shift, scale). The layout stays consistent s
 at 32x32 for a few minutes produces recognisable faces.
 
 Image i depends only on (seed, i): a larger --count extends a smaller one.
+
+With --classes K (2..10), picture i is of class i % K and is written to class_{c:02d}/: the same
+face, drawn from the same random numbers, whose background hue is centred on class c's hue
+(c / K of the colour wheel, within +-0.25 / K, saturation 0.5..0.8), so the mean background hue
+tells the classes apart and `build --labels folders` gives a K-class database. Without --classes
+the output is what it always was.
 """
 
 from __future__ import annotations
@@ -24,18 +30,29 @@ SKIN_TONES = [(255, 224, 196), (241, 194, 150), (224, 172, 105), (198, 134, 66),
 HAIR_COLOURS = [(20, 16, 16), (55, 35, 22), (105, 65, 35), (215, 180, 105), (160, 70, 30), (175, 175, 170)]
 IRIS_COLOURS = [(70, 40, 20), (40, 90, 160), (50, 110, 60), (90, 90, 95)]
 FORMATS = {"png": "PNG", "jpg": "JPEG"}
+MAX_CLASSES = 10
 
 
 def face_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
-def draw_face(rng: np.random.Generator, size: int) -> Image.Image:
-    """One RGB face picture of size x size."""
+def class_hue(label: int, classes: int) -> float:
+    """The centre of class `label`'s background hue, in [0, 1)."""
+    return label / classes
+
+
+def class_folder(label: int) -> str:
+    return f"class_{label:02d}"
+
+
+def draw_face(rng: np.random.Generator, size: int, label: int | None = None, classes: int = 0) -> Image.Image:
+    """One RGB face picture of size x size; with `classes`, its background hue is class `label`'s."""
     supersample = max(2, min(4, 256 // size))  # draw large, shrink: smooth edges at any size
     canvas = size * supersample
     skin = _skin_colour(rng)
-    background = _background(rng, canvas, skin)
+    hue = class_hue(label, classes) if classes else None
+    background = _background(rng, canvas, skin, hue, classes)
     pad = canvas // 4  # the face layer overhangs the picture so rotation never exposes its edges
     layer = Image.new("RGBA", (canvas + 2 * pad, canvas + 2 * pad), (0, 0, 0, 0))
     _draw_features(ImageDraw.Draw(layer), rng, canvas, pad, skin)
@@ -114,13 +131,23 @@ def _skin_colour(rng: np.random.Generator):
     return _jitter(rng, colour, 8)
 
 
-def _background(rng: np.random.Generator, canvas: int, skin) -> Image.Image:
-    """A vertical two-colour gradient whose brightness stands well apart from the skin."""
+def _background(rng: np.random.Generator, canvas: int, skin, hue: float | None = None, classes: int = 0) -> Image.Image:
+    """A vertical two-colour gradient whose brightness stands well apart from the skin; with
+    `hue`, both colours' hues lie within +-0.25/classes of it. The same random numbers are drawn
+    either way, so the rest of the face is the same."""
     skin_lightness = colorsys.rgb_to_hls(*(c / 255 for c in skin))[1]
     far = 0.2 if skin_lightness > 0.5 else 0.78  # dark behind light skin, light behind dark
     lightness = float(np.clip(far + rng.uniform(-0.15, 0.15), 0.05, 0.95))
-    top = colorsys.hls_to_rgb(rng.uniform(0, 1), lightness, rng.uniform(0.2, 0.8))
-    bottom = colorsys.hls_to_rgb(rng.uniform(0, 1), lightness, rng.uniform(0.2, 0.8))
+
+    def colour():
+        drawn_hue, saturation = rng.uniform(0, 1), rng.uniform(0.2, 0.8)
+        if hue is not None:  # the class's hue; saturated enough for the hue to show
+            drawn_hue = (hue + (drawn_hue - 0.5) * 0.5 / classes) % 1.0
+            saturation = 0.5 + (saturation - 0.2) * 0.5
+        return colorsys.hls_to_rgb(drawn_hue, lightness, saturation)
+
+    top = colour()
+    bottom = colour()
     t = np.linspace(0, 1, canvas)[:, None, None]
     rows = (1 - t) * np.array(top) + t * np.array(bottom)
     pixels = np.broadcast_to(rows * 255, (canvas, canvas, 3)).round().astype(np.uint8)
@@ -143,35 +170,49 @@ def face_filename(index: int, file_format: str) -> str:
     return f"face_{index:06d}.{file_format}"
 
 
-def write_face(out_dir: Path, index: int, size: int, seed: int, file_format: str) -> None:
-    picture = draw_face(face_rng(seed, index), size)
-    path = out_dir / face_filename(index, file_format)
+def face_path(out_dir: Path, index: int, file_format: str, classes: int = 0) -> Path:
+    """Where picture `index` goes: out_dir/face_N.<format>, or out_dir/class_CC/face_N.<format>."""
+    folder = out_dir / class_folder(index % classes) if classes else out_dir
+    return folder / face_filename(index, file_format)
+
+
+def write_face(out_dir: Path, index: int, size: int, seed: int, file_format: str, classes: int = 0) -> None:
+    label = index % classes if classes else None
+    picture = draw_face(face_rng(seed, index), size, label, classes)
+    path = face_path(out_dir, index, file_format, classes)
     options = {"quality": 95} if file_format == "jpg" else {"compress_level": 1}
     with atomic_output(path) as tmp:
         picture.save(tmp, format=FORMATS[file_format], **options)
 
 
-def _write_range(out_dir: Path, start: int, stop: int, size: int, seed: int, file_format: str) -> int:
+def _write_range(out_dir: Path, start: int, stop: int, size: int, seed: int, file_format: str,
+                 classes: int = 0) -> int:
     for index in range(start, stop):
-        write_face(out_dir, index, size, seed, file_format)
+        write_face(out_dir, index, size, seed, file_format, classes)
     return stop - start
 
 
 def synth(
-    out_dir: Path, count: int, size: int, seed: int, file_format: str = "png", workers: int = 1, progress=None
+    out_dir: Path, count: int, size: int, seed: int, file_format: str = "png", workers: int = 1, progress=None,
+    classes: int = 0,
 ) -> None:
-    """Write `count` faces as out_dir/face_NNNNNN.<format>, in parallel for large counts."""
+    """Write `count` faces as out_dir/face_NNNNNN.<format> (with `classes` K: picture i of class
+    i % K in out_dir/class_CC/), in parallel for large counts."""
+    if classes and not 2 <= classes <= MAX_CLASSES:
+        raise ValueError(f"classes must be 2..{MAX_CLASSES}, got {classes}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    for label in range(min(classes, count)):
+        (out_dir / class_folder(label)).mkdir(exist_ok=True)
     batch = 64
     ranges = [(start, min(start + batch, count)) for start in range(0, count, batch)]
     if workers <= 1 or len(ranges) <= 1:
         for start, stop in ranges:
-            _write_range(out_dir, start, stop, size, seed, file_format)
+            _write_range(out_dir, start, stop, size, seed, file_format, classes)
             if progress is not None:
                 progress.update(stop - start)
         return
     with ProcessPoolExecutor(min(workers, len(ranges))) as pool:
-        futures = [pool.submit(_write_range, out_dir, start, stop, size, seed, file_format) for start, stop in ranges]
+        futures = [pool.submit(_write_range, out_dir, start, stop, size, seed, file_format, classes) for start, stop in ranges]
         for future in futures:
             done = future.result()
             if progress is not None:

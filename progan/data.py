@@ -13,6 +13,10 @@ A database is an LMDB environment folder (e.g. `faces.lmdb/`) holding:
     crc32/{R}           crc32 of every record of level R as stored, uint32 little-endian in index
                         order; metadata["checksums"] holds each table's own crc32. Databases built
                         before checksums have neither and are read unchecked.
+    labels              labelled builds only: the class of image i (the same picture at every
+                        level), uint32 little-endian in index order; metadata["classes"] holds the
+                        class names (index = position), metadata["label_table"] the table's crc32.
+                        Unlabelled databases have none of the three.
     build/state         progress of an unfinished build (removed when the build finishes)
     build/chunk/{n:08d} what chunk n of an unfinished build committed (removed likewise)
 
@@ -32,6 +36,8 @@ import io
 import json
 import operator
 import os
+import struct
+import threading
 import zlib
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
@@ -55,6 +61,8 @@ STATE_KEY = b"build/state"
 CHUNK_PREFIX = b"build/chunk/"
 CHECKSUM = "crc32"
 CHECKSUM_PREFIX = b"crc32/"
+LABELS_KEY = b"labels"
+LABEL_DTYPE = "<u4"  # one class index per image
 
 # name -> lossless. Numbers behind the default: bench/RESULTS.md, "Dataset build and reading".
 ENCODINGS = {"raw": True, "png": True, "webp": True, "jpeg": False}
@@ -69,12 +77,21 @@ class DatasetError(ValueError):
     """A dataset path that cannot be used; the message is one line naming the path."""
 
 
+class DatabaseWriteFailed(DatasetError):
+    """A build could not write (disk full, I/O error); what it committed is kept."""
+
+
+class FileCutShort(DatasetError):
+    """data.mdb is shorter than its database needs (see MappedFile): no record can be trusted."""
+
+
 class ImageRecord(NamedTuple):
     """One source image, encoded at every level of a build (ascending resolution)."""
 
     source: str  # path relative to the build's SOURCE folder
     levels: list[bytes]
     source_sha256: str  # of the source file's bytes
+    label: int | None = None  # class index in a labelled build
 
 
 # ----------------------------------------------------------------------------- keys and levels
@@ -164,7 +181,122 @@ def canonical_json(value) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode("ascii")
 
 
-def _open_readonly(path) -> lmdb.Environment:
+# ----------------------------------------------------------------------------- the mapped file
+#
+# LMDB reads through a memory map. A page of the map past the end of data.mdb (a file cut short
+# by an interrupted copy, a full disk, a truncation, also while it is open) is not an error LMDB
+# can return: touching it raises SIGBUS and the process dies ("Bus error", exit 135, no message).
+# Python cannot recover from SIGBUS (its handlers run after the faulting instruction, which would
+# fault again; faulthandler only prints a traceback). So the fault is prevented, not caught:
+#   - before mapping, the size the newest meta page needs ((mm_last_pg + 1) * page size: LMDB
+#     never follows a page number above mm_last_pg) is compared with the file's size;
+#   - every record read first compares the open file's size with it again (one fstat, well
+#     under a microsecond next to reading a record), so a file cut while a trainer, verify or a
+#     loader worker reads it stops the read with the same one line;
+#   - a raw record's length is checked before its bytes are touched, so a damaged length cannot
+#     send a read past the end of the file.
+# What remains is a truncation landing inside the one record being read after its check (a
+# window of microseconds): a loader worker killed that way is reported by the trainer in one
+# line (progan.reals), a main-process reader dies with SIGBUS.
+
+LMDB_MAGIC = 0xBEEFC0DE
+LMDB_DATA_VERSION = 1
+# Byte offsets in a meta page of 64-bit LMDB 0.9 (lmdb's mdb.c): a 16-byte page header (mp_pgno,
+# mp_pad, mp_flags, mp_lower/upper), then MDB_meta: mm_magic, mm_version, mm_address, mm_mapsize,
+# mm_dbs[2] (48 bytes each; the page size is kept in mm_dbs[0].md_pad), mm_last_pg, mm_txnid.
+_META_FLAGS, _META_MAGIC, _META_PSIZE, _META_LAST_PAGE = 10, 16, 40, 136
+_P_META = 0x08
+_META_BYTES = 152
+
+
+def _meta_page(data: bytes, offset: int) -> tuple[int, int, int] | None:
+    """(page size, last page, txnid) of the meta page at `offset`, None when it is not one."""
+    if len(data) < offset + _META_BYTES:
+        return None
+    flags, = struct.unpack_from("<H", data, offset + _META_FLAGS)
+    magic, version = struct.unpack_from("<II", data, offset + _META_MAGIC)
+    if not flags & _P_META or magic != LMDB_MAGIC or version != LMDB_DATA_VERSION:
+        return None
+    psize, = struct.unpack_from("<I", data, offset + _META_PSIZE)
+    last_page, txnid = struct.unpack_from("<QQ", data, offset + _META_LAST_PAGE)
+    return psize, last_page, txnid
+
+
+def lmdb_needed_size(handle) -> int | None:
+    """Bytes an LMDB data file must hold for every page its newest meta page can lead to, read
+    from the two meta pages at its start (`handle`: a binary file open for reading). None when
+    they are not both LMDB 0.9 meta pages of this machine's layout: LMDB itself then refuses the
+    file with an error, or maps nothing past what the meta pages say."""
+    handle.seek(0)
+    first = handle.read(_META_BYTES)
+    if len(first) < _META_BYTES and (not first or first[_META_MAGIC:_META_MAGIC + 4] == struct.pack("<I", LMDB_MAGIC)
+                                     or len(first) <= _META_MAGIC):
+        return 2 * 4096  # empty, or cut inside the first meta page: at least the two meta pages are missing
+    meta0 = _meta_page(first, 0)
+    if meta0 is None or not 512 <= meta0[0] <= 1 << 20:
+        return None
+    handle.seek(meta0[0])
+    meta1 = _meta_page(handle.read(_META_BYTES), 0)
+    if meta1 is None:
+        return 2 * meta0[0] if len(first) == _META_BYTES else None  # second meta page cut off
+    psize, last_page, _ = max(meta0, meta1, key=lambda meta: meta[2])  # LMDB uses the newer one
+    return max(last_page + 1, 2) * psize
+
+
+def cut_short(path, size: int, needed: int) -> str:
+    """One line for a data file shorter than its database needs."""
+    return (f"{path}: data.mdb is cut short ({size:,} of the {needed:,} bytes its database needs: an "
+            f"interrupted copy, a full disk or a truncation); copy it again, or delete it and build it again")
+
+
+class MappedFile:
+    """data.mdb as a reader maps it: an open handle (the same file even if the path is replaced)
+    and the size the database needs; `check()` before touching the map (see above)."""
+
+    def __init__(self, path, data_file: str) -> None:
+        self.path = os.fspath(path)
+        self._handle = open(data_file, "rb")
+        try:
+            self.needed = lmdb_needed_size(self._handle) or 0
+            self.check()
+        except BaseException:
+            self._handle.close()
+            raise
+
+    def check(self) -> None:
+        """DatasetError (one line) if the file is now shorter than the database needs."""
+        size = os.fstat(self._handle.fileno()).st_size
+        if size < self.needed:
+            raise FileCutShort(cut_short(self.path, size, self.needed))
+
+    def read_ahead(self, offset: int, buffer: bytearray) -> None:
+        """Read this part of the file (into `buffer`, thrown away) so that it is in the page cache
+        when the map is read there: one large read instead of a 4 KiB page fault per page (LMDB
+        maps without readahead; posix_fadvise WILLNEED is ignored by some file systems)."""
+        with contextlib.suppress(OSError):
+            os.preadv(self._handle.fileno(), [buffer], offset)
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def _data_file(path: str) -> str:
+    return os.path.join(path, "data.mdb") if os.path.isdir(path) else path
+
+
+def check_data_file(path) -> None:
+    """FileCutShort (one line) if the database's data.mdb is now shorter than it needs; without
+    mapping it (for a reader that died of SIGBUS: was the file cut?)."""
+    try:
+        with open(_data_file(os.fspath(path)), "rb") as handle:
+            needed, size = lmdb_needed_size(handle), os.fstat(handle.fileno()).st_size
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot read data.mdb ({error.strerror})") from None
+    if needed and size < needed:
+        raise FileCutShort(cut_short(path, size, needed))
+
+
+def _open_readonly(path) -> tuple[lmdb.Environment, MappedFile]:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise DatasetError(f"{path}: no such file or folder")
@@ -172,18 +304,35 @@ def _open_readonly(path) -> lmdb.Environment:
     if is_folder and not os.path.exists(os.path.join(path, "data.mdb")):
         raise DatasetError(f"{path}: not an LMDB database (no data.mdb inside)")
     try:
+        mapped = MappedFile(path, _data_file(path))  # before the map exists
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot read data.mdb ({error.strerror})") from None
+    try:
         # lock=False: reading needs no write access to the folder; builds never overlap reads.
-        return lmdb.open(
+        env = lmdb.open(
             path, subdir=is_folder, readonly=True, lock=False, readahead=False, meminit=False
         )
     except lmdb.Error as error:
+        mapped.close()
         raise DatasetError(f"{path}: not an LMDB database ({error})") from None
+    return env, mapped
 
 
 # py-lmdb refuses to open one environment twice in a process, yet a trainer holds several
-# levels (and reads metadata) of the same database at once: readers share one environment per
-# (database, process), counted, and closed with its last user.
-_SHARED_ENVS: dict[tuple[str, int], list] = {}  # (real path, pid) -> [environment, users]
+# levels (and reads metadata) of the same database at once, and the background check reads it
+# from a thread: readers share one environment per (database, process), counted, and closed
+# with its last user. The table is guarded by a lock (renewed in a forked child).
+_SHARED_ENVS: dict[tuple[str, int], list] = {}  # (real path, pid) -> [environment, users, MappedFile]
+_SHARED_LOCK = threading.Lock()
+
+
+def _renew_shared_lock() -> None:
+    global _SHARED_LOCK
+    _SHARED_LOCK = threading.Lock()  # a thread of the parent may have held it at fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_shared_lock)
 
 
 def _shared_key(path) -> tuple[str, int]:
@@ -191,13 +340,25 @@ def _shared_key(path) -> tuple[str, int]:
 
 
 def _acquire_env(path) -> lmdb.Environment:
-    _close_inherited_envs()
-    key = _shared_key(path)
-    entry = _SHARED_ENVS.get(key)
-    if entry is None:
-        entry = _SHARED_ENVS[key] = [_open_readonly(path), 0]
-    entry[1] += 1
-    return entry[0]
+    return _acquire(path)[0]
+
+
+def _acquire(path) -> tuple[lmdb.Environment, MappedFile]:
+    with _SHARED_LOCK:
+        _close_inherited_envs()
+        key = _shared_key(path)
+        entry = _SHARED_ENVS.get(key)
+        if entry is None:
+            env, mapped = _open_readonly(path)
+            entry = _SHARED_ENVS[key] = [env, 0, mapped]
+        entry[1] += 1
+        return entry[0], entry[2]
+
+
+def mapped_file(path) -> MappedFile | None:
+    """The size guard of a database this process has open (None when it has not)."""
+    entry = _SHARED_ENVS.get(_shared_key(path))
+    return entry[2] if entry is not None else None
 
 
 def _close_inherited_envs() -> None:
@@ -209,27 +370,32 @@ def _close_inherited_envs() -> None:
     """
     pid = os.getpid()
     for key in [key for key in _SHARED_ENVS if key[1] != pid]:
-        env = _SHARED_ENVS.pop(key)[0]
+        env, _, mapped = _SHARED_ENVS.pop(key)
         with contextlib.suppress(lmdb.Error):
             env.close()
+        mapped.close()
 
 
 def _release_env(path) -> None:
-    key = _shared_key(path)
-    entry = _SHARED_ENVS.get(key)
-    if entry is None:
-        return
-    entry[1] -= 1
-    if entry[1] <= 0:
-        del _SHARED_ENVS[key]
-        entry[0].close()
+    with _SHARED_LOCK:
+        key = _shared_key(path)
+        entry = _SHARED_ENVS.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _SHARED_ENVS[key]
+            entry[0].close()
+            entry[2].close()
 
 
 @contextlib.contextmanager
 def _reading(path):
-    """A read-only environment for a one-off read: a shared one if open, else a temporary one."""
-    env = _acquire_env(path)
+    """A read-only environment for a one-off read: a shared one if open, else a temporary one.
+    The file's size is checked first (records read through it are checked each, read_record)."""
+    env, mapped = _acquire(path)
     try:
+        mapped.check()
         yield env
     except lmdb.Error as error:  # a damaged page on the way to a record
         raise DatasetError(f"{path}: the database is damaged ({first_line(error)}); delete it and build it again") from None
@@ -298,6 +464,50 @@ def dataset_fingerprint(path) -> str:
     return hashlib.sha256(record).hexdigest()[:16]
 
 
+def class_names(metadata: dict) -> tuple[str, ...]:
+    """A database's class names, index = position; () when it is unlabelled."""
+    return tuple(metadata.get("classes", ()))
+
+
+def label_table_problem(data, metadata: dict) -> str | None:
+    """What is wrong with a label table as read (None: missing), or None when it is sound:
+    its checksum, its length (one entry per image) and every value a class index."""
+    if data is None:
+        return f"label table {LABELS_KEY.decode()} is missing"
+    count, classes = metadata["count"], class_names(metadata)
+    if record_checksum(data) != metadata.get("label_table", {}).get(CHECKSUM):
+        return f"label table {LABELS_KEY.decode()} fails its {CHECKSUM} checksum (its bytes changed since the build)"
+    if len(data) != 4 * count:
+        return f"label table {LABELS_KEY.decode()} holds {len(data) // 4} labels for {count} images"
+    labels = np.frombuffer(data, dtype=LABEL_DTYPE)
+    bad = np.flatnonzero(labels >= len(classes))
+    if len(bad):
+        return (f"label table {LABELS_KEY.decode()}: image {int(bad[0])} has class {int(labels[bad[0]])}, "
+                f"only {len(classes)} classes ({len(bad)} such image(s))")
+    return None
+
+
+def _read_label_table(path, metadata: dict) -> np.ndarray | None:
+    """int64 [N] class of each image, checked; None when unlabelled. DatasetError (one line)."""
+    if "classes" not in metadata:
+        return None
+    with _reading(path) as env, env.begin() as txn:
+        data = txn.get(LABELS_KEY)
+        data = None if data is None else bytes(data)
+    problem = label_table_problem(data, metadata)
+    if problem is not None:
+        raise DatasetError(f"{path}: {problem}; run `python -m data_prep verify {path}` and rebuild the database")
+    return np.frombuffer(data, dtype=LABEL_DTYPE).astype(np.int64)
+
+
+def read_labels(path) -> tuple[tuple[str, ...], np.ndarray | None]:
+    """(class names, int64 [N] class index of image i) of a database; ((), None) when it is
+    unlabelled. The table is checked against its checksum, length and the class count:
+    DatasetError (one line) when it is damaged."""
+    metadata = read_metadata(path)
+    return class_names(metadata), _read_label_table(os.fspath(path), metadata)
+
+
 class RecordError(ValueError):
     """What is wrong with one stored record: missing, unreadable, bad checksum, bad encoding."""
 
@@ -321,15 +531,25 @@ def read_checksum_table(txn, path, checksums: dict | None, resolution: int, coun
 
 
 def read_record(txn, resolution: int, index: int, encoding: str, checksums,
-                aspect: str = DEFAULT_ASPECT) -> np.ndarray:
+                aspect: str = DEFAULT_ASPECT, mapped: MappedFile | None = None) -> np.ndarray:
     """Image `index` at `resolution` as uint8 [H, W, 3], checked against its level's checksum
-    table (None: unchecked) before decoding; RecordError or ValueError saying what is wrong."""
+    table (None: unchecked) before decoding; RecordError or ValueError saying what is wrong.
+    With `mapped`, the file's size is checked first: FileCutShort (not a record's fault)."""
+    if mapped is not None:
+        mapped.check()
     try:
         data = txn.get(image_key(resolution, index))
     except lmdb.Error as error:  # a damaged page on the way to the record
         raise RecordError(f"cannot be read ({first_line(error)})") from None
     if data is None:
         raise RecordError("is missing")
+    # The length comes from the page; the bytes behind it are touched only when it is plausible.
+    if encoding == "raw":
+        width, height = level_size(aspect, resolution)
+        if len(data) != width * height * CHANNELS:
+            raise RecordError(f"holds {len(data)} bytes, expected {width * height * CHANNELS}")
+    elif mapped is not None and len(data) > mapped.needed:
+        raise RecordError(f"claims {len(data)} bytes, more than the whole file")
     if checksums is not None and record_checksum(data) != checksums[index]:
         raise RecordError(f"fails its {CHECKSUM} checksum (its bytes changed since the build)")
     return decode_image(data, encoding, resolution, aspect)
@@ -353,7 +573,9 @@ class MultiResolutionDataset:
     level fits `memory_budget_bytes` (`in_memory`), it is decoded once into one array (on first
     use, or `preload()`; preload before forking workers to share it) and `get_batch` indexes it.
     `mirror=True` flips each image horizontally with probability 1/2 (torch's RNG, which
-    DataLoader seeds per worker).
+    DataLoader seeds per worker). A labelled database's classes: `class_names` (() when
+    unlabelled), `labels` (int64 [N], image i's class index; None) and `class_counts` (int64 [K];
+    None), the same at every resolution.
     """
 
     def __init__(
@@ -383,7 +605,25 @@ class MultiResolutionDataset:
         self._checksums = None  # the level's crc32 table, read with the first record
         self._env = None
         self._env_pid = None
+        self._mapped = None  # the size guard of the open environment
         self._level = None  # [N, 3, R, R] uint8 once loaded
+        self._metadata_labels = {key: metadata[key] for key in ("count", "classes", "label_table") if key in metadata}
+        self.class_names = class_names(metadata)  # () when unlabelled
+        self._labels = None  # int64 [N], read with the first use of `labels`
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """int64 [N]: the class index of image i; None when the database is unlabelled. Read once
+        (checked against its checksum, length and class count) and kept: it is small."""
+        if self._labels is None and self.class_names:
+            self._labels = _read_label_table(self.path, self._metadata_labels)
+        return self._labels
+
+    @property
+    def class_counts(self) -> np.ndarray | None:
+        """int64 [K]: images per class; None when the database is unlabelled."""
+        labels = self.labels
+        return None if labels is None else np.bincount(labels, minlength=len(self.class_names)).astype(np.int64)
 
     def __len__(self) -> int:
         return self.length
@@ -425,7 +665,7 @@ class MultiResolutionDataset:
     def close(self) -> None:
         if self._env is not None and self._env_pid == os.getpid():
             _release_env(self.path)
-        self._env = None
+        self._env = self._mapped = None
 
     def __del__(self) -> None:
         try:
@@ -436,7 +676,7 @@ class MultiResolutionDataset:
     def __getstate__(self) -> dict:
         # The environment is per process and the level is reloaded where needed.
         state = self.__dict__.copy()
-        state.update(_env=None, _env_pid=None, _level=None)
+        state.update(_env=None, _env_pid=None, _mapped=None, _level=None)
         return state
 
     def __repr__(self) -> str:
@@ -456,18 +696,23 @@ class MultiResolutionDataset:
     def _environment(self) -> lmdb.Environment:
         # An LMDB environment must not cross fork(): reopen in every new process.
         if self._env is None or self._env_pid != os.getpid():
-            self._env = _acquire_env(self.path)
+            self._env, self._mapped = _acquire(self.path)
             self._env_pid = os.getpid()
+        self._mapped.check()  # a transaction reads the meta pages
         return self._env
 
     def _read_chw(self, txn, index: int, out: np.ndarray) -> None:
         """Decode image `index` into `out` ([3, H, W], any strides): its only copy. Records are
-        checked against their checksums: a damaged one stops here, never reaches training."""
+        checked against their checksums: a damaged one stops here, never reaches training; so
+        does a file cut short since it was opened (checked before each record)."""
         if self._checksums is None and self._checksum_info is not None:
             self._checksums = read_checksum_table(
                 txn, self.path, self._checksum_info, self.resolution, self.length)
         try:
-            hwc = read_record(txn, self.resolution, index, self.encoding, self._checksums, self.aspect)
+            hwc = read_record(txn, self.resolution, index, self.encoding, self._checksums, self.aspect,
+                              self._mapped)
+        except FileCutShort:
+            raise
         except ValueError as error:
             raise DatasetError(damaged_record(self.path, self.resolution, index, str(error), self.aspect)) from None
         out[...] = hwc.transpose(2, 0, 1)
@@ -520,6 +765,11 @@ class DatasetWriter:
         self.path.mkdir(parents=True, exist_ok=True)
         data_file = self.path / "data.mdb"
         existing = data_file.stat().st_size if data_file.exists() else 0
+        if existing:  # a cut file would be mapped past its end (SIGBUS): see MappedFile
+            with open(data_file, "rb") as handle:
+                needed = lmdb_needed_size(handle)
+            if needed and existing < needed:
+                raise FileCutShort(cut_short(self.path, existing, needed))
         self.env, self._lock_file = None, None
         try:
             # metasync=False keeps every commit atomic and consistent, only skipping one fsync.
@@ -571,6 +821,10 @@ class DatasetWriter:
             # Computed from the bytes handed to LMDB, so damage at any later point shows.
             CHECKSUM: [[record_checksum(data) for data in image.levels] for image in images],
         }
+        if "labels" in state["plan"]:  # a labelled build: each image's class index
+            record["labels"] = [image.label for image in images]
+            if any(not isinstance(label, int) for label in record["labels"]):
+                raise ValueError("a labelled build needs a class index for every image")
         new_state = dict(
             state, next_file=end_file, next_index=first_index + len(images), chunks=state["chunks"] + 1
         )
@@ -600,7 +854,10 @@ class DatasetWriter:
             tables = _checksum_tables(txn, self.state["plan"]["resolutions"], chunks)
             for resolution, table in tables.items():
                 txn.put(checksum_key(resolution), table)
-            metadata = _assemble_metadata(self.state["plan"], chunks, tables)
+            labels = _label_table(self.state["plan"], chunks)
+            if labels is not None:
+                txn.put(LABELS_KEY, labels)
+            metadata = _assemble_metadata(self.state["plan"], chunks, tables, labels)
             txn.put(META_KEY, canonical_json(metadata))
             for number in range(len(chunks)):
                 txn.delete(chunk_key(number))
@@ -608,7 +865,7 @@ class DatasetWriter:
             result["metadata"] = metadata
 
         count = self.state["next_index"]
-        sizes = [4 * count] * len(self.state["plan"]["resolutions"]) + [100 * count]  # tables, metadata
+        sizes = [4 * count] * (len(self.state["plan"]["resolutions"]) + 1) + [100 * count]  # tables, labels, metadata
         self._write(write, self.disk_bytes(sizes), "the metadata")
         self.finished_metadata, self.state = result["metadata"], None
         return self.finished_metadata
@@ -658,11 +915,11 @@ class DatasetWriter:
         remedy = f"rerun the same command to resume ({done} chunks committed so far are kept)"
         free = shortfall(self.path, needed)
         if free is not None:
-            raise DatasetError(disk_full(self.path, needed, free, what, remedy))
+            raise DatabaseWriteFailed(disk_full(self.path, needed, free, what, remedy))
         try:
             write_growing(self.env, fill)
         except (lmdb.Error, OSError) as error:
-            raise DatasetError(write_failure(self.path, error, needed, what, remedy)) from None
+            raise DatabaseWriteFailed(write_failure(self.path, error, needed, what, remedy)) from None
 
     def _make_room(self, incoming: int) -> None:
         """Double the map ahead of a write that would not fit (saves redoing a full chunk)."""
@@ -757,7 +1014,14 @@ def _checksum_tables(txn, resolutions: list[int], chunks: list[dict]) -> dict[in
     return {res: table[:, level].tobytes() for level, res in enumerate(resolutions)}
 
 
-def _assemble_metadata(plan: dict, chunks: list[dict], tables: dict[int, bytes]) -> dict:
+def _label_table(plan: dict, chunks: list[dict]) -> bytes | None:
+    """The label table (LABEL_DTYPE per image, index order) of a labelled build; None unlabelled."""
+    if "labels" not in plan:
+        return None
+    return np.array([label for chunk in chunks for label in chunk["labels"]], dtype=LABEL_DTYPE).tobytes()
+
+
+def _assemble_metadata(plan: dict, chunks: list[dict], tables: dict[int, bytes], labels: bytes | None = None) -> dict:
     sources = [source for chunk in chunks for source in chunk["sources"]]
     source_digest = hashlib.sha256()
     for chunk in chunks:
@@ -765,7 +1029,7 @@ def _assemble_metadata(plan: dict, chunks: list[dict], tables: dict[int, bytes])
             source_digest.update(bytes.fromhex(digest))
     encoding = plan["encoding"]
     aspect = plan.get("options", {}).get("aspect", DEFAULT_ASPECT)
-    return {
+    metadata = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "resolutions": plan["resolutions"],
@@ -788,3 +1052,8 @@ def _assemble_metadata(plan: dict, chunks: list[dict], tables: dict[int, bytes])
             "tables": {str(res): record_checksum(table) for res, table in tables.items()},
         },
     }
+    if labels is not None:  # only then: an unlabelled database is what it was before labels
+        metadata["classes"] = list(plan["labels"]["classes"])
+        metadata["label_table"] = {"key": LABELS_KEY.decode(), "dtype": "uint32 little-endian, one class index per image",
+                                   CHECKSUM: record_checksum(labels)}
+    return metadata

@@ -1,14 +1,21 @@
 """Damage in a database, found before hours of training are lost.
 
-Every record's crc32 is stored at build time (progan.data, `crc32/{R}` tables). Two checks use
+Every record's crc32 is stored at build time (progan.data, `crc32/{R}` tables). Three checks use
 them: `verify` reads every record of every level and lists each bad one (`data_prep verify`);
 `check_levels` is the trainer's cheap check at start: the key structure and count of each level
-it will need, its checksum table, and a spread sample of records. Reading during training checks
-each record's checksum too (MultiResolutionDataset).
+it will need, its checksum table, and a spread sample of records; `BackgroundCheck` reads every
+record of the levels a run still needs, in a thread from the start of training, so damage in a
+level used hours later stops the run minutes in. Reading during training checks each record's
+checksum too (MultiResolutionDataset). Every read first checks that data.mdb is not shorter than
+the database needs (progan.data.MappedFile): a cut file is one line, never SIGBUS.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
@@ -18,12 +25,16 @@ import numpy as np
 from progan.aspect import DEFAULT_ASPECT, describe_level
 from progan.cli import first_line
 from progan.data import (
+    LABELS_KEY,
     DatasetError,
+    FileCutShort,
     _reading,
     damaged_record,
     dataset_aspect,
     image_key,
+    label_table_problem,
     read_checksum_table,
+    mapped_file,
     read_metadata,
     read_record,
 )
@@ -50,6 +61,7 @@ class VerifyReport:
     checksums: bool  # whether the database has them (older builds do not)
     bad: list[BadRecord] = field(default_factory=list)
     stray: str | None = None  # a record count that does not add up
+    labels_problem: str | None = None  # what is wrong with the label table of a labelled database
 
 
 def verify(path, on_record: Callable[[], None] | None = None,
@@ -68,18 +80,24 @@ def verify(path, on_record: Callable[[], None] | None = None,
             on_bad(bad)
 
     with _reading(path) as env:  # a damaged page outside any record: DatasetError
+        mapped = mapped_file(path)  # the file's size, checked before each read: FileCutShort
         txn = env.begin(buffers=True)
         try:
             for resolution in resolutions:
                 try:
+                    mapped.check()
                     table = read_checksum_table(txn, path, checksums, resolution, count)
+                except FileCutShort:
+                    raise
                 except DatasetError:
                     found(BadRecord(resolution, None, "checksum table missing or damaged; "
                                                       "records checked by decoding only", aspect))
                     table, txn = None, _renew(env, txn)
                 for index in range(count):
                     try:
-                        read_record(txn, resolution, index, encoding, table, aspect)
+                        read_record(txn, resolution, index, encoding, table, aspect, mapped)
+                    except FileCutShort:
+                        raise
                     except ValueError as error:
                         found(BadRecord(resolution, index, str(error), aspect))
                         txn = _renew(env, txn)  # LMDB invalidates a transaction that met a damaged page
@@ -87,6 +105,16 @@ def verify(path, on_record: Callable[[], None] | None = None,
                     if on_record is not None:
                         on_record()
             expected = 1 + count * len(resolutions) + (len(resolutions) if checksums is not None else 0)
+            if "classes" in metadata:  # the label table: checksum, one entry per image, each < K
+                expected += 1
+                mapped.check()
+                try:
+                    data = txn.get(LABELS_KEY)
+                    report.labels_problem = label_table_problem(None if data is None else bytes(data), metadata)
+                except lmdb.Error as error:
+                    report.labels_problem = f"label table {LABELS_KEY.decode()} cannot be read ({first_line(error)})"
+                    txn = _renew(env, txn)
+            mapped.check()
             entries = txn.stat()["entries"]
         finally:
             txn.abort()
@@ -109,24 +137,182 @@ def check_levels(path, resolutions, samples: int = SAMPLE_RECORDS) -> None:
     count, encoding, checksums = metadata["count"], metadata["encoding"], metadata.get("checksums")
     aspect = dataset_aspect(metadata)
     with _reading(path) as env, env.begin(buffers=True) as txn:
+        mapped = mapped_file(path)
         for resolution in resolutions:
-            _check_keys(txn, path, resolution, count, aspect)
+            _check_keys(txn, path, resolution, count, aspect, mapped)
+            mapped.check()
             table = read_checksum_table(txn, path, checksums, resolution, count)
             for index in np.unique(np.linspace(0, count - 1, min(samples, count)).round().astype(int)):
                 try:
-                    read_record(txn, resolution, int(index), encoding, table, aspect)
+                    read_record(txn, resolution, int(index), encoding, table, aspect, mapped)
+                except FileCutShort:
+                    raise
                 except ValueError as error:
                     raise DatasetError(damaged_record(path, resolution, int(index), str(error), aspect)) from None
 
 
-def _check_keys(txn, path, resolution: int, count: int, aspect: str) -> None:
+def _check_keys(txn, path, resolution: int, count: int, aspect: str, mapped) -> None:
     """Every key of the level present: one B-tree lookup each, which reads the branch and leaf
     pages but not the pixels (LMDB hands back a pointer into the map). Lookups, not a cursor
     walk: LMDB's cursor asserts (aborts the process) on some damaged pages a lookup reports."""
     for index in range(count):
+        mapped.check()
         try:
             found = txn.get(image_key(resolution, index)) is not None
         except lmdb.Error as error:
             raise DatasetError(damaged_record(path, resolution, index, f"cannot be read ({first_line(error)})", aspect)) from None
         if not found:
             raise DatasetError(damaged_record(path, resolution, index, "is missing", aspect))
+
+
+# ----------------------------------------------------------------------------- during training
+
+
+class BackgroundCheck:
+    """Every record of the levels a run will still read, verified in a thread from the start of
+    training, so damage in a level used hours later stops the run within minutes.
+
+    The trainer's start check (`check_levels`) stays: it is cheap and stops a run before anything
+    is written. This one reads, checksums and decodes each record of `resolutions` in order
+    (the level the run trains at first), at whatever speed the disk gives, in a thread at a lower
+    CPU priority (Linux: nice +10 for the thread alone), sharing the process's LMDB environment.
+    It draws no random numbers and writes nothing the step reads, so training computes exactly
+    what it computes without it. With several processes on a node, each checks every
+    `share[1]`-th record from `share[0]` (each node checks its own copy of the database whole).
+
+    The first problem found is kept in `failure` (the one line a damaged read gives) and
+    `on_failure()` is called from the thread (the trainer turns it into its stop request, so
+    every process stops together, after a checkpoint). `stop()` ends the thread early.
+    """
+
+    def __init__(self, path, resolutions, share: tuple[int, int] = (0, 1),
+                 on_failure: Callable[[], None] | None = None) -> None:
+        self.path = path
+        self.resolutions = list(resolutions)
+        self.share = share
+        self.on_failure = on_failure
+        self.failure: str | None = None
+        self.records = 0  # records checked so far
+        self.seconds: float | None = None  # how long the whole check took, once done
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="progan-background-check", daemon=True)
+
+    def start(self) -> "BackgroundCheck":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the check to end; True when it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def done(self) -> bool:
+        return self.seconds is not None
+
+    def _run(self) -> None:
+        started = time.perf_counter()
+        _lower_thread_priority()
+        try:
+            self._check()
+        except DatasetError as error:  # the file cut short, the table or metadata damaged
+            self.failure = str(error)
+        except Exception as error:  # noqa: BLE001 - any surprise is the database's, said in one line
+            self.failure = f"{self.path}: the background check of the database failed ({first_line(error)})"
+        if self.failure is not None and not self._stopping.is_set() and self.on_failure is not None:
+            self.on_failure()
+        if self.failure is None and not self._stopping.is_set():
+            self.seconds = time.perf_counter() - started
+
+    def _check(self) -> None:
+        """Every record of the share, image by image (each image at every level): a build commits
+        an image's levels together, so this order goes through data.mdb from start to end, while
+        level by level would go through it once per level. LMDB maps the file without readahead
+        and a read touches the whole record (one 4 KiB page fault after another), so the file
+        ahead of the check is read into the page cache in large reads, which brings the check
+        to disk speed."""
+        metadata = read_metadata(self.path)
+        count, encoding, checksums = metadata["count"], metadata["encoding"], metadata.get("checksums")
+        aspect = dataset_aspect(metadata)
+        with _reading(self.path) as env:
+            mapped = mapped_file(self.path)
+            txn = env.begin(buffers=True)
+            try:
+                tables = []
+                for resolution in self.resolutions:
+                    mapped.check()
+                    tables.append(read_checksum_table(txn, self.path, checksums, resolution, count))
+                prefetch = _Prefetch(mapped)
+                for index in range(self.share[0], count, self.share[1]):
+                    if self._stopping.is_set():
+                        return
+                    prefetch.ahead_of(index / count)
+                    for resolution, table in zip(self.resolutions, tables):
+                        try:
+                            read_record(txn, resolution, index, encoding, table, aspect, mapped)
+                        except FileCutShort:
+                            raise
+                        except ValueError as error:
+                            self.failure = damaged_record(self.path, resolution, index, str(error), aspect)
+                            return
+                        self.records += 1
+            finally:
+                txn.abort()
+
+
+class _Prefetch:
+    """Reads data.mdb ahead of a reader going through it from start to end, `window` bytes at a
+    time, `ahead` bytes past where the reader is (a fraction of the file)."""
+
+    def __init__(self, mapped, window: int = 16 << 20, ahead: int = 64 << 20) -> None:
+        self.mapped, self.ahead = mapped, ahead
+        self.buffer = bytearray(window)
+        self.size = mapped.needed
+        self.done = 0  # bytes read so far
+
+    def ahead_of(self, fraction: float) -> None:
+        target = min(self.size, int(fraction * self.size) + self.ahead)
+        while self.done < target:
+            self.mapped.read_ahead(self.done, self.buffer)
+            self.done += len(self.buffer)
+
+
+def _lower_thread_priority(niceness: int = 10) -> None:
+    """Let the training threads win the CPU: on Linux a thread has its own nice value."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+
+
+def node_share() -> tuple[int, int]:
+    """(this process's place, processes) on its node, from the launcher's environment."""
+    local_size = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return min(int(os.environ.get("LOCAL_RANK", "0")), local_size - 1), local_size
+
+
+def first_failure(failure: str | None, world_size: int) -> str | None:
+    """The first process's failure among all processes' (a collective when world_size > 1)."""
+    if world_size == 1:
+        return failure
+    import torch.distributed
+
+    failures = [None] * world_size
+    torch.distributed.all_gather_object(failures, failure)
+    return next((f for f in failures if f is not None), None)
+
+
+def check_during_training(trainer) -> BackgroundCheck:
+    """Start the BackgroundCheck of the levels the trainer will read from where it stands; a
+    failure becomes its stop request (the existing flag every process agrees on at a step)."""
+
+    def stop_training() -> None:
+        trainer.stop.signal_name = "a damaged database (background check)"
+        trainer.stop.requested = True
+
+    config = trainer.config
+    resolutions = [r for r in config.schedule.resolutions if r >= trainer.state.resolution]
+    return BackgroundCheck(config.data, resolutions, node_share(), stop_training).start()

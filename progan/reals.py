@@ -12,7 +12,7 @@ import os
 import numpy as np
 import torch
 
-from progan.data import DEFAULT_MEMORY_BUDGET, DatasetError, MultiResolutionDataset
+from progan.data import DEFAULT_MEMORY_BUDGET, DatasetError, MultiResolutionDataset, check_data_file
 from progan.layers import downsample2x, fade, upsample2x
 from progan.seeds import STREAM_DATA, seeded_generator
 
@@ -105,7 +105,11 @@ class RealImages:
 
     def next(self) -> torch.Tensor:
         """uint8 [n, C, R, R] for the next step."""
-        batch = next(self._batches)
+        try:
+            batch = next(self._batches)
+        except RuntimeError:  # a loader worker died: of SIGBUS when the file was cut mid-read
+            check_data_file(self.dataset.path)
+            raise
         if isinstance(batch, DatasetError):  # a damaged record, read in a loader worker
             raise batch
         return batch

@@ -68,6 +68,7 @@ class RunPlan:
         from progan import trackers
         from progan.diskspace import WriteFailed, check_room, write_failed
         from progan.elastic import init_process_group
+        from progan.integrity import check_during_training, first_failure
         from progan.runlock import lock_run_folder, share_from_main
         from progan.signals import pause_point
         from progan.training import Trainer
@@ -100,10 +101,18 @@ class RunPlan:
                 raise write_failed(exc, run_dir, "stats.jsonl", None) from None
             accelerator.print(f"resumed from {self.resume_path} at {trainer.images_shown / KIMG:.1f} kimg, "
                               f"{describe_level(self.config.model.aspect, trainer.state.resolution)} alpha {trainer.state.alpha:.3f}")
-        outcome = trainer.run()
+        check = check_during_training(trainer)  # every record the run will read, in a thread
+        try:
+            outcome = trainer.run()
+        finally:
+            check.stop()
+        damage = first_failure(check.failure, self.world_size)  # on whichever process found it
         trackers.finish(accelerator, run_dir)
         if lock is not None:
             lock.release()
+        if damage is not None:
+            raise CommandLineError(f"{damage} (found by the background check; stopped at "
+                                   f"{trainer.images_shown / KIMG:.3f} kimg with a checkpoint saved)")
         return EXIT_PREEMPTED if outcome == "stopped" else EXIT_FINISHED
 
     def _prepare_folder(self, run_dir: Path, log) -> None:

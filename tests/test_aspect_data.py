@@ -206,6 +206,6 @@ def test_verify_names_a_bad_record_of_a_portrait_database_by_its_level_shape(por
         txn.put(b"8-00000001", bytes(record))
     env.close()
     code, out, err = run_cli(capsys, "verify", db)
-    assert code == 1
+    assert code == 2
     assert "bad: level 6x8 image 1 (record 8-00000001): fails its crc32 checksum" in out + err
     assert "1 bad record(s)" in err and "(1 at 6x8)" in err

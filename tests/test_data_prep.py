@@ -216,7 +216,7 @@ def test_nothing_usable_fails_with_one_line_and_leaves_nothing(tmp_path, capsys)
     source = tmp_path / "src"
     write_hostile_files(source)
     code, out, err = run_cli(capsys, "build", source, tmp_path / "out.lmdb", "--max-res", 32, "--workers", 2)
-    assert code == 1
+    assert code == 2
     last = err.strip().splitlines()[-1]
     assert last.startswith("data_prep build: error: ") and "no usable images" in last and "1 too small" in last
     assert not (tmp_path / "out.lmdb").exists()
@@ -232,7 +232,7 @@ def test_nothing_usable_fails_with_one_line_and_leaves_nothing(tmp_path, capsys)
 )
 def test_unusable_source_fails_with_one_line(tmp_path, capsys, make_source, message):
     code, out, err = run_cli(capsys, "build", make_source(tmp_path), tmp_path / "out.lmdb", "--max-res", 32)
-    assert code == 1 and out == ""
+    assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and message in err
     assert not (tmp_path / "out.lmdb").exists()
 
@@ -254,7 +254,7 @@ def test_output_that_is_not_a_dataset_is_refused(tmp_path, capsys):
     occupied = tmp_path / "occupied"
     save(noise(8, 0), occupied / "precious.png")
     code, _, err = run_cli(capsys, "build", source, occupied, "--max-res", 32)
-    assert code == 1 and "not empty" in err
+    assert code == 2 and "not empty" in err
     assert (occupied / "precious.png").exists() and not (occupied / "data.mdb").exists()
 
 
@@ -320,10 +320,10 @@ def test_rerun_of_a_finished_build_does_nothing_and_other_options_are_refused(tm
     code, stdout, _ = run_cli(capsys, "build", source, out, "--max-res", 32)
     assert code == 0 and "already complete" in stdout
     code, _, err = run_cli(capsys, "build", source, out, "--max-res", 16)
-    assert code == 1 and "max_res: 32 recorded, 16 now" in err and "delete it or choose another OUT" in err
+    assert code == 2 and "max_res: 32 recorded, 16 now" in err and "delete it or choose another OUT" in err
     save(noise(32, 1), source / "b.png")
     code, _, err = run_cli(capsys, "build", source, out, "--max-res", 32)
-    assert code == 1 and "the files under SOURCE changed" in err
+    assert code == 2 and "the files under SOURCE changed" in err
     assert all_records(out) == before
 
 
@@ -333,7 +333,7 @@ def test_unfinished_build_with_other_settings_is_refused(tmp_path, capsys):
     with DatasetWriter(out) as writer:
         writer.start({"resolutions": [4, 8], "encoding": "raw", "options": {"max_res": 8}})
     code, _, err = run_cli(capsys, "build", source, out, "--max-res", 32)
-    assert code == 1 and "holds an unfinished build with different settings" in err
+    assert code == 2 and "holds an unfinished build with different settings" in err
     with pytest.raises(DatasetError, match="unfinished build; rerun"):
         read_metadata(out)
 
@@ -351,7 +351,7 @@ def test_corrupt_build_record_is_a_one_line_error(tmp_path, capsys):
     with pytest.raises(DatasetError, match="record build/state is corrupt"):
         DatasetWriter(out)
     code, _, err = run_cli(capsys, "build", source, out, "--max-res", 32)
-    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert f"{out}: record build/state is corrupt (not JSON); delete {out}" in err
     assert all_records(out) == before
 
@@ -421,6 +421,21 @@ def test_info_prints_the_metadata(mixed_db, capsys):
     assert code == 0 and json.loads(out) == read_metadata(mixed_db)
     code, out, _ = run_cli(capsys, "info", mixed_db, "--brief")
     assert code == 0 and json.loads(out)["sources"] == 17
+    # Short lists on one line: a screenful, not one number per line.
+    lines = out.splitlines()
+    assert '  "resolutions": [4, 8, 16, 32],' in lines and '  "level_sizes": [[4, 4], [8, 8], [16, 16], [32, 32]],' in lines
+    assert len(lines) <= 50 and max(map(len, lines)) <= 100
+
+
+def test_rebuilding_a_square_database_as_another_aspect_names_it_1_1_as_info_does(tmp_path, capsys):
+    source, out = tmp_path / "src", tmp_path / "out.lmdb"
+    save(noise(32, 0), source / "a.png")
+    assert run_cli(capsys, "build", source, out, "--max-res", 16)[0] == 0
+    code, _, err = run_cli(capsys, "build", source, out, "--max-res", 16, "--aspect", "3:4")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "(aspect: 1:1 recorded, 3:4 now)" in err and "None" not in err
+    assert "to build it with the new settings delete it or choose another OUT" in err
+    assert json.loads(run_cli(capsys, "info", out)[1])["aspect"] == "1:1"
 
 
 def test_verify_accepts_a_good_database_and_names_a_bad_key(mixed_source, tmp_path, capsys):
@@ -433,14 +448,14 @@ def test_verify_accepts_a_good_database_and_names_a_bad_key(mixed_source, tmp_pa
         txn.put(b"8-00000001", b"\0" * 10)
     env.close()
     code, _, err = run_cli(capsys, "verify", out)
-    assert code == 1 and "bad: level 8x8 image 1 (record 8-00000001): fails its crc32 checksum" in err
+    assert code == 2 and "bad: level 8x8 image 1 (record 8-00000001): holds 10 bytes, expected 192" in err
     assert f"{out}: 1 bad record(s) of 9 (1 at 8x8), listed above" in err.strip().splitlines()[-1]
 
 
 def test_tools_refuse_a_path_that_is_not_a_dataset(tmp_path, capsys):
     for command in (["info"], ["verify"], ["preview", "--res", "8", "--out", tmp_path / "g.png"]):
         code, _, err = run_cli(capsys, command[0], tmp_path / "nothing.lmdb", *command[1:])
-        assert code == 1 and err.count("\n") == 1 and "no such file or folder" in err
+        assert code == 2 and err.count("\n") == 1 and "no such file or folder" in err
 
 
 def test_preview_writes_a_grid(mixed_db, tmp_path, capsys):
@@ -451,7 +466,7 @@ def test_preview_writes_a_grid(mixed_db, tmp_path, capsys):
     first = MultiResolutionDataset(mixed_db, 16)[0].numpy().transpose(1, 2, 0)
     np.testing.assert_array_equal(grid[2:18, 2:18], first)
     code, _, err = run_cli(capsys, "preview", mixed_db, "--res", 64, "--out", tmp_path / "g.png")
-    assert code == 1 and "available resolutions: 4, 8, 16, 32" in err
+    assert code == 2 and "available resolutions: 4, 8, 16, 32" in err
 
 
 def test_synth_writes_face_files_that_build(tmp_path, capsys):

@@ -56,7 +56,7 @@ def test_build_stops_before_a_chunk_that_does_not_fit_and_resumes(source, tmp_pa
     fake_disk(monkeypatch, out, 100_000)
     code, _, err = run_cli(capsys, *build_args(source, out))
     lines = err.strip().splitlines()
-    assert code == 1 and "Traceback" not in err
+    assert code == 4 and "Traceback" not in err
     assert any(line.startswith(f"warning: {out}: the 16 images still to write need about ") for line in lines)
     assert lines[-1].startswith(f"data_prep build: error: {out}: disk full: the next chunk (4 images) needs about ")
     assert "free; free some space, then rerun the same command to resume (" in lines[-1]
@@ -91,7 +91,7 @@ def test_a_commit_failing_on_a_full_disk_is_one_line_and_loses_nothing(source, t
     monkeypatch.setattr(progan.diskspace, "free_bytes", lambda folder: 0 if len(calls) >= 3 else 1 << 40)
     code, _, err = run_cli(capsys, *build_args(source, out))
     last = err.strip().splitlines()[-1]
-    assert code == 1 and "Traceback" not in err
+    assert code == 4 and "Traceback" not in err
     assert last.startswith(f"data_prep build: error: {out}: disk full: the next chunk (4 images) needs about ")
     assert last.endswith(", 0 B free; free some space, then rerun the same command to resume "
                          "(1 chunks committed so far are kept)")
@@ -134,13 +134,13 @@ def test_real_full_disk_on_a_small_tmpfs(source, tmp_path, capsys, monkeypatch):
         # First without the check before each chunk: the commit itself meets the full disk.
         monkeypatch.setattr(progan.data, "shortfall", lambda folder, needed: None)
         code, _, err = run_cli(capsys, *build_args(source, out))
-        assert code == 1 and "Traceback" not in err
+        assert code == 4 and "Traceback" not in err
         assert f"{out}: disk full: the next chunk (4 images) needs about " in err.strip().splitlines()[-1]
         monkeypatch.undo()
         for name, value in CHUNK.items():
             monkeypatch.setenv(name, value)
         code, _, err = run_cli(capsys, *build_args(source, out))  # the check now refuses first
-        assert code == 1 and f"{out}: disk full: the next chunk" in err.strip().splitlines()[-1]
+        assert code == 4 and f"{out}: disk full: the next chunk" in err.strip().splitlines()[-1]
         subprocess.run(["mount", "-o", "remount,size=4m", str(disk)], check=True)
         code, _, err = run_cli(capsys, *build_args(source, out))
         assert code == 0 and "files already done" in err

@@ -4,14 +4,17 @@ trainer's check at start and checked reads during training (progan.integrity, pr
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import zlib
 
 import lmdb
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 from conftest_data import run_cli as run_data_prep
 from progan.data import (
     DatasetError,
@@ -90,7 +93,7 @@ def test_verify_lists_every_flipped_pixel_byte_by_level_and_index(demo_lmdb, tmp
     assert len(stored(db, 16, 5)) == 16 * 16 * 3
     code, out, err = run_data_prep(capsys, "verify", db)
     lines = err.strip().splitlines()
-    assert code == 1 and "Traceback" not in err
+    assert code == 2 and "Traceback" not in err
     assert "bad: level 16x16 image 5 (record 16-00000005): fails its crc32 checksum" in err
     assert "bad: level 8x8 image 40 (record 8-00000040): fails its crc32 checksum" in err
     assert sum(line.startswith("bad:") for line in lines) == 2
@@ -103,7 +106,7 @@ def test_verify_lists_the_records_of_a_damaged_page_without_a_traceback(demo_lmd
     overwrite_page(db, page_of(db, 8, 20))  # a leaf page of the 8x8 level
     code, _, err = run_data_prep(capsys, "verify", db)
     bad = [line for line in err.splitlines() if line.startswith("bad:")]
-    assert code == 1 and "Traceback" not in err
+    assert code == 2 and "Traceback" not in err
     assert any("record 8-00000020" in line for line in bad)
     assert all("level 8x8" in line and "cannot be read" in line for line in bad)
     report = verify(db)  # the same through the API: collected, never raised
@@ -116,7 +119,7 @@ def test_verify_of_4k_overwritten_mid_file(demo_lmdb, tmp_path, capsys):
     size = (db / "data.mdb").stat().st_size
     overwrite_page(db, size // 2 // PAGE, b"\x00")
     code, _, err = run_data_prep(capsys, "verify", db)
-    assert code == 1 and "Traceback" not in err and "bad: level " in err
+    assert code == 2 and "Traceback" not in err and "bad: level " in err
     assert len(err.strip().splitlines()[-1]) > 0 and "bad record(s)" in err.strip().splitlines()[-1]
 
 
@@ -139,7 +142,7 @@ def test_database_without_checksums_still_works_and_verify_says_so(demo_lmdb, tm
         txn.put(image_key(8, 1), b"\0" * 10)
     env.close()
     code, _, err = run_data_prep(capsys, "verify", db)
-    assert code == 1 and "record 8-00000001): holds 10 bytes, expected 192" in err
+    assert code == 2 and "record 8-00000001): holds 10 bytes, expected 192" in err
 
 
 def test_damaged_checksum_table_is_reported(demo_lmdb, tmp_path, capsys):
@@ -149,7 +152,7 @@ def test_damaged_checksum_table_is_reported(demo_lmdb, tmp_path, capsys):
         txn.put(checksum_key(8), b"\0" * 256)
     env.close()
     code, _, err = run_data_prep(capsys, "verify", db)
-    assert code == 1 and "bad: level 8x8: checksum table missing or damaged" in err
+    assert code == 2 and "bad: level 8x8: checksum table missing or damaged" in err
     with pytest.raises(DatasetError, match=r"checksum table crc32/8 is missing or damaged; run `python -m data_prep verify"):
         MultiResolutionDataset(db, 8, memory_budget_bytes=0)[0]
 
@@ -268,12 +271,12 @@ def test_every_damaged_page_is_found_or_harmless(demo_lmdb, tmp_path):
     rows = json.loads(proc.stdout)
     assert len(rows) == (demo_lmdb / "data.mdb").stat().st_size // PAGE
     for page, code, start, read, traceback in rows:
-        assert not traceback and code in (0, 1) and start != "multi-line" and read != "multi-line", page
+        assert not traceback and code in (0, 2) and start != "multi-line" and read != "multi-line", page
         if code == 0:  # verify says ok only where every image still reads the same (an unused page)
             assert start == "ok" and read == "same", page
         else:  # found by verify; the trainer stops with one line at start or when it reads the level
             assert start == "refused" or read == "stopped", page
-    assert sum(code == 1 for _, code, *_ in rows) >= len(rows) * 3 // 4
+    assert sum(code == 2 for _, code, *_ in rows) >= len(rows) * 3 // 4
 
 
 def test_a_build_resumed_from_chunks_without_checksums_gets_its_tables(tmp_path):
@@ -299,3 +302,196 @@ def test_a_build_resumed_from_chunks_without_checksums_gets_its_tables(tmp_path)
         table = np.frombuffer(txn.get(checksum_key(8)), "<u4")
     env.close()
     assert list(table) == [zlib.crc32(image.levels[1]) for image in images]
+
+
+# -- a data file cut short ------------------------------------------------------------------
+# Each case runs in a child process: were a read to touch the map past the end of the file, the
+# process would die of SIGBUS (exit -7 here), which a test in this process could not report.
+TRUNCATE = r'''
+import contextlib, io, json, os, shutil, sys
+import numpy as np
+from data_prep.cli import main as data_prep
+from progan.data import DatasetError, MultiResolutionDataset
+from progan.integrity import verify
+sys.path.insert(0, os.getcwd())
+from progan.metrics.__main__ import main as metrics
+from train import main as train
+
+good, work, faces = sys.argv[1], sys.argv[2], sys.argv[3]
+sizes = [int(s) for s in sys.argv[4].split(",")]
+
+def quiet(function, *args):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = function([str(a) for a in args])
+    return [code, err.getvalue().strip().splitlines()]
+
+rows = {}
+for size in sizes:
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    shutil.copy(os.path.join(good, "data.mdb"), os.path.join(work, "data.mdb"))
+    os.truncate(os.path.join(work, "data.mdb"), size)
+    rows[size] = {
+        "info": quiet(data_prep, "info", work),
+        "verify": quiet(data_prep, "verify", work),
+        "preview": quiet(data_prep, "preview", work, "--res", 8, "--out", work + "-grid.png"),
+        "build": quiet(data_prep, "build", faces, work, "--max-res", 16, "--workers", 1),
+        "train": quiet(train, "--data", work, "--out", work + "-run", "--config", "small", "--dry-run"),
+        "metrics": quiet(metrics, "swd", "--real", good, "--fake", work, "--num", 16, "--no-log"),
+        "size_after": os.path.getsize(os.path.join(work, "data.mdb")),
+    }
+
+# Cut while open: a streamed level read after the cut, verify cut half-way through.
+shutil.copy(os.path.join(good, "data.mdb"), os.path.join(work, "data.mdb"))
+data_file = os.path.join(work, "data.mdb")
+dataset = MultiResolutionDataset(work, 16, memory_budget_bytes=0)
+first = dataset.get_batch(np.arange(8)).shape
+os.truncate(data_file, os.path.getsize(data_file) // 2)
+try:
+    dataset.get_batch(np.arange(64))
+    open_read = "read"
+except DatasetError as error:
+    open_read = str(error)
+dataset.close()
+shutil.copy(os.path.join(good, "data.mdb"), data_file)
+seen = []
+def cut_midway():
+    seen.append(1)
+    if len(seen) == 100:
+        os.truncate(data_file, 3 * 4096)
+try:
+    verify(work, on_record=cut_midway)
+    verify_cut = "finished"
+except DatasetError as error:
+    verify_cut = str(error)
+print(json.dumps({"rows": rows, "first": list(first), "open_read": open_read, "verify_cut": verify_cut,
+                  "verify_records": len(seen)}))
+'''
+
+
+def test_a_cut_file_is_one_line_from_every_command_at_any_size(demo_lmdb, tmp_path):
+    full = (demo_lmdb / "data.mdb").stat().st_size
+    sizes = sorted({0, 100, 4096, 8192, 100_000, 300_000, 500_000, full // 4, full // 2, full - 4096, full - 1}
+                   - {s for s in (100_000, 300_000, 500_000) if s >= full})
+    (tmp_path / "cut.py").write_text(TRUNCATE)
+    faces = demo_lmdb.parent / "faces"
+    proc = run_cli([str(tmp_path / "cut.py"), str(demo_lmdb), str(tmp_path / "cut.lmdb"), str(faces),
+                    ",".join(map(str, sizes))], timeout=300)
+    result = json.loads(proc.stdout)
+    for size in sizes:
+        row = result["rows"][str(size)]
+        for command in ("info", "verify", "preview", "build", "train", "metrics"):
+            code, err = row[command]
+            assert code == 2 and len(err) == 1, (size, command, err)
+            assert f"data.mdb is cut short ({size:,} of the " in err[0], (size, command, err)
+        assert "copy it again, or delete it and build it again" in row["info"][1][0]
+        assert row["size_after"] == size  # the build refused: nothing written over what is there
+    assert result["first"] == [8, 3, 16, 16]
+    assert "data.mdb is cut short (" in result["open_read"] and "\n" not in result["open_read"]
+    assert "data.mdb is cut short (12,288 of the" in result["verify_cut"] and result["verify_records"] == 100
+
+
+# -- the background check during training ---------------------------------------------------
+def test_background_check_finds_a_record_the_start_check_does_not_sample(demo_lmdb, tmp_path):
+    from progan.integrity import BackgroundCheck
+
+    db = copy_db(demo_lmdb, tmp_path)
+    flip_pixel_byte(db, 16, 5)  # not among the start check's 16 samples
+    check_levels(db, [4, 8, 16])
+    clean = BackgroundCheck(db, [4, 8]).start()
+    assert clean.join(30) and clean.failure is None and clean.records == 128 and clean.done
+    called = []
+    check = BackgroundCheck(db, [4, 8, 16], on_failure=lambda: called.append(1)).start()
+    assert check.join(30) and called == [1] and not check.done
+    assert check.failure == (f"{db}: record 16-00000005 fails its crc32 checksum (its bytes changed since the build) "
+                             f"(image 5 at 16x16); run `python -m data_prep verify {db}` to list every bad record")
+    # Processes of a node split the records: the one holding odd indices finds image 5, the other does not.
+    even, odd = BackgroundCheck(db, [16], share=(0, 2)).start(), BackgroundCheck(db, [16], share=(1, 2)).start()
+    assert even.join(30) and odd.join(30)
+    assert even.failure is None and even.records == 32 and "record 16-00000005" in odd.failure
+
+
+def test_background_check_stops_on_a_file_cut_while_it_reads(demo_lmdb, tmp_path):
+    from progan.integrity import BackgroundCheck
+
+    db = copy_db(demo_lmdb, tmp_path)
+    check = BackgroundCheck(db, [16])
+    os.truncate(db / "data.mdb", (db / "data.mdb").stat().st_size // 2)
+    check.start()
+    assert check.join(30) and "data.mdb is cut short" in check.failure and check.records == 0
+
+
+def test_a_loader_worker_reading_a_file_cut_under_it_stops_with_one_line(demo_lmdb, tmp_path):
+    db = copy_db(demo_lmdb, tmp_path)
+    order = DataOrder(seed=0, num_images=64)
+    streamed = RealImages(str(db), 16, order, 0, 8, slice(None), workers=1, memory_budget=0)
+    assert streamed.next().shape == (8, 3, 16, 16)
+    os.truncate(db / "data.mdb", 5 * PAGE)
+    with pytest.raises(DatasetError, match=r"data.mdb is cut short \(20,480 of the") as info:
+        for _ in range(50):  # batches the worker read ahead before the cut come first
+            streamed.next()
+    assert "\n" not in str(info.value)
+
+
+TINY_RUN = ["--config", "small", "--resolution", "16", "--batch", "4:16,8:16,16:16", "--tick-kimg", "0.032",
+            "--workers", "0"]
+
+
+@pytest.mark.slow
+def test_training_stops_early_on_damage_in_a_later_level_found_by_the_background_check(demo_lmdb, tmp_path):
+    from progan.checkpoints import find_latest_checkpoint
+
+    db = copy_db(demo_lmdb, tmp_path)
+    flip_pixel_byte(db, 16, 5)  # the start check does not sample image 5; the 16x16 level starts at 1.536 kimg
+    run = tmp_path / "run"
+    proc = run_cli(["train.py", "--data", str(db), "--out", str(run), *TINY_RUN, "--stable-kimg", "0.512",
+                    "--fade-kimg", "0.512"], check=False)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert err[-1].startswith(
+        f"train.py: error: {db}: record 16-00000005 fails its crc32 checksum (its bytes changed since the build) "
+        f"(image 5 at 16x16); run `python -m data_prep verify {db}` to list every bad record (found by the "
+        "background check; stopped at ")
+    latest = find_latest_checkpoint(run)  # the work done is kept: rebuild the database, then --resume auto
+    assert latest is not None and int(latest.stem.split("-")[1]) < 1536
+    assert "res 16" not in proc.stdout and "16x16 from" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_training_stops_with_one_line_when_its_database_is_cut_while_it_runs(demo_lmdb, tmp_path):
+    db = copy_db(demo_lmdb, tmp_path)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "train.py", "--data", str(db), "--out", str(tmp_path / "run"), *TINY_RUN,
+                             "--stable-kimg", "0.32", "--fade-kimg", "0.32"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # the first tick: the 4x4 level is in memory, 8x8 and 16x16 are read later
+        if line.startswith("tick 1"):
+            os.truncate(db / "data.mdb", 300_000 if (db / "data.mdb").stat().st_size > 300_000 else 8 * PAGE)
+            break
+    out, err = proc.communicate(timeout=300)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    assert lines[-1].startswith(f"train.py: error: {db}: data.mdb is cut short (") and "bytes its database needs" in lines[-1]
+
+
+@pytest.mark.slow
+def test_damage_found_by_one_process_stops_both_with_one_line(demo_lmdb, tmp_path):
+    # Two processes on a node check alternate records: image 5 is process 1's. Its finding stops
+    # both at the same step (the stop flag rides the gradient all-reduce) and process 0 says it once.
+    from progan.checkpoints import find_latest_checkpoint
+
+    db = copy_db(demo_lmdb, tmp_path)
+    flip_pixel_byte(db, 16, 5)
+    run = tmp_path / "run"
+    launch = ["-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2", "--rdzv-backend", "c10d",
+              "--rdzv-endpoint", "127.0.0.1:0", str(REPO / "train.py")]
+    proc = run_cli([*launch, "--data", str(db), "--out", str(run), *TINY_RUN, "--stable-kimg", "0.512",
+                    "--fade-kimg", "0.512"], check=False, env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "exitcode  : 2" in output, output  # torchrun exits 1, a worker 2
+    assert f'File "{REPO / "progan"}' not in output and f'File "{REPO / "train.py"}' not in output  # torchrun's own traceback only
+    assert output.count("train.py: error: ") == 1, output
+    assert f"{db}: record 16-00000005 fails its crc32 checksum" in output and "found by the background check" in output
+    latest = find_latest_checkpoint(run)
+    assert latest is not None and int(latest.stem.split("-")[1]) < 1536
