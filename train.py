@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-per-device", type=_max_batch,
                    help="split larger batches and accumulate gradients; auto: the largest that fits (CUDA)")
     p.add_argument("--no-mirror", dest="mirror", action="store_false", help="no horizontal flips of reals")
+    p.add_argument("--conditional", choices=["auto", "on", "off"],
+                   help="class-conditional model: auto (default: when the database has labels), on, off")
     p.add_argument("--no-tf32", dest="tf32", action="store_false",
                    help="CUDA: full fp32 matmuls and convolutions (default: TF32 tensor cores)")
     p.add_argument("--no-reset-optimizer", dest="reset_optimizer", action="store_false",

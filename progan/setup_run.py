@@ -191,6 +191,7 @@ def prepare_run(args: dict) -> RunPlan:
             config = _resolved(_apply_flags(_base_config(args), args), device)
             _check_existing_run(config, device)
         validate_setup(config, world_size)
+        check_classes(config)
         if resume is not None:
             _check_same_dataset(config, resume)
     except (DatasetError, TrainingError, checkpoints.CheckpointError) as exc:
@@ -258,7 +259,8 @@ def _base_config(args: dict) -> dict:
             resolution = max(int(r) for r in metadata["resolutions"])
         defaults = preset_defaults(source, resolution)
         # The model's shape is the database's (validate_setup refuses a config file's other shape).
-        defaults["model"] = dataclasses.replace(defaults["model"], aspect=dataset_aspect(metadata))
+        defaults["model"] = dataclasses.replace(defaults["model"], aspect=dataset_aspect(metadata),
+                                                class_names=_database_classes(args["data"]))  # auto
         config = TrainConfig(data=args["data"], out=args["out"], **defaults)
         return config.to_dict()
     if source.endswith(".json") or Path(source).is_file():
@@ -289,7 +291,43 @@ def _apply_flags(base: dict, args: dict) -> TrainConfig:
         config["schedule"]["lr"] = table
     if "metrics" in args:
         config["metrics"] = [m.strip() for m in args["metrics"].split(",") if m.strip()]
+    if "conditional" in args:
+        config["model"]["class_names"] = _conditional_classes(args["conditional"], config["data"])
     return TrainConfig.from_dict(config)
+
+
+def _database_classes(data: str) -> list[str]:
+    """The database's class names in label order; empty when it has no labels."""
+    from progan.data import read_labels
+
+    names, _ = read_labels(data)
+    return list(names)
+
+
+def _conditional_classes(choice: str, data: str) -> list[str]:
+    """--conditional auto|on|off -> the model's class names (empty: unconditional)."""
+    if choice == "off":
+        return []
+    names = _database_classes(data)
+    if choice == "on" and not names:
+        raise CommandLineError(f"--conditional on: {data} has no labels; build it with "
+                               f"`python -m data_prep build ... --labels folders|FILE.json`, or leave the flag out")
+    return names
+
+
+def check_classes(config: TrainConfig) -> None:
+    """A conditional model trains on a database with exactly its classes, in its order."""
+    want = tuple(config.model.class_names)
+    if not want:
+        return
+    have = tuple(_database_classes(config.data))
+    if not have:
+        raise CommandLineError(f"the model is class-conditional ({len(want)} classes) but {config.data} has no "
+                               f"labels; pass a labelled database, or train unconditionally (--conditional off "
+                               f"for a new run)")
+    if have != want:
+        raise CommandLineError(f"{config.data} has the classes {', '.join(have)}; the model was made for "
+                               f"{', '.join(want)} (same names, same order); pass the run's own database")
 
 
 def _check_existing_run(config: TrainConfig, device) -> None:

@@ -120,7 +120,7 @@ class StepSettings:
         if config.mixed_precision == "auto":
             raise ValueError("StepSettings needs a concrete --mixed-precision; resolve 'auto' first (progan.precision)")
         return cls(config.gp_weight, config.gp_target, config.drift_weight, config.ema_beta, config.mirror,
-                   autocast_dtype(config.mixed_precision))
+                   autocast_dtype(config.mixed_precision), cond_weight=config.cond_weight)
 
 
 class StepStats:

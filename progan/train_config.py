@@ -46,6 +46,7 @@ class TrainConfig:
     gp_weight: float = 10.0                 # WGAN-GP lambda
     gp_target: float = 1.0                  # WGAN-GP gradient-norm target
     drift_weight: float = 0.001             # epsilon_drift * D(real)^2
+    cond_weight: float = 1.0                # conditional models: weight of the class terms (the release's)
     ema_beta: float = 0.999                 # Gs = lerp(G, Gs, beta) after every step
     adam_beta1: float = 0.0
     adam_beta2: float = 0.99
@@ -95,6 +96,8 @@ class TrainConfig:
             raise ValueError("Adam betas must be in [0, 1)")
         if self.drift_weight < 0:
             raise ValueError(f"drift_weight must be non-negative, got {self.drift_weight}")
+        if not (math.isfinite(self.cond_weight) and self.cond_weight >= 0):
+            raise ValueError(f"cond_weight must be a finite number >= 0, got {self.cond_weight}")
         if self.max_batch_per_device == "auto":
             pass
         elif isinstance(self.max_batch_per_device, str) or (
@@ -153,8 +156,9 @@ class TrainConfig:
                 for sub in sorted(mine[key]):
                     if sub not in OPERATIONAL_SCHEDULE_FIELDS and mine[key][sub] != theirs[key][sub]:
                         diffs.append(f"schedule.{sub}")
-            elif key == "model":
-                diffs += [f"model.{sub}" for sub in sorted(mine[key]) if mine[key][sub] != theirs[key].get(sub)]
+            elif key == "model":  # both sides' keys: an unconditional dict has no class_names
+                diffs += [f"model.{sub}" for sub in sorted(set(mine[key]) | set(theirs[key]))
+                          if mine[key].get(sub) != theirs[key].get(sub)]
             elif mine[key] != theirs[key]:
                 diffs.append(key)
         return diffs

@@ -113,6 +113,20 @@ class Trainer:
             MultiResolutionDataset(config.data, config.schedule.start_resolution))
         self.fingerprint = dataset_fingerprint(config.data)
         self.order = DataOrder(config.seed, self.num_images)
+        # Conditional models: the reals' labels (all of them, on the CPU: one small integer per
+        # image) and the class frequencies the generator step's labels are drawn with.
+        self.labels, self.class_frequencies = None, None
+        if config.model.conditional:
+            from progan.data import read_labels
+            from progan.step import class_weights
+
+            names, labels = read_labels(config.data)
+            if tuple(names) != tuple(config.model.class_names) or labels is None:
+                raise TrainingError(f"{config.data} has the classes {', '.join(names) or 'none'}; the model was "
+                                    f"made for {', '.join(config.model.class_names)}")
+            self.labels = torch.from_numpy(labels.astype("int64"))
+            counts = torch.bincount(self.labels, minlength=config.model.label_size)
+            self.class_frequencies = class_weights(counts, self.device)
 
         torch.manual_seed(derived_seed(config.seed, 0, 0))  # identical initial weights on every rank
         model = config.model
@@ -294,14 +308,19 @@ class Trainer:
         over processes (one process: as given; several: the previous step's, see LaggedFlags)."""
         st = self.state
         inputs = step_inputs(self.config.seed, self.step, st.batch_size, self.config.model.latent_size,
-                             self.part, self.device)
+                             self.part, self.device, class_frequencies=self.class_frequencies)
+        real_labels = None
+        if self.labels is not None:  # the same indices the reals of this step were read from
+            indices = torch.from_numpy(self.order.indices(self.images_shown, st.batch_size)[self.part])
+            real_labels = self.labels[indices].to(self.device, non_blocking=True)
         reals = self.reals.next()
         if self.device.type == "cuda" and not reals.is_pinned():  # in-memory levels: a pageable copy would wait
             reals = reals.pin_memory()
         reals = reals.to(self.device, non_blocking=True)
         micro = micro_slices(reals.shape[0], self.micro_batch)
         models = StepModels(self.G, self.D, self.G_ema, self.opt_g, self.opt_d, self.scale_d, self.scale_g, self.sync)
-        flags = run_step(models, self.step_settings, reals, inputs, st.resolution, st.alpha, micro, self.stats, flags)
+        flags = run_step(models, self.step_settings, reals, inputs, st.resolution, st.alpha, micro, self.stats, flags,
+                         real_labels=real_labels)
         if isinstance(flags, torch.Tensor):
             flags = self.flags.push(flags)
         self.images_shown += st.batch_size
@@ -397,6 +416,10 @@ class Trainer:
         sums = self.accelerator.reduce(self.stats.sums.clone(), reduction="mean")
         steps = max(self.stats.steps, 1)
         loss_d, wdist, gp, real_score, fake_score, loss_g = (sums / steps).tolist()
+        class_terms = {}
+        if self.labels is not None:  # the class terms as added to loss_d and loss_g
+            class_d, class_g = (self.accelerator.reduce(self.stats.class_sums.clone(), reduction="mean") / steps).tolist()
+            class_terms = {"class_loss_d": class_d, "class_loss_g": class_g}
         seconds = time.monotonic() - self._tick_start_time
         images = self.images_shown - self._tick_start_images
         self.training_seconds += seconds
@@ -410,7 +433,7 @@ class Trainer:
             "sec_per_kimg": round(KIMG / rate, 3) if rate > 0 else None,
             "eta_s": round(remaining / rate) if rate > 0 else None,
             "loss_d": loss_d, "loss_g": loss_g, "wasserstein": wdist, "gradient_penalty": gp,
-            "score_real": real_score, "score_fake": fake_score,
+            "score_real": real_score, "score_fake": fake_score, **class_terms,
             "skipped_d": self.skipped_d, "skipped_g": self.skipped_g,
             "loss_scale": self.scale_d.value() if self.scale_d.enabled else 1.0, "training_s": round(self.training_seconds, 1),
             "processes": self.world_size,
@@ -420,7 +443,9 @@ class Trainer:
             self.log(
                 f"tick {self.ticks:<4d} kimg {stats['kimg']:<9.1f} res {st.resolution:<4d} alpha {st.alpha:.3f}  "
                 f"{rate:7.1f} img/s  {stats['sec_per_kimg'] or 0:6.2f} s/kimg  ETA {eta:>9}  "
-                f"D {loss_d:+.3f}  G {loss_g:+.3f}  gp {gp:.3f}  skipped {self.skipped_d}/{self.skipped_g}")
+                f"D {loss_d:+.3f}  G {loss_g:+.3f}  gp {gp:.3f}  "
+                + (f"cls {class_terms['class_loss_d']:.3f}/{class_terms['class_loss_g']:.3f}  " if class_terms else "")
+                + f"skipped {self.skipped_d}/{self.skipped_g}")
             self._upkeep_write("stats.jsonl", lambda: append_jsonl(self.run_dir / "stats.jsonl", stats))
             if getattr(self.accelerator, "trackers", None):  # step in images: ticks may be < 1 kimg
                 self._upkeep_write("the trackers' logs", lambda: self.accelerator.log(
@@ -441,7 +466,8 @@ class Trainer:
             return None
         started = time.monotonic()
         source = GeneratorSource(self.G_ema, c.model.latent_size, resolution=st.resolution, alpha=st.alpha,
-                                 seed=c.seed, device=self.device)
+                                 seed=c.seed, device=self.device,
+                                 class_frequencies=None if self.labels is None else self.class_frequencies.cpu())
         results = evaluate_metrics(
             names, source, self.reals.dataset, st.resolution, c.metric_images, rank=self.rank,
             world_size=self.world_size, all_gather=self.accelerator.gather,
@@ -473,8 +499,13 @@ class Trainer:
         res, alpha = st.resolution, st.alpha
         side = sample_grid_side(res)
         latents = self.grid_latents[: side * side].to(self.device)
-        images = [self.G_ema(chunk, resolution=res, alpha=alpha).float().cpu()
-                  for chunk in latents.split(max(st.batch_size, 4))]
+        chunk = max(st.batch_size, 4)
+        if self.labels is None:
+            images = [self.G_ema(z, resolution=res, alpha=alpha).float().cpu() for z in latents.split(chunk)]
+        else:  # one class per row, cycling through the classes
+            labels = (torch.arange(side * side, device=self.device) // side) % self.config.model.label_size
+            images = [self.G_ema(z, resolution=res, alpha=alpha, labels=y).float().cpu()
+                      for z, y in zip(latents.split(chunk), labels.split(chunk))]
         grid = make_grid(to_uint8(torch.cat(images)), rows=side, cols=side)
         path = self.run_dir / f"samples-{self.images_shown:010d}.png"
         save_png(grid, path)

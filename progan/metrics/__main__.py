@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flip a seeded random half of the reals, as the release evaluates runs trained with "
                         "mirroring (default auto: when --fake's run folder says it trained with mirroring)")
     p.add_argument("--no-log", action="store_true", help="do not append to the run's metrics.jsonl")
+    p.add_argument("--class", dest="class_", metavar="NAME|INDEX",
+                   help="class-conditional generators: measure this class only (its generated images against "
+                        "the --real images of that class); default: classes drawn with --real's class "
+                        "frequencies (uniform without --real), as the release reports")
     return p
 
 
@@ -117,11 +121,67 @@ def _fake_source(args, names: list[str], counts: dict[str, int], device: torch.d
     # A generator without an aspect (any object with latent_size will do here) makes squares.
     aspect = getattr(info.model_config, "aspect", DEFAULT_ASPECT)
     _check_available(names, resolution, args, aspect)
+    frequencies, class_index, provenance = _classes(args, info.model_config)
     source = GeneratorSource(generator, info.model_config.latent_size, resolution=resolution,
-                             generator_resolution=info.resolution, alpha=info.alpha, seed=args.seed, device=device)
-    provenance = {"fake": str(info.path), "generator_resolution": info.resolution, "alpha": info.alpha,
-                  "kimg": info.images_shown / 1000}
+                             generator_resolution=info.resolution, alpha=info.alpha, seed=args.seed, device=device,
+                             class_frequencies=frequencies, class_index=class_index)
+    provenance.update({"fake": str(info.path), "generator_resolution": info.resolution, "alpha": info.alpha,
+                       "kimg": info.images_shown / 1000})
     return source, resolution, aspect, provenance, info.run_dir
+
+
+def _classes(args, model_config) -> tuple[list[float] | None, int | None, dict]:
+    """(class frequencies, fixed class index, record fields) for --fake's generator."""
+    names = tuple(getattr(model_config, "class_names", ()))
+    if not names:
+        if args.class_ is not None:
+            raise MetricError(f"--class {args.class_}: {args.fake} is not a class-conditional model")
+        return None, None, {}
+    if args.class_ is not None:
+        index = class_index(args.class_, names)
+        return None, index, {"class": names[index]}
+    if args.real is not None:
+        from progan.data import read_labels
+
+        real_names, labels = read_labels(args.real)
+        if tuple(real_names) == names and labels is not None:
+            counts = torch.bincount(torch.from_numpy(labels.astype("int64")), minlength=len(names))
+            return counts.tolist(), None, {"classes": "drawn with --real's class frequencies"}
+    return [1.0] * len(names), None, {"classes": "drawn uniformly"}
+
+
+def class_index(text: str, names: tuple[str, ...]) -> int:
+    """--class NAME or INDEX -> the index; MetricError naming the model's classes otherwise."""
+    if text in names:
+        return names.index(text)
+    if text.strip().isdigit() and int(text) < len(names):
+        return int(text)
+    raise MetricError(f"--class {text}: not one of the model's classes ({', '.join(names)}, or 0..{len(names) - 1})")
+
+
+class ClassSubset:
+    """The images of one class of a labelled dataset, as a dataset (len, get_batch)."""
+
+    def __init__(self, dataset, labels, index: int) -> None:
+        self.dataset = dataset
+        self.indices = [i for i, label in enumerate(labels.tolist()) if label == index]
+        self.aspect = getattr(dataset, "aspect", DEFAULT_ASPECT)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def get_batch(self, indices):
+        return self.dataset.get_batch([self.indices[i] for i in indices])
+
+
+def _real_of_class(path: str, resolution: int, class_name: str):
+    """--real restricted to one class (MetricError when the database has no such labels)."""
+    from progan.data import MultiResolutionDataset, read_labels
+
+    names, labels = read_labels(path)
+    if class_name not in names or labels is None:
+        raise MetricError(f"--class {class_name}: {path} has no images labelled {class_name!r}")
+    return ClassSubset(MultiResolutionDataset(path, resolution), labels, tuple(names).index(class_name))
 
 
 def run(argv: list[str]) -> int:
@@ -153,10 +213,13 @@ def run(argv: list[str]) -> int:
         notes.append(f"note: {', '.join(names)} looks at generated images only; --real was not used")
     source, resolution, aspect, provenance, run_dir = _fake_source(args, names, counts, device)
     cache_dir = Path(args.cache_dir) if args.cache_dir else (run_dir / "metric-cache" if run_dir else None)
+    real = args.real if uses_reals else None
+    if "class" in provenance and real is not None:  # one class: its reals only, statistics not cached
+        real, cache_dir = _real_of_class(args.real, resolution, provenance["class"]), None
     mirror_reals = args.mirror_reals == "yes" or (args.mirror_reals == "auto" and _trained_with_mirror(run_dir))
     started = time.perf_counter()
     results = evaluate_metrics(
-        names, source, args.real if uses_reals else None, resolution, counts, cache_dir=cache_dir, seed=args.seed,
+        names, source, real, resolution, counts, cache_dir=cache_dir, seed=args.seed,
         inception_path=args.inception, verify_inception=not args.inception_unverified, device=device,
         batch_size=args.batch_size, aspect=aspect, mirror_reals=mirror_reals)
     record = {

@@ -35,7 +35,7 @@ class GeneratorSource:
 
     def __init__(self, generator: Callable[..., torch.Tensor], latent_size: int, *, resolution: int,
                  generator_resolution: int | None = None, alpha: float = 1.0, seed: int = 0,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", class_frequencies=None, class_index: int | None = None) -> None:
         generator_resolution = generator_resolution or resolution
         if resolution > generator_resolution:
             raise MetricError(f"resolution {resolution} is above what the generator produces "
@@ -45,6 +45,22 @@ class GeneratorSource:
         self.generator, self.latent_size = generator, latent_size
         self.resolution, self.generator_resolution = resolution, generator_resolution
         self.alpha, self.seed, self.device = alpha, seed, torch.device(device)
+        # Conditional generators: image i's class is drawn with the training set's class
+        # frequencies (what the release reports), from its own seeded table; or one fixed class.
+        self.class_weights = None if class_frequencies is None else torch.as_tensor(class_frequencies, dtype=torch.float64)
+        self.class_index = class_index
+
+    def labels(self, start: int, count: int) -> torch.Tensor | None:
+        if self.class_index is not None:
+            return torch.full((count,), self.class_index, dtype=torch.int64)
+        if self.class_weights is None:
+            return None
+        weights = self.class_weights
+
+        def block(generator: torch.Generator, rows: int) -> torch.Tensor:
+            return torch.multinomial(weights, rows, replacement=True, generator=generator)
+
+        return seeded_rows(start, count, block, self.seed, "labels")
 
     def latents(self, start: int, count: int) -> torch.Tensor:
         def block(generator: torch.Generator, rows: int) -> torch.Tensor:
@@ -55,7 +71,9 @@ class GeneratorSource:
     @torch.no_grad()
     def __call__(self, start: int, count: int) -> torch.Tensor:
         z = self.latents(start, count).to(self.device)
-        images = self.generator(z, resolution=self.generator_resolution, alpha=self.alpha).float()
+        labels = self.labels(start, count)
+        extra = {} if labels is None else {"labels": labels.to(self.device)}
+        images = self.generator(z, resolution=self.generator_resolution, alpha=self.alpha, **extra).float()
         factor = self.generator_resolution // self.resolution
         if factor > 1:
             images = F.avg_pool2d(images, factor)
