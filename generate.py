@@ -4,6 +4,9 @@
     python generate.py CHECKPOINT --out DIR --seeds 0-63              # seed0000.png ... seed0063.png
     python generate.py CHECKPOINT --out DIR --grid 8x8 --seed 100     # grid.png of seeds 100..163
     python generate.py CHECKPOINT --out DIR --walk --frames 240       # walk-seed0000.gif
+    python generate.py CHECKPOINT --out DIR --seeds 0-7 --class cat   # conditional: seed0000-cat.png ...
+    python generate.py CHECKPOINT --out DIR --grid 1x8 --class all    # grid-all.png: a row per class
+    python generate.py CHECKPOINT --out DIR --walk --class cat:dog    # walk-seed0000-cat-dog.gif
     python generate.py export CHECKPOINT OUT.pt                       # generator-only file to share
     python generate.py export CHECKPOINT OUT.safetensors              # ... as safetensors (no pickle)
     python generate.py export CHECKPOINT OUT.onnx                     # one stage, for onnxruntime
@@ -24,6 +27,7 @@ from pathlib import Path
 from progan.cli import CommandLineError, OneLineErrorParser, choose_device, fail
 
 PROG = "generate.py"
+ALL_CLASSES = "all"  # --class all (progan.sampling.ALL_CLASSES; not imported, to keep --help fast)
 DEFAULT_NUM_IMAGES = 16
 FROZEN_WALK_FRACTION = 4  # a blur wider than frames/4 leaves under a third of the slowest motion
 
@@ -40,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         f"{DEFAULT_NUM_IMAGES} images, the grid's ROWS*COLS, or 1 walk, from --seed (default 0). "
         "Outputs: one seedNNNN.png per seed; with --grid only grid.png (the same seeds without --grid "
         "give its cells as separate files); with --walk one walk-seedNNNN.gif/.webp per seed, or with "
-        "--grid too one walk-grid.gif/.webp whose cell i walks from seed i. Existing files are replaced.",
+        "--grid too one walk-grid.gif/.webp whose cell i walks from seed i. Existing files are replaced. "
+        "Class-conditional models: every sample gets the --class asked for, named in the file names "
+        "(seed0042-cat.png, grid-cat.png, walk-seed0000-cat-dog.gif); without --class seed S gets class "
+        "S mod K (K classes), so a seed always gives the same image and consecutive seeds cycle through "
+        "the classes, and the names are as for an unconditional model.",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="run folder, training checkpoint or exported generator")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
@@ -56,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="walk smoothness: Gaussian blur of the latents over time, in seconds "
                    "(sigma = smoothing*fps frames; default 1.0 as in the paper; 0 = jumps)")
     p.add_argument("--format", choices=("gif", "webp"), default="gif", help="walk file format (default gif)")
+    p.add_argument("--class", dest="class_", metavar="CLASS",
+                   help="class-conditional models: the class of every sample, by name or index (cat, 3); "
+                   "with --grid, 'all' gives one row per class (the same seeds in every row, the grid's "
+                   "columns wide); with --walk, a path NAME:NAME[:...] (cat:dog) moves the label linearly "
+                   "from class to class and back to the first while the latents walk. Default: seed S "
+                   "gets class S mod K")
     p.add_argument("--resolution", type=int, metavar="R",
                    help="sample the stable output of a lower trained stage (default: where training stood, "
                    "with its fade weight)")
@@ -159,6 +173,7 @@ def run_sampling(args: argparse.Namespace) -> int:
     from progan.sampling import sampling_stage
 
     grid = _parse_grid(args.grid)
+    _check_class_use(args, grid)
     seeds = _choose_seeds(args, grid)
     _check_numbers(args)
     device = choose_device(args.device)
@@ -167,23 +182,82 @@ def run_sampling(args: argparse.Namespace) -> int:
         resolution, alpha = sampling_stage(info, args.resolution)
     except (CheckpointError, ValueError) as exc:
         raise CommandLineError(str(exc)) from None
+    class_names = info.model_config.class_names
+    classes = _parse_class(args, class_names)
     out_dir = _prepare_out_dir(Path(args.out))  # after the checks, so a bad run leaves no folder
     autocast_dtype = torch.bfloat16 if args.precision == "bf16" else None
     print(f"{PROG}: {info.path} ({'EMA' if info.ema else 'raw'} generator, {info.images_shown / 1000:.1f} kimg) "
           f"at {describe_level(info.model_config.aspect, resolution)}, alpha {alpha:.3f}, on {device}", file=sys.stderr)
+    if class_names:
+        print(f"{PROG}: {_describe_classes(args, classes, class_names, grid)}", file=sys.stderr)
     job = dict(generator=generator, seeds=seeds, resolution=resolution, alpha=alpha, batch_size=args.batch,
                autocast_dtype=autocast_dtype, latent_size=info.model_config.latent_size)
+    tag = _class_tag(args, classes, class_names)
     try:
         if args.walk:
-            written = _write_walks(args, out_dir, grid, **job)
+            written = _write_walks(args, out_dir, grid, classes=classes, tag=tag, **job)
+        elif grid and args.class_ == ALL_CLASSES:
+            written = [_write_class_grid(out_dir, grid[1], classes, class_names, **job)]
         elif grid:
-            written = [_write_grid(out_dir, grid, **job)]
+            written = [_write_grid(out_dir, grid, tag=tag, classes=classes and classes[0], **job)]
         else:
-            written = _write_images(out_dir, **job)
+            written = _write_images(out_dir, tag=tag, classes=classes and classes[0], **job)
     except OSError as exc:
         raise CommandLineError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
     print(_summary(written, out_dir))
     return 0
+
+
+def _check_class_use(args: argparse.Namespace, grid: tuple[int, int] | None) -> None:
+    """What --class can mean here, before the model is loaded (its classes are checked after)."""
+    if args.class_ != ALL_CLASSES:
+        return
+    if args.walk:
+        raise CommandLineError("--class all makes a still grid with a row per class; a walk moves between "
+                               "classes with --class NAME:NAME (e.g. --class cat:dog)")
+    if not grid:
+        raise CommandLineError("--class all needs --grid (one row per class, e.g. --grid 1x8 for 8 columns); "
+                               "for single images give one class")
+
+
+def _parse_class(args: argparse.Namespace, class_names: tuple[str, ...]) -> list[int] | None:
+    """--class as class indices (None without it); one-line errors name the model's classes."""
+    from progan.sampling import parse_classes
+
+    if args.class_ is None:
+        return None
+    if not class_names:
+        raise CommandLineError(f"--class {args.class_}: this model is unconditional (its config has no class "
+                               "names); leave --class out")
+    try:
+        classes = parse_classes(args.class_, class_names)
+    except ValueError as exc:
+        raise CommandLineError(f"--class: {exc}") from None
+    if len(classes) > 1 and not args.walk and args.class_ != ALL_CLASSES:
+        raise CommandLineError(f"--class {args.class_}: a path of classes is for --walk; still images take "
+                               f"one class (or --class all with --grid)")
+    return classes
+
+
+def _describe_classes(args, classes: list[int] | None, class_names: tuple[str, ...], grid) -> str:
+    known = ", ".join(f"{i}={name}" for i, name in enumerate(class_names))
+    if classes is None:
+        return f"class-conditional, {len(class_names)} classes ({known}); no --class: seed S gets class S mod {len(class_names)}"
+    if args.class_ == ALL_CLASSES:
+        return f"one row per class, top to bottom: {known}"
+    if len(classes) > 1:
+        return f"the label walks {' -> '.join(class_names[i] for i in classes + classes[:1])} (looping)"
+    return f"class {classes[0]}={class_names[classes[0]]} for every sample"
+
+
+def _class_tag(args, classes: list[int] | None, class_names: tuple[str, ...]) -> str:
+    """'-cat' (file-name part) for --class cat; '' without --class, so names stay as for an
+    unconditional model."""
+    from progan.sampling import class_tag
+
+    if classes is None:
+        return ""
+    return "-" + (ALL_CLASSES if args.class_ == ALL_CLASSES else class_tag(classes, class_names))
 
 
 def _parse_grid(text: str | None) -> tuple[int, int] | None:
@@ -203,7 +277,8 @@ def _choose_seeds(args: argparse.Namespace, grid: tuple[int, int] | None) -> lis
 
     if args.seeds is not None and args.seed is not None:
         raise CommandLineError("--seed goes with --num (or the defaults); --seeds lists every seed itself")
-    cells = grid[0] * grid[1] if grid else None
+    # --class all: the grid's columns are the seeds, repeated in every class's row.
+    cells = (grid[1] if args.class_ == ALL_CLASSES else grid[0] * grid[1]) if grid else None
     try:
         if args.seeds is not None:
             seeds = parse_seeds(args.seeds)
@@ -215,6 +290,9 @@ def _choose_seeds(args: argparse.Namespace, grid: tuple[int, int] | None) -> lis
     if cells is not None:
         if len(seeds) < cells:
             raise CommandLineError(f"--grid {args.grid} needs {cells} seeds, got {len(seeds)}")
+        if args.class_ == ALL_CLASSES and grid[0] != 1:
+            print(f"{PROG}: note: --class all draws one row per class; --grid {args.grid}'s {grid[0]} rows are "
+                  f"ignored, its {grid[1]} columns kept", file=sys.stderr)
         if len(seeds) > cells:
             print(f"{PROG}: note: --grid {args.grid} uses the first {cells} of {len(seeds)} seeds", file=sys.stderr)
         seeds = seeds[:cells]
@@ -270,35 +348,51 @@ def _images_by_seed(seeds: list[int], **job):
             progress.update(len(chunk))
 
 
-def _write_images(out_dir: Path, seeds: list[int], **job) -> list[Path]:
+def _write_images(out_dir: Path, seeds: list[int], tag: str = "", **job) -> list[Path]:
     from progan.images import save_png
 
     written = []
     for seed, image in _images_by_seed(seeds, **job):
-        written.append(out_dir / seed_file_name(seed, "png"))
+        written.append(out_dir / seed_file_name(seed, "png", tag=tag))
         save_png(image, written[-1])
     return written
 
 
-def _write_grid(out_dir: Path, grid: tuple[int, int], seeds: list[int], **job) -> Path:
+def _write_grid(out_dir: Path, grid: tuple[int, int], seeds: list[int], tag: str = "", **job) -> Path:
     import numpy as np
 
     from progan.images import make_grid, save_png
 
     images = np.stack([image for _, image in _images_by_seed(seeds, **job)])
-    path = out_dir / "grid.png"
+    path = out_dir / f"grid{tag}.png"
     save_png(make_grid(images, rows=grid[0], cols=grid[1]), path)
     return path
 
 
-def _write_walks(args, out_dir: Path, grid: tuple[int, int] | None, seeds: list[int], **job) -> list[Path]:
+def _write_class_grid(out_dir: Path, cols: int, classes: list[int], class_names: tuple[str, ...],
+                      seeds: list[int], **job) -> Path:
+    """grid-all.png: row k is class k for the same `cols` seeds, its name written at the row's left."""
+    import numpy as np
+
+    from progan.images import label_rows, make_grid, save_png
+
+    cells = np.concatenate([np.stack([image for _, image in _images_by_seed(seeds, classes=k, **job)])
+                            for k in classes])
+    path = out_dir / f"grid-{ALL_CLASSES}.png"
+    save_png(label_rows(make_grid(cells, rows=len(classes), cols=cols), [class_names[k] for k in classes]), path)
+    return path
+
+
+def _write_walks(args, out_dir: Path, grid: tuple[int, int] | None, seeds: list[int], tag: str = "",
+                 **job) -> list[Path]:
     from progan.animation import write_animation
     from progan.progress import Progress
     from progan.sampling import walk_frames
 
     walk_options = dict(frames=args.frames, smoothing=args.smoothing, fps=args.fps, **job)
     # A grid animates all its seeds together; otherwise every seed gets its own walk.
-    groups = [(seeds, "walk-grid")] if grid else [([seed], seed_file_name(seed, None, "walk-")) for seed in seeds]
+    groups = [(seeds, f"walk-grid{tag}")] if grid else [([seed], seed_file_name(seed, None, "walk-", tag))
+                                                        for seed in seeds]
     written = []
     with Progress(args.frames * len(groups), desc="walk", unit="frame") as progress:
         for group, stem in groups:
@@ -310,9 +404,10 @@ def _write_walks(args, out_dir: Path, grid: tuple[int, int] | None, seeds: list[
     return written
 
 
-def seed_file_name(seed: int, suffix: str | None, prefix: str = "") -> str:
-    """seed0042.png (at least four digits, so names sort by seed up to 9999)."""
-    stem = f"{prefix}seed{seed:04d}"
+def seed_file_name(seed: int, suffix: str | None, prefix: str = "", tag: str = "") -> str:
+    """seed0042.png (at least four digits, so names sort by seed up to 9999); seed0042-cat.png
+    with tag '-cat'."""
+    stem = f"{prefix}seed{seed:04d}{tag}"
     return f"{stem}.{suffix}" if suffix else stem
 
 
