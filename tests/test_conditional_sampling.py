@@ -293,3 +293,19 @@ def test_unconditional_files_are_as_before(plain_run, tmp_path, capsys):
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["grid.png"]
     assert (tmp_path / "a" / "seed0001.png").read_bytes() == (tmp_path / "want-seed.png").read_bytes()
     assert (tmp_path / "b" / "grid.png").read_bytes() == (tmp_path / "want-grid.png").read_bytes()
+
+
+def test_the_readme_conditional_snippet_runs(exports, tmp_path, monkeypatch, one_torch_thread, capsys):
+    import re
+    import shutil
+
+    shutil.copy(exports[".pt"], tmp_path / "generator.pt")
+    shutil.copy(exports[".onnx"], tmp_path / "generator.onnx")
+    readme = (REPO / "README.md").read_text()
+    snippet = re.search(r"```python\n(import progan\nfrom progan.export import onnx_class_names[^`]*)```",
+                        readme).group(1)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(snippet, scope)  # noqa: S102 - our own README
+    assert scope["cats"].shape == scope["mixed"].shape == (3, TRAINED_RES, TRAINED_RES, 3)
+    assert capsys.readouterr().out.count(str(CLASSES)) == 2
