@@ -11,6 +11,7 @@
     python generate.py export CHECKPOINT OUT.safetensors              # ... as safetensors (no pickle)
     python generate.py export CHECKPOINT OUT.onnx                     # one stage, for onnxruntime
     python generate.py timelapse RUN --out growth.webp                # the run's sample grids as one animation
+    python generate.py info CHECKPOINT                                # stage, config and class names of a file
 
 CHECKPOINT is a run folder (its latest checkpoint), a training checkpoint or an exported
 generator; the network is rebuilt from the config stored inside it. Run with --help for all flags.
@@ -39,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         "training checkpoint or an exported generator. The latent of seed S is drawn on the CPU from S "
         "alone, so a seed gives the same image on any device and batch size. "
         f"To write a generator-only file to share: {PROG} export CHECKPOINT OUT.pt|.safetensors|.onnx; "
-        f"a run's growth as one animation: {PROG} timelapse RUN --out growth.webp",
+        f"a run's growth as one animation: {PROG} timelapse RUN --out growth.webp; what a file holds "
+        f"(stage, config, class names): {PROG} info CHECKPOINT",
         epilog="Seeds: --seeds 0-63 | --seeds 3,7,42 | --num N --seed S (seeds S..S+N-1). Without them: "
         f"{DEFAULT_NUM_IMAGES} images, the grid's ROWS*COLS, or 1 walk, from --seed (default 0). "
         "Outputs: one seedNNNN.png per seed; with --grid only grid.png (the same seeds without --grid "
@@ -114,15 +116,28 @@ def build_timelapse_parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_info_parser() -> argparse.ArgumentParser:
+    p = OneLineErrorParser(
+        prog=f"{PROG} info",
+        description="Print what a generator file holds: its kind, the stage training had reached, the "
+        "model config and, for a class-conditional model, the class names (index=name, the labels' order). "
+        "Reads run folders, training checkpoints, .pt, .safetensors and .onnx exports; writes nothing.",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="run folder, training checkpoint or exported generator")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = argv[0] if argv and argv[0] in ("export", "timelapse") else None
+    command = argv[0] if argv and argv[0] in ("export", "timelapse", "info") else None
     prog = f"{PROG} {command}" if command else PROG
     try:
         if command == "export":
             return run_export(build_export_parser().parse_args(argv[1:]))
         if command == "timelapse":
             return run_timelapse(build_timelapse_parser().parse_args(argv[1:]))
+        if command == "info":
+            return run_info(build_info_parser().parse_args(argv[1:]))
         return run_sampling(build_parser().parse_args(argv))
     except CommandLineError as exc:
         return fail(str(exc), prog=prog)
@@ -137,6 +152,38 @@ def run_export(args: argparse.Namespace) -> int:
     with _writing_file(args.out):  # CheckpointError is a ValueError
         path = export_file(args.checkpoint, args.out, resolution=args.resolution)
     print(f"exported the EMA generator of {args.checkpoint} to {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+# -- info -----------------------------------------------------------------------------------
+def run_info(args: argparse.Namespace) -> int:
+    import json
+
+    from progan.checkpoints import CheckpointError, load_generator
+    from progan.config import ModelConfig
+
+    try:
+        if Path(args.checkpoint).suffix.lower() == ".onnx":
+            from progan.export import onnx_session
+
+            session = onnx_session(args.checkpoint)
+            meta = session.get_modelmeta().custom_metadata_map
+            config = ModelConfig.from_json(meta["model_config"])
+            kind = f"ONNX model, one stage; inputs {', '.join(f'{i.name} {i.shape}' for i in session.get_inputs())}"
+            stage = (int(meta["resolution"]), float(meta["alpha"]), int(meta["images_shown"]))
+            path = Path(args.checkpoint)
+        else:
+            _, info = load_generator(args.checkpoint)
+            config, path = info.model_config, info.path
+            kind = "training checkpoint (EMA and raw generators)" if info.run_dir else "exported generator (EMA weights)"
+            stage = (info.resolution, info.alpha, info.images_shown)
+    except (CheckpointError, KeyError, ValueError) as exc:
+        raise CommandLineError(str(exc) if not isinstance(exc, KeyError) else
+                               f"{args.checkpoint} has no progan metadata ({exc}); export it again") from None
+    names = config.class_names
+    classes = f"{len(names)}: " + ", ".join(f"{i}={name}" for i, name in enumerate(names)) if names else "none (unconditional)"
+    print(f"file: {path}\nkind: {kind}\nstage: {stage[0]}x{stage[0]}, alpha {stage[1]:.3f}, "
+          f"{stage[2] / 1000:.1f} kimg\nclasses: {classes}\nmodel config: {json.dumps(config.to_dict(), sort_keys=True)}")
     return 0
 
 

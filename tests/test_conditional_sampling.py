@@ -309,3 +309,19 @@ def test_the_readme_conditional_snippet_runs(exports, tmp_path, monkeypatch, one
     exec(snippet, scope)  # noqa: S102 - our own README
     assert scope["cats"].shape == scope["mixed"].shape == (3, TRAINED_RES, TRAINED_RES, 3)
     assert capsys.readouterr().out.count(str(CLASSES)) == 2
+
+
+def test_info_prints_the_class_names_of_every_kind_of_file(run_dir, exports, plain_run, capsys):
+    for path in (run_dir, exports[".pt"], exports[".safetensors"], exports[".onnx"]):
+        code, out, err = cli(capsys, "info", path)
+        assert code == 0, err
+        assert "classes: 3: 0=cat, 1=dog, 2=red fox" in out and "stage: 8x8, alpha 0.500, 12.3 kimg" in out
+    assert "labels ['batch', 3]" in cli(capsys, "info", exports[".onnx"])[1]
+    code, out, _ = cli(capsys, "info", plain_run)
+    assert code == 0 and "classes: none (unconditional)" in out and "training checkpoint" in out
+
+
+def test_info_on_a_bad_path_is_one_line(tmp_path, capsys):
+    result = cli(capsys, "info", tmp_path / "missing.pt")
+    assert_one_line_error(result, "missing.pt")
+    assert result[0] == 2
