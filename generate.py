@@ -91,8 +91,10 @@ def build_export_parser() -> argparse.ArgumentParser:
         description="Write a generator-only file: the EMA weights, the model config and where training "
         "stood, in the format OUT's extension names. .pt and .safetensors are all `generate.py` and "
         "`progan.load_generator` need and load safely (weights only; safetensors without pickle at all). "
-        ".onnx is the generator at one stage for onnxruntime: input latents float32 [batch, latent], "
-        "output images float32 [batch, C, H, W] in [-1, 1]; it needs pip install -e \".[export]\".",
+        ".onnx is the generator at one stage for onnxruntime: input latents float32 [batch, latent] (and, "
+        "for a class-conditional model, labels float32 [batch, K]: one-hot rows in class_names order), "
+        "output images float32 [batch, C, H, W] in [-1, 1]; it needs pip install -e \".[export]\". "
+        "Every format carries the model config, class names included.",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="run folder, training checkpoint or exported generator")
     p.add_argument("out", metavar="OUT", help="file to write: .pt, .safetensors or .onnx (replaced atomically if it exists)")

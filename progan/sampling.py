@@ -121,10 +121,11 @@ def class_index(value: str | int, class_names: Sequence[str]) -> int:
 
 def parse_classes(text: str, class_names: Sequence[str]) -> list[int]:
     """A --class value -> class indices: 'cat' or '3' -> [i]; 'cat:dog' (a walk's path) -> [i, j];
-    'all' -> every class. ValueError (one line) for unknown classes or a malformed list."""
+    'all' -> every class (a class named 'all' is given by its index). A name holding ':' is read
+    whole when it is the entire value. ValueError (one line) for unknown classes or a malformed list."""
     if not class_names:
         raise ValueError("this model is unconditional (its config has no class names); leave --class out")
-    if text.strip() == ALL_CLASSES and ALL_CLASSES not in class_names:
+    if text.strip() == ALL_CLASSES:  # always every class: a class named "all" is given by its index
         return list(range(len(class_names)))
     items = [text] if text in class_names else text.split(_CLASS_SEPARATOR)
     if any(not item.strip() for item in items):
