@@ -177,15 +177,18 @@ def run_info(args: argparse.Namespace) -> int:
         else:
             _, info = load_generator(args.checkpoint)
             config, path = info.model_config, info.path
-            kind = "training checkpoint (EMA and raw generators)" if info.run_dir else "exported generator (EMA weights)"
+            kind = ("training checkpoint (EMA and raw generators)" if info.run_dir
+                    else "exported generator (EMA weights)")
             stage = (info.resolution, info.alpha, info.images_shown)
     except (CheckpointError, KeyError, ValueError) as exc:
         raise CommandLineError(str(exc) if not isinstance(exc, KeyError) else
                                f"{args.checkpoint} has no progan metadata ({exc}); export it again") from None
     names = config.class_names
-    classes = f"{len(names)}: " + ", ".join(f"{i}={name}" for i, name in enumerate(names)) if names else "none (unconditional)"
+    classes = (f"{len(names)}: " + ", ".join(f"{i}={name}" for i, name in enumerate(names)) if names
+               else "none (unconditional)")
     print(f"file: {path}\nkind: {kind}\nstage: {stage[0]}x{stage[0]}, alpha {stage[1]:.3f}, "
-          f"{stage[2] / 1000:.1f} kimg\nclasses: {classes}\nmodel config: {json.dumps(config.to_dict(), sort_keys=True)}")
+          f"{stage[2] / 1000:.1f} kimg\nclasses: {classes}\n"
+          f"model config: {json.dumps(config.to_dict(), sort_keys=True)}")
     return 0
 
 
@@ -238,7 +241,7 @@ def run_sampling(args: argparse.Namespace) -> int:
     print(f"{PROG}: {info.path} ({'EMA' if info.ema else 'raw'} generator, {info.images_shown / 1000:.1f} kimg) "
           f"at {describe_level(info.model_config.aspect, resolution)}, alpha {alpha:.3f}, on {device}", file=sys.stderr)
     if class_names:
-        print(f"{PROG}: {_describe_classes(args, classes, class_names, grid)}", file=sys.stderr)
+        print(f"{PROG}: {_describe_classes(args, classes, class_names)}", file=sys.stderr)
     job = dict(generator=generator, seeds=seeds, resolution=resolution, alpha=alpha, batch_size=args.batch,
                autocast_dtype=autocast_dtype, latent_size=info.model_config.latent_size)
     tag = _class_tag(args, classes, class_names)
@@ -288,10 +291,11 @@ def _parse_class(args: argparse.Namespace, class_names: tuple[str, ...]) -> list
     return classes
 
 
-def _describe_classes(args, classes: list[int] | None, class_names: tuple[str, ...], grid) -> str:
+def _describe_classes(args, classes: list[int] | None, class_names: tuple[str, ...]) -> str:
     known = ", ".join(f"{i}={name}" for i, name in enumerate(class_names))
+    k = len(class_names)
     if classes is None:
-        return f"class-conditional, {len(class_names)} classes ({known}); no --class: seed S gets class S mod {len(class_names)}"
+        return f"class-conditional, {k} classes ({known}); no --class: seed S gets class S mod {k}"
     if args.class_ == ALL_CLASSES:
         return f"one row per class, top to bottom: {known}"
     if len(classes) > 1:

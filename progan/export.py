@@ -6,7 +6,8 @@
 `.safetensors`: the EMA generator's state dict as tensors; the header's metadata holds the
 model config (its JSON round trip, so every ModelConfig field travels, class names included),
 the stage training had reached and images shown; a conditional model's class names also on their
-own (`class_names`, a JSON list) for readers that know nothing of progan's config. `progan.load_generator` and `generate.py` read it like a `.pt` export.
+own (`class_names`, a JSON list) for readers that know nothing of progan's config.
+`progan.load_generator` and `generate.py` read it like a `.pt` export.
 
 `.onnx`: the generator at one stage (default: where training stood, the final stage of a
 finished run). Input `latents` float32 [batch, latent_size] (draw them with

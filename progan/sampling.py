@@ -179,9 +179,8 @@ def walk_labels(classes: Sequence[int], frames: int, label_size: int) -> torch.T
 
 
 def class_tag(classes: Sequence[int], class_names: Sequence[str]) -> str:
-    """A file-name-safe tag for the classes asked for: 'cat', 'cat-dog'; 'all' for every class
-    of a --class all grid is the caller's; a name with other characters than letters, digits,
-    '.', '_' uses its index ('class3')."""
+    """A file-name-safe tag for classes (indices): 'cat', 'cat-dog'; a name with other characters
+    than letters, digits, '.' and '_' (or starting with '.') is written by its index: 'class3'."""
     parts = [name if re.fullmatch(r"[A-Za-z0-9._]+", name) and not name.startswith(".") else f"class{i}"
              for i, name in ((i, class_names[i]) for i in classes)]
     return "-".join(parts)
