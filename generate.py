@@ -4,10 +4,14 @@
     python generate.py CHECKPOINT --out DIR --seeds 0-63              # seed0000.png ... seed0063.png
     python generate.py CHECKPOINT --out DIR --grid 8x8 --seed 100     # grid.png of seeds 100..163
     python generate.py CHECKPOINT --out DIR --walk --frames 240       # walk-seed0000.gif
+    python generate.py CHECKPOINT --out DIR --seeds 0-7 --class cat   # conditional: seed0000-cat.png ...
+    python generate.py CHECKPOINT --out DIR --grid 1x8 --class all    # grid-all.png: a row per class
+    python generate.py CHECKPOINT --out DIR --walk --class cat:dog    # walk-seed0000-cat-dog.gif
     python generate.py export CHECKPOINT OUT.pt                       # generator-only file to share
     python generate.py export CHECKPOINT OUT.safetensors              # ... as safetensors (no pickle)
     python generate.py export CHECKPOINT OUT.onnx                     # one stage, for onnxruntime
     python generate.py timelapse RUN --out growth.webp                # the run's sample grids as one animation
+    python generate.py info CHECKPOINT                                # stage, config and class names of a file
 
 CHECKPOINT is a run folder (its latest checkpoint), a training checkpoint or an exported
 generator; the network is rebuilt from the config stored inside it. Run with --help for all flags.
@@ -24,6 +28,7 @@ from pathlib import Path
 from progan.cli import CommandLineError, OneLineErrorParser, choose_device, fail
 
 PROG = "generate.py"
+ALL_CLASSES = "all"  # --class all (progan.sampling.ALL_CLASSES; not imported, to keep --help fast)
 DEFAULT_NUM_IMAGES = 16
 FROZEN_WALK_FRACTION = 4  # a blur wider than frames/4 leaves under a third of the slowest motion
 
@@ -35,12 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
         "training checkpoint or an exported generator. The latent of seed S is drawn on the CPU from S "
         "alone, so a seed gives the same image on any device and batch size. "
         f"To write a generator-only file to share: {PROG} export CHECKPOINT OUT.pt|.safetensors|.onnx; "
-        f"a run's growth as one animation: {PROG} timelapse RUN --out growth.webp",
+        f"a run's growth as one animation: {PROG} timelapse RUN --out growth.webp; what a file holds "
+        f"(stage, config, class names): {PROG} info CHECKPOINT",
         epilog="Seeds: --seeds 0-63 | --seeds 3,7,42 | --num N --seed S (seeds S..S+N-1). Without them: "
         f"{DEFAULT_NUM_IMAGES} images, the grid's ROWS*COLS, or 1 walk, from --seed (default 0). "
         "Outputs: one seedNNNN.png per seed; with --grid only grid.png (the same seeds without --grid "
         "give its cells as separate files); with --walk one walk-seedNNNN.gif/.webp per seed, or with "
-        "--grid too one walk-grid.gif/.webp whose cell i walks from seed i. Existing files are replaced.",
+        "--grid too one walk-grid.gif/.webp whose cell i walks from seed i. Existing files are replaced. "
+        "Class-conditional models: every sample gets the --class asked for, named in the file names "
+        "(seed0042-cat.png, grid-cat.png, walk-seed0000-cat-dog.gif); without --class seed S gets class "
+        "S mod K (K classes), so a seed always gives the same image and consecutive seeds cycle through "
+        "the classes, and the names are as for an unconditional model.",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="run folder, training checkpoint or exported generator")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
@@ -56,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="walk smoothness: Gaussian blur of the latents over time, in seconds "
                    "(sigma = smoothing*fps frames; default 1.0 as in the paper; 0 = jumps)")
     p.add_argument("--format", choices=("gif", "webp"), default="gif", help="walk file format (default gif)")
+    p.add_argument("--class", dest="class_", metavar="CLASS",
+                   help="class-conditional models: the class of every sample, by name or index (cat, 3); "
+                   "with --grid, 'all' gives one row per class (the same seeds in every row, the grid's "
+                   "columns wide); with --walk, a path NAME:NAME[:...] (cat:dog) moves the label linearly "
+                   "from class to class and back to the first while the latents walk. Default: seed S "
+                   "gets class S mod K")
     p.add_argument("--resolution", type=int, metavar="R",
                    help="sample the stable output of a lower trained stage (default: where training stood, "
                    "with its fade weight)")
@@ -75,8 +91,10 @@ def build_export_parser() -> argparse.ArgumentParser:
         description="Write a generator-only file: the EMA weights, the model config and where training "
         "stood, in the format OUT's extension names. .pt and .safetensors are all `generate.py` and "
         "`progan.load_generator` need and load safely (weights only; safetensors without pickle at all). "
-        ".onnx is the generator at one stage for onnxruntime: input latents float32 [batch, latent], "
-        "output images float32 [batch, C, H, W] in [-1, 1]; it needs pip install -e \".[export]\".",
+        ".onnx is the generator at one stage for onnxruntime: input latents float32 [batch, latent] (and, "
+        "for a class-conditional model, labels float32 [batch, K]: one-hot rows in class_names order), "
+        "output images float32 [batch, C, H, W] in [-1, 1]; it needs pip install -e \".[export]\". "
+        "Every format carries the model config, class names included.",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="run folder, training checkpoint or exported generator")
     p.add_argument("out", metavar="OUT", help="file to write: .pt, .safetensors or .onnx (replaced atomically if it exists)")
@@ -100,15 +118,28 @@ def build_timelapse_parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_info_parser() -> argparse.ArgumentParser:
+    p = OneLineErrorParser(
+        prog=f"{PROG} info",
+        description="Print what a generator file holds: its kind, the stage training had reached, the "
+        "model config and, for a class-conditional model, the class names (index=name, the labels' order). "
+        "Reads run folders, training checkpoints, .pt, .safetensors and .onnx exports; writes nothing.",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="run folder, training checkpoint or exported generator")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = argv[0] if argv and argv[0] in ("export", "timelapse") else None
+    command = argv[0] if argv and argv[0] in ("export", "timelapse", "info") else None
     prog = f"{PROG} {command}" if command else PROG
     try:
         if command == "export":
             return run_export(build_export_parser().parse_args(argv[1:]))
         if command == "timelapse":
             return run_timelapse(build_timelapse_parser().parse_args(argv[1:]))
+        if command == "info":
+            return run_info(build_info_parser().parse_args(argv[1:]))
         return run_sampling(build_parser().parse_args(argv))
     except CommandLineError as exc:
         return fail(str(exc), prog=prog)
@@ -123,6 +154,41 @@ def run_export(args: argparse.Namespace) -> int:
     with _writing_file(args.out):  # CheckpointError is a ValueError
         path = export_file(args.checkpoint, args.out, resolution=args.resolution)
     print(f"exported the EMA generator of {args.checkpoint} to {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+# -- info -----------------------------------------------------------------------------------
+def run_info(args: argparse.Namespace) -> int:
+    import json
+
+    from progan.checkpoints import CheckpointError, load_generator
+    from progan.config import ModelConfig
+
+    try:
+        if Path(args.checkpoint).suffix.lower() == ".onnx":
+            from progan.export import onnx_session
+
+            session = onnx_session(args.checkpoint)
+            meta = session.get_modelmeta().custom_metadata_map
+            config = ModelConfig.from_json(meta["model_config"])
+            kind = f"ONNX model, one stage; inputs {', '.join(f'{i.name} {i.shape}' for i in session.get_inputs())}"
+            stage = (int(meta["resolution"]), float(meta["alpha"]), int(meta["images_shown"]))
+            path = Path(args.checkpoint)
+        else:
+            _, info = load_generator(args.checkpoint)
+            config, path = info.model_config, info.path
+            kind = ("training checkpoint (EMA and raw generators)" if info.run_dir
+                    else "exported generator (EMA weights)")
+            stage = (info.resolution, info.alpha, info.images_shown)
+    except (CheckpointError, KeyError, ValueError) as exc:
+        raise CommandLineError(str(exc) if not isinstance(exc, KeyError) else
+                               f"{args.checkpoint} has no progan metadata ({exc}); export it again") from None
+    names = config.class_names
+    classes = (f"{len(names)}: " + ", ".join(f"{i}={name}" for i, name in enumerate(names)) if names
+               else "none (unconditional)")
+    print(f"file: {path}\nkind: {kind}\nstage: {stage[0]}x{stage[0]}, alpha {stage[1]:.3f}, "
+          f"{stage[2] / 1000:.1f} kimg\nclasses: {classes}\n"
+          f"model config: {json.dumps(config.to_dict(), sort_keys=True)}")
     return 0
 
 
@@ -159,6 +225,7 @@ def run_sampling(args: argparse.Namespace) -> int:
     from progan.sampling import sampling_stage
 
     grid = _parse_grid(args.grid)
+    _check_class_use(args, grid)
     seeds = _choose_seeds(args, grid)
     _check_numbers(args)
     device = choose_device(args.device)
@@ -167,23 +234,83 @@ def run_sampling(args: argparse.Namespace) -> int:
         resolution, alpha = sampling_stage(info, args.resolution)
     except (CheckpointError, ValueError) as exc:
         raise CommandLineError(str(exc)) from None
+    class_names = info.model_config.class_names
+    classes = _parse_class(args, class_names)
     out_dir = _prepare_out_dir(Path(args.out))  # after the checks, so a bad run leaves no folder
     autocast_dtype = torch.bfloat16 if args.precision == "bf16" else None
     print(f"{PROG}: {info.path} ({'EMA' if info.ema else 'raw'} generator, {info.images_shown / 1000:.1f} kimg) "
           f"at {describe_level(info.model_config.aspect, resolution)}, alpha {alpha:.3f}, on {device}", file=sys.stderr)
+    if class_names:
+        print(f"{PROG}: {_describe_classes(args, classes, class_names)}", file=sys.stderr)
     job = dict(generator=generator, seeds=seeds, resolution=resolution, alpha=alpha, batch_size=args.batch,
                autocast_dtype=autocast_dtype, latent_size=info.model_config.latent_size)
+    tag = _class_tag(args, classes, class_names)
     try:
         if args.walk:
-            written = _write_walks(args, out_dir, grid, **job)
+            written = _write_walks(args, out_dir, grid, classes=classes, tag=tag, **job)
+        elif grid and args.class_ == ALL_CLASSES:
+            written = [_write_class_grid(out_dir, grid[1], classes, class_names, **job)]
         elif grid:
-            written = [_write_grid(out_dir, grid, **job)]
+            written = [_write_grid(out_dir, grid, tag=tag, classes=classes and classes[0], **job)]
         else:
-            written = _write_images(out_dir, **job)
+            written = _write_images(out_dir, tag=tag, classes=classes and classes[0], **job)
     except OSError as exc:
         raise CommandLineError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
     print(_summary(written, out_dir))
     return 0
+
+
+def _check_class_use(args: argparse.Namespace, grid: tuple[int, int] | None) -> None:
+    """What --class can mean here, before the model is loaded (its classes are checked after)."""
+    if args.class_ != ALL_CLASSES:
+        return
+    if args.walk:
+        raise CommandLineError("--class all makes a still grid with a row per class; a walk moves between "
+                               "classes with --class NAME:NAME (e.g. --class cat:dog)")
+    if not grid:
+        raise CommandLineError("--class all needs --grid (one row per class, e.g. --grid 1x8 for 8 columns); "
+                               "for single images give one class")
+
+
+def _parse_class(args: argparse.Namespace, class_names: tuple[str, ...]) -> list[int] | None:
+    """--class as class indices (None without it); one-line errors name the model's classes."""
+    from progan.sampling import parse_classes
+
+    if args.class_ is None:
+        return None
+    if not class_names:
+        raise CommandLineError(f"--class {args.class_}: this model is unconditional (its config has no class "
+                               "names); leave --class out")
+    try:
+        classes = parse_classes(args.class_, class_names)
+    except ValueError as exc:
+        raise CommandLineError(f"--class: {exc}") from None
+    if len(classes) > 1 and not args.walk and args.class_ != ALL_CLASSES:
+        raise CommandLineError(f"--class {args.class_}: a path of classes is for --walk; still images take "
+                               f"one class (or --class all with --grid)")
+    return classes
+
+
+def _describe_classes(args, classes: list[int] | None, class_names: tuple[str, ...]) -> str:
+    known = ", ".join(f"{i}={name}" for i, name in enumerate(class_names))
+    k = len(class_names)
+    if classes is None:
+        return f"class-conditional, {k} classes ({known}); no --class: seed S gets class S mod {k}"
+    if args.class_ == ALL_CLASSES:
+        return f"one row per class, top to bottom: {known}"
+    if len(classes) > 1:
+        return f"the label walks {' -> '.join(class_names[i] for i in classes + classes[:1])} (looping)"
+    return f"class {classes[0]}={class_names[classes[0]]} for every sample"
+
+
+def _class_tag(args, classes: list[int] | None, class_names: tuple[str, ...]) -> str:
+    """'-cat' (file-name part) for --class cat; '' without --class, so names stay as for an
+    unconditional model."""
+    from progan.sampling import class_tag
+
+    if classes is None:
+        return ""
+    return "-" + (ALL_CLASSES if args.class_ == ALL_CLASSES else class_tag(classes, class_names))
 
 
 def _parse_grid(text: str | None) -> tuple[int, int] | None:
@@ -203,7 +330,8 @@ def _choose_seeds(args: argparse.Namespace, grid: tuple[int, int] | None) -> lis
 
     if args.seeds is not None and args.seed is not None:
         raise CommandLineError("--seed goes with --num (or the defaults); --seeds lists every seed itself")
-    cells = grid[0] * grid[1] if grid else None
+    # --class all: the grid's columns are the seeds, repeated in every class's row.
+    cells = (grid[1] if args.class_ == ALL_CLASSES else grid[0] * grid[1]) if grid else None
     try:
         if args.seeds is not None:
             seeds = parse_seeds(args.seeds)
@@ -215,6 +343,9 @@ def _choose_seeds(args: argparse.Namespace, grid: tuple[int, int] | None) -> lis
     if cells is not None:
         if len(seeds) < cells:
             raise CommandLineError(f"--grid {args.grid} needs {cells} seeds, got {len(seeds)}")
+        if args.class_ == ALL_CLASSES and grid[0] != 1:
+            print(f"{PROG}: note: --class all draws one row per class; --grid {args.grid}'s {grid[0]} rows are "
+                  f"ignored, its {grid[1]} columns kept", file=sys.stderr)
         if len(seeds) > cells:
             print(f"{PROG}: note: --grid {args.grid} uses the first {cells} of {len(seeds)} seeds", file=sys.stderr)
         seeds = seeds[:cells]
@@ -270,35 +401,51 @@ def _images_by_seed(seeds: list[int], **job):
             progress.update(len(chunk))
 
 
-def _write_images(out_dir: Path, seeds: list[int], **job) -> list[Path]:
+def _write_images(out_dir: Path, seeds: list[int], tag: str = "", **job) -> list[Path]:
     from progan.images import save_png
 
     written = []
     for seed, image in _images_by_seed(seeds, **job):
-        written.append(out_dir / seed_file_name(seed, "png"))
+        written.append(out_dir / seed_file_name(seed, "png", tag=tag))
         save_png(image, written[-1])
     return written
 
 
-def _write_grid(out_dir: Path, grid: tuple[int, int], seeds: list[int], **job) -> Path:
+def _write_grid(out_dir: Path, grid: tuple[int, int], seeds: list[int], tag: str = "", **job) -> Path:
     import numpy as np
 
     from progan.images import make_grid, save_png
 
     images = np.stack([image for _, image in _images_by_seed(seeds, **job)])
-    path = out_dir / "grid.png"
+    path = out_dir / f"grid{tag}.png"
     save_png(make_grid(images, rows=grid[0], cols=grid[1]), path)
     return path
 
 
-def _write_walks(args, out_dir: Path, grid: tuple[int, int] | None, seeds: list[int], **job) -> list[Path]:
+def _write_class_grid(out_dir: Path, cols: int, classes: list[int], class_names: tuple[str, ...],
+                      seeds: list[int], **job) -> Path:
+    """grid-all.png: row k is class k for the same `cols` seeds, its name written at the row's left."""
+    import numpy as np
+
+    from progan.images import label_rows, make_grid, save_png
+
+    cells = np.concatenate([np.stack([image for _, image in _images_by_seed(seeds, classes=k, **job)])
+                            for k in classes])
+    path = out_dir / f"grid-{ALL_CLASSES}.png"
+    save_png(label_rows(make_grid(cells, rows=len(classes), cols=cols), [class_names[k] for k in classes]), path)
+    return path
+
+
+def _write_walks(args, out_dir: Path, grid: tuple[int, int] | None, seeds: list[int], tag: str = "",
+                 **job) -> list[Path]:
     from progan.animation import write_animation
     from progan.progress import Progress
     from progan.sampling import walk_frames
 
     walk_options = dict(frames=args.frames, smoothing=args.smoothing, fps=args.fps, **job)
     # A grid animates all its seeds together; otherwise every seed gets its own walk.
-    groups = [(seeds, "walk-grid")] if grid else [([seed], seed_file_name(seed, None, "walk-")) for seed in seeds]
+    groups = [(seeds, f"walk-grid{tag}")] if grid else [([seed], seed_file_name(seed, None, "walk-", tag))
+                                                        for seed in seeds]
     written = []
     with Progress(args.frames * len(groups), desc="walk", unit="frame") as progress:
         for group, stem in groups:
@@ -310,9 +457,10 @@ def _write_walks(args, out_dir: Path, grid: tuple[int, int] | None, seeds: list[
     return written
 
 
-def seed_file_name(seed: int, suffix: str | None, prefix: str = "") -> str:
-    """seed0042.png (at least four digits, so names sort by seed up to 9999)."""
-    stem = f"{prefix}seed{seed:04d}"
+def seed_file_name(seed: int, suffix: str | None, prefix: str = "", tag: str = "") -> str:
+    """seed0042.png (at least four digits, so names sort by seed up to 9999); seed0042-cat.png
+    with tag '-cat'."""
+    stem = f"{prefix}seed{seed:04d}{tag}"
     return f"{stem}.{suffix}" if suffix else stem
 
 

@@ -4,13 +4,17 @@
     generate.py export RUN generator.onnx           # one stage, dynamic batch, for onnxruntime
 
 `.safetensors`: the EMA generator's state dict as tensors; the header's metadata holds the
-model config (its JSON round trip, so every ModelConfig field travels), the stage training had
-reached and images shown. `progan.load_generator` and `generate.py` read it like a `.pt` export.
+model config (its JSON round trip, so every ModelConfig field travels, class names included),
+the stage training had reached and images shown; a conditional model's class names also on their
+own (`class_names`, a JSON list) for readers that know nothing of progan's config.
+`progan.load_generator` and `generate.py` read it like a `.pt` export.
 
 `.onnx`: the generator at one stage (default: where training stood, the final stage of a
 finished run). Input `latents` float32 [batch, latent_size] (draw them with
 `progan.sampling.latents_for_seeds`), output `images` float32 [batch, C, R, R] clamped to
-[-1, 1]: pixel = round((x + 1) * 127.5). The batch is dynamic; the opset is the newest that
+[-1, 1]: pixel = round((x + 1) * 127.5). A class-conditional model (K classes) has a second
+input `labels` float32 [batch, K], one-hot (or soft) rows; an unconditional one has `latents`
+alone. The class names are in the metadata (`class_names`, JSON). The batch is dynamic; the opset is the newest that
 both the installed onnx and onnxruntime support. Needs the `export` extra:
 `pip install -e ".[export]"`.
 
@@ -97,9 +101,21 @@ def _onnx_stage(config, stage: tuple[int, float, int], path: Path, resolution: i
 
 
 def _stage_metadata(data: dict[str, Any], resolution: int, alpha: float) -> dict[str, str]:
-    return {"format": SAFETENSORS_FORMAT, "model_config": json.dumps(data["model_config"], sort_keys=True),
-            "resolution": str(resolution), "alpha": repr(float(alpha)), "images_shown": str(int(data["images_shown"])),
-            "output": "images float32 [N, C, H, W] in [-1, 1]; pixel = round((x + 1) * 127.5)"}
+    metadata = {"format": SAFETENSORS_FORMAT, "model_config": json.dumps(data["model_config"], sort_keys=True),
+                "resolution": str(resolution), "alpha": repr(float(alpha)),
+                "images_shown": str(int(data["images_shown"])),
+                "output": "images float32 [N, C, H, W] in [-1, 1]; pixel = round((x + 1) * 127.5)"}
+    return {**metadata, **_class_metadata(data)}
+
+
+def _class_metadata(data: dict[str, Any]) -> dict[str, str]:
+    """{"class_names": JSON list} for a conditional model; {} for an unconditional one (its files
+    stay as they were)."""
+    names = data["model_config"].get("class_names") if isinstance(data.get("model_config"), dict) else None
+    if not names:
+        return {}
+    return {"class_names": json.dumps(list(names)),
+            "labels": f"labels float32 [N, {len(names)}]: one-hot (or soft) rows over class_names, in that order"}
 
 
 # -- safetensors ----------------------------------------------------------------------------
@@ -115,6 +131,7 @@ def write_safetensors(data: dict[str, Any], out_path: Path) -> Path:
         "resolution": str(int(data["resolution"])),
         "alpha": repr(float(data["alpha"])),  # repr: the exact float back
         "images_shown": str(int(data["images_shown"])),
+        **_class_metadata(data),
     }
     with atomic_output(out_path) as tmp:
         tmp.write_bytes(save(tensors, metadata=metadata))  # save_file would replace tmp with a 0600 file
@@ -168,6 +185,20 @@ class _Stage(nn.Module):
         return self.generator(latents, self.resolution, self.alpha).clamp(-1.0, 1.0)
 
 
+class _ConditionalStage(_Stage):
+    """A conditional generator at one stage: (latents [N, latent], labels [N, K] float) -> images.
+
+    The generator is put in training mode: in eval mode it reads the label values back to check
+    them (a data-dependent branch an exported graph cannot hold); nothing else in G depends on
+    the mode (no batch norm, no dropout)."""
+
+    def __init__(self, generator: nn.Module, resolution: int, alpha: float):
+        super().__init__(generator.train(), resolution, alpha)
+
+    def forward(self, latents: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.generator(latents, self.resolution, self.alpha, labels=labels).clamp(-1.0, 1.0)
+
+
 def _fold_equalized_scales(generator: nn.Module) -> None:
     """Multiply each equalized layer's run-time scale into its weight (scale 1 afterwards).
 
@@ -212,15 +243,18 @@ def write_onnx(generator: nn.Module, resolution: int, alpha: float, out_path: Pa
 
     generator = generator.float().cpu().eval().requires_grad_(False)
     _fold_equalized_scales(generator)
-    stage = _Stage(generator, resolution, alpha)
-    example = torch.zeros(2, generator.latent_size)  # 2, not 1: export would fix a batch of 1
+    label_size = getattr(generator, "label_size", 0)
+    # 2, not 1: export would fix a batch of 1
+    examples = (torch.zeros(2, generator.latent_size),) + ((torch.zeros(2, label_size),) if label_size else ())
+    names = ["latents", "labels"][:len(examples)]
+    stage = (_ConditionalStage if label_size else _Stage)(generator, resolution, alpha)
     batch = torch.export.Dim("batch")
     with atomic_output(out_path) as tmp, warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnxscript"):
         warnings.simplefilter("ignore")  # the exporter's chatter (no torchvision, converter fallback) is not the user's business
         try:
-            program = torch.onnx.export(stage, (example,), input_names=["latents"], output_names=["images"],
+            program = torch.onnx.export(stage, examples, input_names=names, output_names=["images"],
                                         opset_version=onnx_opset(), dynamo=True, verbose=False,
-                                        dynamic_shapes={"latents": {0: batch}})
+                                        dynamic_shapes={name: {0: batch} for name in names})
             program.model.metadata_props.update(metadata or {})
             program.save(tmp, external_data=False)
             onnx.checker.check_model(str(tmp))
@@ -278,17 +312,42 @@ def onnx_latent_size(session) -> int:
                           f"no model config; export it again with generate.py export") from None
 
 
-def onnx_images(session, seeds, latent_size: int | None = None) -> "np.ndarray":  # noqa: F821
+def onnx_class_names(session) -> tuple[str, ...]:
+    """The class names of a conditional ONNX generator (its metadata), in label order; () for an
+    unconditional one (a single input, `latents`)."""
+    if [i.name for i in session.get_inputs()] == ["latents"]:
+        return ()
+    metadata = session.get_modelmeta().custom_metadata_map
+    try:
+        return tuple(json.loads(metadata["class_names"]))
+    except (KeyError, TypeError, ValueError):
+        raise ExportError("the ONNX model takes labels but its metadata names no classes; export it again "
+                          "with generate.py export") from None
+
+
+def onnx_images(session, seeds, latent_size: int | None = None, classes=None) -> "np.ndarray":  # noqa: F821
     """Seeds -> uint8 images [N, R, R, C] from an ONNX session, with the latents of
     progan.sampling (the same image for a seed as the PyTorch generator, within float rounding).
-    `latent_size` defaults to the model's own (onnx_latent_size); another one is an ExportError."""
+    `latent_size` defaults to the model's own (onnx_latent_size); another one is an ExportError.
+    `classes` (conditional models): one class name or index for every seed, one per seed, or
+    float rows [N, K]; None gives seed s the class s mod K, as progan.sampling does. It becomes
+    the model's second input, `labels` float32 [N, K]."""
     from progan.images import to_uint8
-    from progan.sampling import latents_for_seeds
+    from progan.sampling import default_classes, labels_for, latents_for_seeds
 
     expected = onnx_latent_size(session)
     if latent_size is not None and latent_size != expected:
         raise ExportError(f"latent_size {latent_size} does not fit this ONNX generator, which takes latents "
                           f"[batch, {expected}]; leave latent_size out to use the model's")
-    latents = latents_for_seeds(seeds, expected).numpy()
-    (images,) = session.run(["images"], {"latents": latents})
+    names = onnx_class_names(session)
+    if names and classes is None:
+        classes = default_classes(seeds, len(names))
+    try:
+        labels = labels_for(classes, len(seeds), len(names), names)
+    except ValueError as exc:
+        raise ExportError(f"classes: {exc}") from None
+    inputs = {"latents": latents_for_seeds(seeds, expected).numpy()}
+    if labels is not None:
+        inputs["labels"] = labels.numpy()
+    (images,) = session.run(["images"], inputs)
     return to_uint8(torch.from_numpy(images))

@@ -80,6 +80,29 @@ def make_grid(
     return grid
 
 
+def label_rows(grid: np.ndarray, names: list[str], max_font_size: int = 16) -> np.ndarray:
+    """`grid` (uint8 [H, W, C], len(names) equal rows) with a black strip at its left holding each
+    row's name in white, centred on the row, in Pillow's bundled font (as the timelapse captions);
+    the font shrinks with the rows, down to 6 px."""
+    from PIL import ImageDraw, ImageFont
+
+    grid = np.asarray(grid)
+    height, _, channels = grid.shape
+    row_height = height // len(names)
+    font = ImageFont.load_default(size=max(6, min(max_font_size, int(row_height * 0.4))))
+    pad = max(2, font.size // 3) if hasattr(font, "size") else 2
+    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+    strip_width = max(measure.textbbox((0, 0), name, font=font)[2] for name in names) + 2 * pad
+    strip = Image.new("L", (strip_width, height), 0)
+    draw = ImageDraw.Draw(strip)
+    for row, name in enumerate(names):
+        draw.text((pad, row * row_height + row_height // 2), name, fill=255, font=font, anchor="lm")
+    text = np.asarray(strip)[:, :, None].repeat(channels, axis=2)
+    if channels == 4:
+        text[:, :, 3] = 255  # an opaque strip
+    return np.concatenate([text, grid], axis=1)
+
+
 def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
     """Write uint8 [H, W, C] (C = 1, 3 or 4) or [H, W] as a PNG, atomically."""
     array = np.asarray(array)

@@ -12,8 +12,15 @@ to the first, and each frame is rescaled to the latent's expected norm sqrt(late
 blur shrinks it). The paper rescales by one global RMS instead; the generator pixel-normalises
 its input, so the images are the same either way.
 
+Class-conditional models (ModelConfig.class_names, K classes) take a label with every latent.
+`classes=` names it: a class name or index for every sample, one per seed, or float rows [N, K]
+(one-hot or soft). Without it, seed `s` gets class `s mod K` (`default_classes`): reproducible,
+and consecutive seeds cycle through every class. A walk may move between classes: its one-hot
+label moves linearly from each listed class to the next and back to the first, so it loops.
+
     >>> G, info = progan.load_generator("checkpoints/run", device="cuda")
     >>> images = seeds_to_images(G, [0, 1, 2], resolution=info.resolution, alpha=info.alpha)
+    >>> cats = seeds_to_images(G, [0, 1, 2], info.resolution, info.alpha, classes="cat")  # conditional
 """
 
 from __future__ import annotations
@@ -88,6 +95,97 @@ def latents_for_seeds(seeds: Sequence[int], latent_size: int) -> torch.Tensor:
     return torch.stack([latent_for_seed(s, latent_size) for s in seeds])
 
 
+# -- classes (conditional models) ----------------------------------------------------------
+ALL_CLASSES = "all"
+_CLASS_SEPARATOR = ":"
+
+
+def _known_classes(class_names: Sequence[str]) -> str:
+    return ", ".join(f"{i}={name}" for i, name in enumerate(class_names))
+
+
+def class_index(value: str | int, class_names: Sequence[str]) -> int:
+    """A class given by name (exactly as stored) or by index -> its index; ValueError (one line,
+    listing the known classes) for anything else, and for an unconditional model."""
+    if not class_names:
+        raise ValueError(f"class {value!r} given, but this model is unconditional (its config has no class names)")
+    if isinstance(value, str) and value in class_names:  # a name wins over reading it as an index
+        return list(class_names).index(value)
+    text = str(value).strip()
+    if not isinstance(value, bool) and re.fullmatch(r"[0-9]+", text) and int(text) < len(class_names):
+        return int(text)
+    what = f"index {text} is out of range" if re.fullmatch(r"-?[0-9]+", text) else f"{text!r} is not a class"
+    raise ValueError(f"{what}; this model's {len(class_names)} classes are {_known_classes(class_names)} "
+                     "(give a name or an index)")
+
+
+def parse_classes(text: str, class_names: Sequence[str]) -> list[int]:
+    """A --class value -> class indices: 'cat' or '3' -> [i]; 'cat:dog' (a walk's path) -> [i, j];
+    'all' -> every class (a class named 'all' is given by its index). A name holding ':' is read
+    whole when it is the entire value. ValueError (one line) for unknown classes or a malformed list."""
+    if not class_names:
+        raise ValueError("this model is unconditional (its config has no class names); leave --class out")
+    if text.strip() == ALL_CLASSES:  # always every class: a class named "all" is given by its index
+        return list(range(len(class_names)))
+    items = [text] if text in class_names else text.split(_CLASS_SEPARATOR)
+    if any(not item.strip() for item in items):
+        raise ValueError(f"bad class list {text!r}: an empty item; give NAME, INDEX or a walk's path "
+                         f"NAME:NAME[:...], e.g. {class_names[0]}:{class_names[1]}")
+    indices = [class_index(item if item in class_names else item.strip(), class_names) for item in items]
+    for a, b in zip(indices, indices[1:]):
+        if a == b:
+            raise ValueError(f"bad class list {text!r}: {class_names[a]} follows itself; list each stop once")
+    return indices
+
+
+def default_classes(seeds: Sequence[int], label_size: int) -> list[int]:
+    """The class of each seed when none is asked for: seed mod K (the same for a seed in any run)."""
+    return [int(seed) % label_size for seed in seeds]
+
+
+def labels_for(classes, count: int, label_size: int, class_names: Sequence[str] = ()) -> torch.Tensor | None:
+    """`classes` as the generator's labels for `count` samples: float one-hot/soft rows [count, K]
+    (CPU). None stays None for an unconditional model (K = 0). `classes`: one class (name or index)
+    for all, a sequence of one per sample, or a float tensor/array [count, K]."""
+    if label_size == 0:
+        if classes is not None:
+            raise ValueError("classes given, but this model is unconditional (its config has no class names)")
+        return None
+    if classes is None:
+        raise ValueError(f"this model is class-conditional ({label_size} classes); pass classes=")
+    if isinstance(classes, (torch.Tensor, np.ndarray)) and np.ndim(classes) == 2:
+        rows = torch.as_tensor(np.asarray(classes) if isinstance(classes, np.ndarray) else classes).float().cpu()
+        if tuple(rows.shape) != (count, label_size):
+            raise ValueError(f"label rows must be [{count}, {label_size}], got {list(rows.shape)}")
+        return rows
+    if isinstance(classes, (str, int, np.integer)):
+        classes = [classes] * count
+    classes = list(np.asarray(classes).tolist()) if isinstance(classes, (torch.Tensor, np.ndarray)) else list(classes)
+    if len(classes) != count:
+        raise ValueError(f"{len(classes)} classes for {count} samples; give one class, or one per sample")
+    names = list(class_names) or [str(i) for i in range(label_size)]
+    indices = torch.tensor([class_index(c, names) for c in classes], dtype=torch.long)
+    return torch.nn.functional.one_hot(indices, label_size).float()
+
+
+def walk_labels(classes: Sequence[int], frames: int, label_size: int) -> torch.Tensor:
+    """[frames, K] one-hot labels along a looping walk through `classes` (indices): frame t sits
+    t/frames of the way round the loop c0 -> c1 -> ... -> c0, moving linearly between stops."""
+    stops = torch.nn.functional.one_hot(torch.tensor(list(classes), dtype=torch.long), label_size).double()
+    position = torch.arange(frames, dtype=torch.float64) * len(classes) / frames  # [frames]
+    start = position.floor().long()
+    weight = (position - start).unsqueeze(1)  # [frames, 1]
+    return ((1 - weight) * stops[start] + weight * stops[(start + 1) % len(classes)]).float()
+
+
+def class_tag(classes: Sequence[int], class_names: Sequence[str]) -> str:
+    """A file-name-safe tag for classes (indices): 'cat', 'cat-dog'; a name with other characters
+    than letters, digits, '.' and '_' (or starting with '.') is written by its index: 'class3'."""
+    parts = [name if re.fullmatch(r"[A-Za-z0-9._]+", name) and not name.startswith(".") else f"class{i}"
+             for i, name in ((i, class_names[i]) for i in classes)]
+    return "-".join(parts)
+
+
 # -- which stage to sample ------------------------------------------------------------------
 def sampling_stage(info: GeneratorInfo, resolution: int | None = None) -> tuple[int, float]:
     """(resolution, alpha) to sample at.
@@ -128,27 +226,35 @@ def iter_image_batches(
     alpha: float = 1.0,
     batch_size: int = 32,
     autocast_dtype: torch.dtype | None = None,
+    labels: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield float32 CPU images [B, C, R, R] in [-1, 1] (about), `batch_size` latents at a time.
 
-    Streams, so thousands of images never sit in memory at once. Latents are moved to the
-    generator's device here; drawing them stays the caller's business (on the CPU, from seeds).
+    Streams, so thousands of images never sit in memory at once. Latents (and `labels`, a
+    conditional model's class indices [N] or rows [N, K]) are moved to the generator's device
+    here; drawing them stays the caller's business (on the CPU, from seeds).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if labels is not None and len(labels) != len(latents):
+        raise ValueError(f"{len(labels)} labels for {len(latents)} latents")
     device = _device_of(generator)
-    for chunk in latents.split(batch_size):
+    label_chunks = labels.split(batch_size) if labels is not None else [None] * math.ceil(len(latents) / batch_size)
+    for chunk, label_chunk in zip(latents.split(batch_size), label_chunks):
         # Entered per batch, not around the yield: a suspended generator would otherwise leave
         # no_grad and autocast switched on in the caller's code. no_grad rather than
         # inference_mode so the images are ordinary tensors the caller may use any way.
+        extra = {} if label_chunk is None else {"labels": label_chunk.to(device)}
         with torch.no_grad(), autocast(device, autocast_dtype):
-            images = generator(chunk.to(device), resolution=resolution, alpha=alpha)
+            images = generator(chunk.to(device), resolution=resolution, alpha=alpha, **extra)
         yield images.float().cpu()
 
 
-def synthesize(generator, latents, resolution, alpha=1.0, batch_size=32, autocast_dtype=None) -> torch.Tensor:
+def synthesize(generator, latents, resolution, alpha=1.0, batch_size=32, autocast_dtype=None,
+               labels=None) -> torch.Tensor:
     """All images of `latents` as one float32 CPU tensor [N, C, R, R] (see iter_image_batches)."""
-    return torch.cat(list(iter_image_batches(generator, latents, resolution, alpha, batch_size, autocast_dtype)))
+    return torch.cat(list(iter_image_batches(generator, latents, resolution, alpha, batch_size, autocast_dtype,
+                                             labels)))
 
 
 def seeds_to_images(
@@ -159,16 +265,34 @@ def seeds_to_images(
     batch_size: int = 32,
     autocast_dtype: torch.dtype | None = None,
     latent_size: int | None = None,
+    classes=None,
 ) -> np.ndarray:
-    """Seeds -> uint8 images [N, R, R, C], the same for a seed on any device or batch size."""
+    """Seeds -> uint8 images [N, R, R, C], the same for a seed on any device or batch size.
+
+    `classes` (conditional models): one class name or index for every seed, one per seed, or
+    float rows [N, K]; None gives seed s the class s mod K. Refused for an unconditional model."""
     from progan.images import to_uint8
 
     if len(seeds) == 0:
         raise ValueError("seeds_to_images needs at least one seed")
     latent_size = latent_size or _latent_size(generator)
     latents = latents_for_seeds(seeds, latent_size)
-    batches = iter_image_batches(generator, latents, resolution, alpha, batch_size, autocast_dtype)
+    labels = _labels(generator, seeds, classes)
+    batches = iter_image_batches(generator, latents, resolution, alpha, batch_size, autocast_dtype, labels)
     return np.concatenate([to_uint8(batch) for batch in batches])
+
+
+def class_names_of(generator: torch.nn.Module) -> tuple[str, ...]:
+    """The class names of a progan Generator (also through torch.compile); () if unconditional."""
+    config = getattr(generator, "cfg", None) or getattr(getattr(generator, "_orig_mod", None), "cfg", None)
+    return tuple(getattr(config, "class_names", ()))
+
+
+def _labels(generator: torch.nn.Module, seeds: Sequence[int], classes) -> torch.Tensor | None:
+    names = class_names_of(generator)
+    if names and classes is None:
+        classes = default_classes(seeds, len(names))
+    return labels_for(classes, len(seeds), len(names), names)
 
 
 def _latent_size(generator: torch.nn.Module) -> int:
@@ -217,11 +341,15 @@ def walk_frames(
     autocast_dtype: torch.dtype | None = None,
     on_frame: Callable[[int], None] | None = None,
     latent_size: int | None = None,
+    classes: Sequence[str | int] | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield the walk's frames as uint8 [H, W, C]: one walk per seed, tiled rows x cols.
 
     One seed gives one walk at full size; several give a grid of walks, cell i walking from
     seeds[i]. `on_frame(n)` is called after each frame (for progress).
+
+    `classes` (conditional models): the classes (names or indices) every cell's label walks
+    through, looping (walk_labels); one class holds still. None: cell i keeps seeds[i] mod K.
     """
     from progan.images import make_grid, to_uint8
 
@@ -229,15 +357,31 @@ def walk_frames(
     # [frames, walks, latent]: every cell's latent for one frame sits together, so a frame's
     # cells run as one batch.
     paths = torch.stack([walk_latents(s, frames, latent_size, smoothing, fps) for s in seeds], dim=1)
+    label_paths = _walk_label_paths(generator, seeds, frames, classes)  # [frames, walks, K] or None
     frames_per_batch = max(1, batch_size // len(seeds))
     for start in range(0, frames, frames_per_batch):
         chunk = paths[start:start + frames_per_batch]
         flat = chunk.reshape(-1, latent_size)
-        images = to_uint8(synthesize(generator, flat, resolution, alpha, batch_size, autocast_dtype))
+        labels = None if label_paths is None else label_paths[start:start + frames_per_batch].flatten(0, 1)
+        images = to_uint8(synthesize(generator, flat, resolution, alpha, batch_size, autocast_dtype, labels))
         for frame_cells in images.reshape(len(chunk), len(seeds), *images.shape[1:]):
             yield frame_cells[0] if len(seeds) == 1 else make_grid(frame_cells, rows=rows, cols=cols)
             if on_frame is not None:
                 on_frame(1)
+
+
+def _walk_label_paths(generator, seeds: Sequence[int], frames: int, classes) -> torch.Tensor | None:
+    names = class_names_of(generator)
+    if not names:
+        if classes is not None:
+            raise ValueError("classes given, but this model is unconditional (its config has no class names)")
+        return None
+    if classes is None:  # every cell holds its seed's default class
+        return labels_for(default_classes(seeds, len(names)), len(seeds), len(names)).expand(frames, -1, -1)
+    if isinstance(classes, (str, int)):
+        classes = [classes]
+    path = walk_labels([class_index(c, names) for c in classes], frames, len(names))  # [frames, K]
+    return path.unsqueeze(1).expand(-1, len(seeds), -1)
 
 
 def parse_grid(text: str) -> tuple[int, int]:
