@@ -136,6 +136,20 @@ def test_a_labelled_database_trains_conditionally_and_resumes_exactly(labelled_l
     assert " cls " in output  # the log line shows the class terms
     run_cli(["train.py", "--out", str(out), "--total-kimg", "0.256", "--resume", "auto"])
     assert_same_training_state(checkpoints.load_checkpoint(out), checkpoints.load_checkpoint(reference))
+    # Metrics: classes drawn with the database's frequencies, or one class against its own reals.
+    proc = run_cli(["-m", "progan.metrics", "swd", "--real", str(labelled_lmdb), "--fake", str(reference), "--num", "32",
+                    "--no-log"])
+    assert json.loads(proc.stdout)["classes"] == "drawn with --real's class frequencies"
+    proc = run_cli(["-m", "progan.metrics", "swd", "--real", str(labelled_lmdb), "--fake", str(reference), "--num", "30",
+                    "--class", names[1], "--no-log"])
+    record = json.loads(proc.stdout)
+    assert record["class"] == names[1] and record["swd_x1e3_avg"] > 0
+    proc = run_cli(["-m", "progan.metrics", "swd", "--real", str(labelled_lmdb), "--fake", str(reference), "--num", "64",
+                    "--class", names[1], "--no-log"], check=False)  # 32 reals of that class: too few
+    assert proc.returncode != 0 and "lower --num" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = run_cli(["-m", "progan.metrics", "swd", "--real", str(labelled_lmdb), "--fake", str(reference), "--num", "30",
+                    "--class", "zebra", "--no-log"], check=False)
+    assert proc.returncode != 0 and "not one of the model's classes" in proc.stderr
     # An unconditional resume of a conditional run is refused by name.
     proc = run_cli(["train.py", "--out", str(out), "--resume", "auto", "--conditional", "off", "--total-kimg", "0.3"],
                    check=False)
