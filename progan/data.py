@@ -30,6 +30,7 @@ torch is imported only where tensors are made, so `data_prep` workers stay light
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import io
@@ -324,6 +325,10 @@ def _open_readonly(path) -> tuple[lmdb.Environment, MappedFile]:
 # with its last user. The table is guarded by a lock (renewed in a forked child).
 _SHARED_ENVS: dict[tuple[str, int], list] = {}  # (real path, pid) -> [environment, users, MappedFile]
 _SHARED_LOCK = threading.Lock()
+# Datasets released by the garbage collector. A finalizer can run at any allocation, also while
+# this thread holds _SHARED_LOCK (a deadlock if it took the lock), so __del__ only queues its
+# release here (deque.append takes no lock) and the next acquire or release carries it out.
+_DEFERRED_RELEASES: collections.deque = collections.deque()
 
 
 def _renew_shared_lock() -> None:
@@ -345,6 +350,7 @@ def _acquire_env(path) -> lmdb.Environment:
 
 def _acquire(path) -> tuple[lmdb.Environment, MappedFile]:
     with _SHARED_LOCK:
+        _release_deferred()
         _close_inherited_envs()
         key = _shared_key(path)
         entry = _SHARED_ENVS.get(key)
@@ -378,15 +384,26 @@ def _close_inherited_envs() -> None:
 
 def _release_env(path) -> None:
     with _SHARED_LOCK:
-        key = _shared_key(path)
-        entry = _SHARED_ENVS.get(key)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] <= 0:
-            del _SHARED_ENVS[key]
-            entry[0].close()
-            entry[2].close()
+        _release_deferred()
+        _release_locked(path)
+
+
+def _release_deferred() -> None:
+    """Carry out the releases queued by finalizers (with _SHARED_LOCK held)."""
+    while _DEFERRED_RELEASES:
+        _release_locked(_DEFERRED_RELEASES.popleft())
+
+
+def _release_locked(path) -> None:
+    key = _shared_key(path)
+    entry = _SHARED_ENVS.get(key)
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] <= 0:
+        del _SHARED_ENVS[key]
+        entry[0].close()
+        entry[2].close()
 
 
 @contextlib.contextmanager
@@ -668,10 +685,10 @@ class MultiResolutionDataset:
         self._env = self._mapped = None
 
     def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: nothing left to release
-            pass
+        # Never take the lock here (see _DEFERRED_RELEASES): queue the release.
+        if getattr(self, "_env", None) is not None and self._env_pid == os.getpid():
+            _DEFERRED_RELEASES.append(self.path)
+        self._env = self._mapped = None
 
     def __getstate__(self) -> dict:
         # The environment is per process and the level is reloaded where needed.

@@ -193,3 +193,21 @@ def test_metadata_and_fingerprint(faces_db, tmp_path):
     assert first != second
     digests = [read_metadata(tmp_path / name)["source_sha256"] for name in ("a.lmdb", "b.lmdb")]
     assert digests[0] != digests[1]
+
+
+def test_a_dataset_collected_while_the_environment_lock_is_held_does_not_deadlock(demo_lmdb):
+    """The garbage collector may finalize a dataset at any allocation, also inside the shared
+    environments' lock (a full-suite run once hung there for good): its release is queued and
+    carried out by the next acquire."""
+    import progan.data as data
+
+    ds = data.MultiResolutionDataset(demo_lmdb, 4)
+    ds[0]  # opens (shares) the environment
+    key = data._shared_key(demo_lmdb)
+    users = data._SHARED_ENVS[key][1]
+    with data._SHARED_LOCK:  # what a collection inside _acquire does
+        ds.__del__()
+    assert list(data._DEFERRED_RELEASES) == [ds.path]
+    data.read_metadata(demo_lmdb)  # the next acquire releases it
+    assert not data._DEFERRED_RELEASES
+    assert data._SHARED_ENVS.get(key, [None, 0])[1] == users - 1
