@@ -82,11 +82,15 @@ def train_step(s: "Setup", resolution: int, alpha: float, batch_real_fake: bool 
         z = torch.empty(n, s.G.latent_size, device="meta")
         inputs = StepInputs(z, torch.empty(n, device="meta"), torch.empty(n, dtype=torch.bool, device="meta"), z)
     else:
-        inputs = step_inputs(0, s.count, n, s.G.latent_size, slice(None), s.real.device)
+        inputs = step_inputs(0, s.count, n, s.G.latent_size, slice(None), s.real.device,
+                             class_frequencies=s.class_frequencies)
+    if s.real_labels is not None and s.real.device.type == "meta":
+        inputs.labels_g = s.real_labels
     models = StepModels(s.G_fwd, s.D_fwd, s.G_ema, s.opt_g, s.opt_d, LossScale(False), LossScale(False),
                         GradientSync(1), D_penalty=s.D if s.D_fwd is not s.D else None)
     settings = StepSettings(autocast_dtype=AUTOCAST_DTYPE, batch_real_fake=batch_real_fake)
-    progan_step.train_step(models, settings, s.real, inputs, resolution, alpha, [slice(None)], s.stats)
+    progan_step.train_step(models, settings, s.real, inputs, resolution, alpha, [slice(None)], s.stats,
+                           real_labels=s.real_labels)
     s.count += 1
 
 
@@ -103,11 +107,13 @@ class Variant:
     compile: bool = False  # torch.compile G and D (D's penalty pass stays eager)
     scale_smaller: bool = True  # equalized-LR scale on the smaller of input and weight
     stock_conv: bool = False  # F.conv2d's own double backward instead of progan.ops (image-sized kernels)
+    classes: int = 0  # > 0: a class-conditional model with this many classes (labels, class terms)
 
     def describe(self) -> str:
         return (f"channels_last>={self.channels_last_min_res}, fused_resample>={self.fused_min_res}, "
                 f"inplace_act={self.inplace_act}, adam={self.adam}, batch_real_fake={self.batch_real_fake}, "
-                f"compile={self.compile}, scale_smaller={self.scale_smaller}, stock_conv={self.stock_conv}")
+                f"compile={self.compile}, scale_smaller={self.scale_smaller}, stock_conv={self.stock_conv}, "
+                f"classes={self.classes}")
 
 
 COMPARISONS = {
@@ -121,6 +127,7 @@ COMPARISONS = {
     "compile": [("eager", dict(compile=False)), ("compiled", dict(compile=True))],
     "scale": [("scale-smaller", dict(scale_smaller=True)), ("scale-weight", dict(scale_smaller=False))],
     "conv": [("progan.ops", dict(stock_conv=False)), ("stock-conv", dict(stock_conv=True))],
+    "conditional": [("unconditional", dict(classes=0)), ("10 classes", dict(classes=10))],
     # Every option off: what a straightforward port executes (NCHW, separate upsample/pool and
     # 3x3 convs, out-of-place activations, reals and fakes in two D passes, default foreach
     # Adam, equalized-LR scale multiplied into the weight on every call).
@@ -171,9 +178,13 @@ class Setup:
     D_fwd: torch.nn.Module
     stats: StepStats
     count: int = 0          # steps taken (the seed counter of the step's random inputs)
+    real_labels: torch.Tensor | None = None        # conditional variants: the reals' classes
+    class_frequencies: torch.Tensor | None = None  # ... and the G step's class weights
 
 
 def build(cfg: ModelConfig, batch: int, device: torch.device | str, v: Variant, seed: int = 0) -> Setup:
+    if v.classes:
+        cfg = replace(cfg, class_names=tuple(f"class{i}" for i in range(v.classes)))
     torch.manual_seed(seed)
     with torch.device(device):
         G, D = Generator(cfg), Discriminator(cfg)
@@ -184,8 +195,13 @@ def build(cfg: ModelConfig, batch: int, device: torch.device | str, v: Variant, 
     kw = dict(lr=1e-3, betas=(0.0, 0.99), eps=1e-8)
     kw["fused" if v.adam == "fused" else "foreach"] = True
     G_fwd, D_fwd = (torch.compile(G), torch.compile(D)) if v.compile else (G, D)
-    return Setup(G, D, G_ema, torch.optim.Adam(G.parameters(), **kw),
-                 torch.optim.Adam(D.parameters(), **kw), real, G_fwd, D_fwd, StepStats(device))
+    setup = Setup(G, D, G_ema, torch.optim.Adam(G.parameters(), **kw),
+                  torch.optim.Adam(D.parameters(), **kw), real, G_fwd, D_fwd, StepStats(device))
+    if v.classes:
+        setup.real_labels = torch.arange(batch, device=device) % v.classes
+        if torch.device(device).type != "meta":
+            setup.class_frequencies = torch.ones(v.classes, device=device)
+    return setup
 
 
 def run_step(s: Setup, res: int, v: Variant) -> None:

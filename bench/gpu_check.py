@@ -218,6 +218,13 @@ def make_trainer(data: Path, out: Path, preset: str, res: int, batch: int, preci
     return trainer
 
 
+def free_memory(device: torch.device) -> None:
+    """Collect what was let go of and hand the cached blocks back before the next trainer."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def measure_step(data, out, preset, res, batch, precision, device, steps, workers) -> dict:
     trainer = make_trainer(data, out, preset, res, batch, precision, device, workers)
     try:
@@ -236,11 +243,9 @@ def measure_step(data, out, preset, res, batch, precision, device, steps, worker
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
         finite = bool(torch.isfinite(trainer._tick_sums).all())
     finally:
-        trainer.reals = None
+        trainer.reals = None  # the loader's workers
         del trainer
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        free_memory(device)
     return {"resolution": res, "batch": batch, "precision": precision, "s_per_step": seconds,
             "img_per_s": batch / seconds, "s_per_kimg": seconds * KIMG / batch, "flops_per_step": flops,
             "tflops": flops / seconds / 1e12, "peak_bytes": peak, "host_reads_per_step": reads.count / steps,
@@ -272,9 +277,7 @@ def step_rows(data, work, preset, resolutions, precisions, device, steps, worker
                     if not is_oom(exc):
                         raise
                 if row is None:  # out of memory; freed here, once the traceback no longer holds the trainer
-                    gc.collect()
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
+                    free_memory(device)
                     break
                 row["kind"] = "paper batch" if batch == base else "larger"
                 rows.append(row)
@@ -568,11 +571,9 @@ def profile_step(data, work, preset, res, batch, precision, device, workers, top
             sync(device)
             seconds = (time.perf_counter() - t0) / 2
     finally:
-        trainer.reals = None
+        trainer.reals = None  # the loader's workers
         del trainer
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        free_memory(device)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     kernels = prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=70)
     by_shape = prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=top,

@@ -685,9 +685,15 @@ class MultiResolutionDataset:
         self._env = self._mapped = None
 
     def __del__(self) -> None:
-        # Never take the lock here (see _DEFERRED_RELEASES): queue the release.
+        # Never wait for the lock here (see _DEFERRED_RELEASES): queue the release, and carry it
+        # out at once when the lock is free (the usual case: the database is closed right away).
         if getattr(self, "_env", None) is not None and self._env_pid == os.getpid():
             _DEFERRED_RELEASES.append(self.path)
+            if _SHARED_LOCK.acquire(blocking=False):
+                try:
+                    _release_deferred()
+                finally:
+                    _SHARED_LOCK.release()
         self._env = self._mapped = None
 
     def __getstate__(self) -> dict:

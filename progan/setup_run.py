@@ -67,7 +67,7 @@ class RunPlan:
         raise Interrupted; the loop turns later ones into a stop with a checkpoint)."""
         from progan import trackers
         from progan.diskspace import WriteFailed, check_room, write_failed
-        from progan.elastic import init_process_group
+        from progan.elastic import init_process_group, leave_process_group
         from progan.integrity import check_during_training, first_failure
         from progan.runlock import lock_run_folder, share_from_main
         from progan.signals import pause_point
@@ -110,6 +110,7 @@ class RunPlan:
         trackers.finish(accelerator, run_dir)
         if lock is not None:
             lock.release()
+        leave_process_group()  # every process has its checkpoint written: leave together
         if damage is not None:
             raise CommandLineError(f"{damage} (found by the background check; stopped at "
                                    f"{trainer.images_shown / KIMG:.3f} kimg with a checkpoint saved)")

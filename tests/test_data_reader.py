@@ -211,3 +211,8 @@ def test_a_dataset_collected_while_the_environment_lock_is_held_does_not_deadloc
     data.read_metadata(demo_lmdb)  # the next acquire releases it
     assert not data._DEFERRED_RELEASES
     assert data._SHARED_ENVS.get(key, [None, 0])[1] == users - 1
+    # With the lock free, a collected dataset lets go at once (a plain lmdb.open may follow).
+    again = data.MultiResolutionDataset(demo_lmdb, 4)
+    again[0]
+    again.__del__()
+    assert not data._DEFERRED_RELEASES and data._SHARED_ENVS.get(key, [None, 0])[1] == users - 1
