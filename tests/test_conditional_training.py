@@ -201,3 +201,25 @@ def test_samples_of_each_class_are_recognised_as_that_class(labelled_lmdb, tmp_p
     fakes = ((fakes.clamp(-1, 1) + 1) * 127.5).round()
     accuracy = (classify(hue_features(fakes)) == wanted.numpy()).mean()
     assert accuracy >= 0.9, f"{accuracy:.2f} of the samples recognised as their class"
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_same_conditional_model_as_one(labelled_lmdb, tmp_path):
+    """Labels through several processes: each takes its strided share of the reals with their
+    labels, and the G step's classes are drawn for the global batch, so two processes compute what
+    one does (up to the summation order of the gradients, as for unconditional runs)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["--data", str(labelled_lmdb), *TINY, "--total-kimg", "0.192", "--log-with", "none"]
+    run_cli(["train.py", "--out", str(one), *args])
+    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    proc = run_cli([*launch, "train.py", "--out", str(two), *args], timeout=400, env={"OMP_NUM_THREADS": "1"})
+    assert "2 replicas identical" in proc.stdout + proc.stderr
+    a, b = checkpoints.load_checkpoint(one), checkpoints.load_checkpoint(two)
+    assert a["images_shown"] == b["images_shown"]
+    for key in ("generator", "discriminator"):
+        x = torch.cat([t.flatten() for t in a[key].values()])
+        y = torch.cat([t.flatten() for t in b[key].values()])
+        assert ((x - y).abs() > 1e-3).float().mean().item() < 0.15, key  # see test_two_processes_match_one
+    stats = [json.loads(line) for line in (two / "stats.jsonl").read_text().splitlines()]
+    assert all(t["class_loss_d"] > 0 for t in stats if t.get("kind") == "tick")
