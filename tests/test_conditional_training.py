@@ -223,3 +223,23 @@ def test_two_processes_train_the_same_conditional_model_as_one(labelled_lmdb, tm
         assert ((x - y).abs() > 1e-3).float().mean().item() < 0.15, key  # see test_two_processes_match_one
     stats = [json.loads(line) for line in (two / "stats.jsonl").read_text().splitlines()]
     assert all(t["class_loss_d"] > 0 for t in stats if t.get("kind") == "tick")
+
+
+@pytest.mark.slow
+def test_a_portrait_labelled_database_trains_a_portrait_conditional_model(tmp_path):
+    """Non-square and conditional together: 3:4 levels with labels, through a fade, then sampled
+    by class."""
+    run_cli(["-m", "data_prep", "synth", str(tmp_path / "faces"), "--count", "32", "--size", "32", "--seed", "3",
+             "--classes", "2"])
+    db = tmp_path / "p.lmdb"
+    run_cli(["-m", "data_prep", "build", str(tmp_path / "faces"), str(db), "--max-res", "8", "--aspect", "3:4",
+             "--labels", "folders", "--workers", "1"])
+    out = tmp_path / "run"
+    run_cli(["train.py", "--data", str(db), "--out", str(out), *TINY, "--total-kimg", "0.16", "--log-with", "none"])
+    G, info = checkpoints.load_generator(out, ema=True)
+    assert info.model_config.aspect == "3:4" and info.model_config.label_size == 2
+    with torch.no_grad():
+        images = G(torch.randn(4, G.latent_size), resolution=info.resolution, alpha=info.alpha,
+                   labels=torch.tensor([0, 1, 0, 1]))
+    width, height = info.model_config.level_size(info.resolution)
+    assert images.shape == (4, 3, height, width) and height > width and torch.isfinite(images).all()
