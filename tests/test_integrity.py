@@ -240,7 +240,9 @@ levels = {r: MultiResolutionDataset(good, r).get_batch(np.arange(64)).numpy() fo
 rows = []
 for page in range(len(original) // 4096):
     damaged = bytearray(original)
-    damaged[page * 4096:(page + 1) * 4096] = bytes([page * 37 % 256]) * 2048 + os.urandom(2048)
+    # seeded: a failure names a page that fails again (random bytes in LMDB's own B-tree pages can, rarely,
+    # make LMDB read past the file's end: a Bus error the README's reliability section owns up to)
+    damaged[page * 4096:(page + 1) * 4096] = bytes([page * 37 % 256]) * 2048 + np.random.default_rng(page).bytes(2048)
     with open(os.path.join(work, "data.mdb"), "wb") as f:
         f.write(damaged)
     err = io.StringIO()
