@@ -46,6 +46,19 @@ def assert_same_training_state(a, b):
                 assert torch.equal(torch.as_tensor(value), torch.as_tensor(b[key]["state"][index][field]))
 
 
+def sigterm_after_ticks(data, out, ticks: int, *extra):
+    """Start `train.py` (TINY) and send SIGTERM once stats.jsonl has `ticks` lines; (process, output)."""
+    cmd = [sys.executable, "train.py", "--data", str(data), "--out", str(out), *TINY, *extra]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    stats = out / "stats.jsonl"
+    while time.monotonic() < deadline and not (stats.exists() and stats.read_text().count("\n") >= ticks):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    return proc, output
+
+
 # -- pieces ---------------------------------------------------------------------------------
 def test_data_order_is_a_fresh_permutation_each_epoch():
     order = DataOrder(seed=3, num_images=10)
@@ -184,14 +197,7 @@ def state_at_checkpoint(data):
 @pytest.mark.slow
 def test_sigterm_saves_and_resume_is_exact(demo_lmdb, reference_run, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "train.py", "--data", str(demo_lmdb), "--out", str(out), *TINY, "--total-kimg", "0.256"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    stats = out / "stats.jsonl"
-    while time.monotonic() < deadline and not (stats.exists() and stats.read_text().count("\n") >= 2):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=120)
+    proc, output = sigterm_after_ticks(demo_lmdb, out, 2, "--total-kimg", "0.256")
     saved = final_state(out)
     if saved["images_shown"] < 256:  # the signal landed before the end, as intended
         assert "stopped by SIGTERM" in output and proc.returncode == 3, output  # 3: pre-empted
