@@ -145,8 +145,19 @@ def run(args: dict, stop: StopSignals | None = None) -> int:
     return plan.train(stop)
 
 
+def release_distributed() -> None:
+    """Free the process group before the interpreter's exit on every path (see
+    progan.elastic.release_process_group): otherwise gloo can turn any exit code into SIGABRT."""
+    if "torch.distributed" in sys.modules:  # a --help or a bad flag never imported torch
+        from progan.elastic import release_process_group
+        release_process_group()
+
+
 if __name__ == "__main__":
-    code = main()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # the run is over and its exit code stands: a late
-        signal.signal(sig, signal.SIG_IGN)        # signal during interpreter shutdown changes nothing
+    try:
+        code = main()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # the run is over and its exit code stands: a late
+            signal.signal(sig, signal.SIG_IGN)        # signal during shutdown changes nothing
+        release_distributed()
     sys.exit(code)

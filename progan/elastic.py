@@ -18,6 +18,11 @@ def init_process_group(cpu: bool) -> bool:
     keys (gloo on CPU, nccl on CUDA); returns False (and leaves it to accelerate) otherwise."""
     import torch
     import torch.distributed as dist
+    # Its functions take `group=group.WORLD` as a default, evaluated at import: imported after the
+    # group starts (torch.optim.Adam imports it, through torch._dynamo and FSDP), they would hold
+    # the group for good, and its gloo threads would live until the interpreter's exit (see
+    # release_process_group). Imported first, the default is None: the current default group.
+    import torch.distributed.nn.functional  # noqa: F401
 
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -53,12 +58,30 @@ def lost_peer(exc: BaseException) -> bool:
 
 def leave_process_group() -> None:
     """Every process of a finished (or stopped) run leaves the group together: a barrier, then
-    destroy_process_group. A rank that exits while its peer still holds the group can make gloo
-    abort it at exit ("terminate called without an active exception", SIGABRT: exit 1 under
-    torchrun for a run that finished and saved everything; seen about 1 in 10 runs on a busy
-    machine). Only on the normal paths: after a peer died, a barrier would wait for it."""
+    release_process_group. Only on the normal paths: after a peer died, a barrier would wait
+    for it. Call it before accelerate's end_training, which destroys the group with no barrier."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+    release_process_group()
+
+
+def release_process_group() -> None:
+    """Destroy the process group (if any) and free it now, while the interpreter is whole.
+
+    destroy_process_group only unregisters the group: the gloo backend sits in a reference
+    cycle and its worker threads live on until a garbage collection. If that collection is
+    the interpreter's own at exit, a worker that still drops its last collective's tensors
+    (a Python decref) is killed by the finalizing interpreter inside C++ code: "terminate
+    called without an active exception", SIGABRT, exit 1 under torchrun for a run that had
+    finished and saved everything (1 run in 3 on 2 busy cores). A collection here joins the
+    workers: torch releases the GIL while it destroys the backend, so they can finish first.
+    Purely local (no collective): safe on every exit path, also after a peer died."""
+    import gc
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    gc.collect()

@@ -107,10 +107,10 @@ class RunPlan:
         finally:
             check.stop()
         damage = first_failure(check.failure, self.world_size)  # on whichever process found it
-        trackers.finish(accelerator, run_dir)
         if lock is not None:
             lock.release()
         leave_process_group()  # every process has its checkpoint written: leave together
+        trackers.finish(accelerator, run_dir)
         if damage is not None:
             raise CommandLineError(f"{damage} (found by the background check; stopped at "
                                    f"{trainer.images_shown / KIMG:.3f} kimg with a checkpoint saved)")
