@@ -25,7 +25,7 @@ from progan.data import (
 )
 from progan.aspect import ASPECT_RULE, DEFAULT_ASPECT, describe_level
 from progan.cli import EXIT_USAGE, EXIT_WRITE_FAILED, OneLineErrorParser, fail
-from progan.integrity import verify
+from progan.integrity import check_levels, verify
 from progan.config import RESOLUTION_RULE, is_valid_resolution
 from progan.diskspace import format_bytes
 from progan.images import make_grid, save_png
@@ -272,6 +272,7 @@ def _run_verify(args) -> int:
 
 def _run_preview(args) -> int:
     dataset = MultiResolutionDataset(args.dataset, args.res, memory_budget_bytes=0)
+    check_levels(args.dataset, [args.res])  # in a child: a damaged index that crashes LMDB is one line here
     count = min(args.count, len(dataset))
     batch = dataset.get_batch(np.arange(count)).numpy()
     save_png(make_grid(batch.transpose(0, 2, 3, 1), padding=2), args.out)

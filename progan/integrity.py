@@ -4,19 +4,27 @@ Every record's crc32 is stored at build time (progan.data, `crc32/{R}` tables). 
 them: `verify` reads every record of every level and lists each bad one (`data_prep verify`);
 `check_levels` is the trainer's cheap check at start: the key structure and count of each level
 it will need, its checksum table, and a spread sample of records; `BackgroundCheck` reads every
-record of the levels a run still needs, in a thread from the start of training, so damage in a
-level used hours later stops the run minutes in. Reading during training checks each record's
-checksum too (MultiResolutionDataset). Every read first checks that data.mdb is not shorter than
-the database needs (progan.data.MappedFile): a cut file is one line, never SIGBUS.
+record of the levels a run still needs, from the start of training, so damage in a level used
+hours later stops the run minutes in. Reading during training checks each record's checksum too
+(MultiResolutionDataset). Every read first checks that data.mdb is not shorter than the database
+needs (progan.data.MappedFile): a cut file is one line, never SIGBUS.
+
+All three scans run in a child process (`python -m progan.integrity`): a damaged page of LMDB's
+own B-tree can make LMDB read outside the file during a lookup, a SIGBUS no process survives.
+The child writes where it is (ScanPosition) before each read, so its death names the record.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
+import signal
+import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -69,63 +77,129 @@ class VerifyReport:
     labels_problem: str | None = None  # what is wrong with the label table of a labelled database
 
 
-def verify(path, on_record: Callable[[], None] | None = None,
-           on_bad: Callable[[BadRecord], None] | None = None) -> VerifyReport:
+def verify(path, on_record: Callable[[int], None] | None = None,
+           on_bad: Callable[[BadRecord], None] | None = None, isolated: bool = True) -> VerifyReport:
     """Read every record at every level: present, readable, matching its checksum, decoding to
     the right shape. Bad records are collected (and passed to `on_bad` as found), never raised;
-    DatasetError only when the database cannot be opened or its metadata is unusable."""
+    `on_record(n)` counts records as they are read. DatasetError only when the database cannot be
+    opened or its metadata is unusable (FileCutShort for a cut file).
+
+    `isolated` (the default): the reading runs in a child process, so that a damaged page of
+    LMDB's own index, which can make LMDB read outside the file (SIGBUS, uncatchable in-process),
+    costs a child, not the caller: that record is listed as bad, and the scan goes on from the
+    next level in a new child."""
     metadata = read_metadata(path)
+    resolutions, aspect = metadata["resolutions"], dataset_aspect(metadata)
+    report = VerifyReport(records=0, checksums=metadata.get("checksums") is not None)
+    finished = []
+
+    def handle(event: dict) -> None:
+        if "records" in event:
+            report.records += event["records"]
+            if on_record is not None:
+                on_record(event["records"])
+        elif "bad" in event:
+            bad = BadRecord(*event["bad"], aspect)
+            report.bad.append(bad)
+            if on_bad is not None:
+                on_bad(bad)
+        elif "done" in event:
+            report.stray, report.labels_problem = event["done"]["stray"], event["done"]["labels_problem"]
+            finished.append(True)
+        else:
+            _raise_child_error(event)
+
+    if not isolated:
+        _verify_scan(path, metadata, 0, handle, ScanPosition())
+        return report
+    first = 0
+    while not finished:
+        told_before = report.records
+        end = _run_scan_child(["verify", os.fspath(path), str(first)], handle)
+        if finished:
+            break
+        level, index = _crash_position(path, end, "verify")
+        read = (min(level, len(resolutions)) - first) * metadata["count"] + max(index, 0)
+        handle({"records": max(0, read - (report.records - told_before))})  # read before the crash, not yet told
+        if level >= len(resolutions):  # in the final count of the records
+            report.stray = f"its records could not be counted ({_crash_reason(end)})"
+            break
+        handle({"bad": [resolutions[level], index, f"{_crash_reason(end)}; the rest of this level was not checked"]})
+        first = level + 1
+    return report
+
+
+def _verify_scan(path, metadata: dict, first_level: int, emit: Callable[[dict], None], position: "ScanPosition") -> None:
+    """verify's reading from level position `first_level` on, told through `emit` as events:
+    {"records": n}, {"bad": [resolution, index, reason]}, then {"done": {stray, labels_problem}}."""
     count, encoding, resolutions = metadata["count"], metadata["encoding"], metadata["resolutions"]
     checksums, aspect = metadata.get("checksums"), dataset_aspect(metadata)
-    report = VerifyReport(records=0, checksums=checksums is not None)
-
-    def found(bad: BadRecord) -> None:
-        report.bad.append(bad)
-        if on_bad is not None:
-            on_bad(bad)
+    records = _RecordCounter(emit, gap=0.1 if position.shared else 0.0)  # in-process: each record
+    stray = labels_problem = None
 
     with _reading(path) as env:  # a damaged page outside any record: DatasetError
         mapped = mapped_file(path)  # the file's size, checked before each read: FileCutShort
         txn = env.begin(buffers=True)
         try:
-            for resolution in resolutions:
+            for level in range(first_level, len(resolutions)):
+                resolution = resolutions[level]
+                position.at(level, -1)
                 try:
                     mapped.check()
                     table = read_checksum_table(txn, path, checksums, resolution, count)
                 except FileCutShort:
                     raise
                 except DatasetError:
-                    found(BadRecord(resolution, None, "checksum table missing or damaged; "
-                                                      "records checked by decoding only", aspect))
+                    emit({"bad": [resolution, None, "checksum table missing or damaged; records checked by decoding only"]})
                     table, txn = None, _renew(env, txn)
                 for index in range(count):
+                    position.at(level, index)
                     try:
                         read_record(txn, resolution, index, encoding, table, aspect, mapped)
                     except FileCutShort:
                         raise
                     except ValueError as error:
-                        found(BadRecord(resolution, index, str(error), aspect))
+                        emit({"bad": [resolution, index, str(error)]})
                         txn = _renew(env, txn)  # LMDB invalidates a transaction that met a damaged page
-                    report.records += 1
-                    if on_record is not None:
-                        on_record()
+                    records.add()
+            records.flush()
+            position.at(len(resolutions), -1)
             expected = 1 + count * len(resolutions) + (len(resolutions) if checksums is not None else 0)
             if "classes" in metadata:  # the label table: checksum, one entry per image, each < K
                 expected += 1
                 mapped.check()
                 try:
                     data = txn.get(LABELS_KEY)
-                    report.labels_problem = label_table_problem(None if data is None else bytes(data), metadata)
+                    labels_problem = label_table_problem(None if data is None else bytes(data), metadata)
                 except lmdb.Error as error:
-                    report.labels_problem = f"label table {LABELS_KEY.decode()} cannot be read ({first_line(error)})"
+                    labels_problem = f"label table {LABELS_KEY.decode()} cannot be read ({first_line(error)})"
                     txn = _renew(env, txn)
             mapped.check()
             entries = txn.stat()["entries"]
         finally:
             txn.abort()
     if entries != expected:
-        report.stray = f"holds {entries} records, expected {expected}"
-    return report
+        stray = f"holds {entries} records, expected {expected}"
+    emit({"done": {"stray": stray, "labels_problem": labels_problem}})
+
+
+class _RecordCounter:
+    """Records read, told in batches (at most ~10 events a second through a child's pipe)."""
+
+    def __init__(self, emit: Callable[[dict], None], gap: float = 0.1) -> None:
+        self.emit, self.gap, self.pending, self.last = emit, gap, 0, time.perf_counter()
+
+    def add(self) -> None:
+        self.pending += 1
+        now = time.perf_counter()
+        if now - self.last >= self.gap:
+            self.last = now
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.emit({"records": self.pending})
+            self.pending = 0
 
 
 def _renew(env, txn):
@@ -133,21 +207,46 @@ def _renew(env, txn):
     return env.begin(buffers=True)
 
 
-def check_levels(path, resolutions, samples: int = SAMPLE_RECORDS) -> None:
+def check_levels(path, resolutions, samples: int = SAMPLE_RECORDS, isolated: bool = True) -> None:
     """The trainer's check at start, cheap next to a training phase: for each level in
     `resolutions`, every key present (a lookup each: the pages that hold the structure), the
     checksum table intact, and `samples` records spread over the level
-    read, checksummed and decoded. DatasetError (one line, naming the record and `verify`)."""
+    read, checksummed and decoded. DatasetError (one line, naming the record and `verify`).
+    `isolated` (the default): in a child process, as verify, so that LMDB meeting a damaged page
+    of its own index (SIGBUS) is this one line too. The training reads the same keys afterwards,
+    so a database this check passes does not crash it that way."""
+    resolutions = [int(r) for r in resolutions]
+    if not isolated:
+        _check_levels_scan(path, resolutions, samples, ScanPosition())
+        return
+    events = []
+    end = _run_scan_child(["start", os.fspath(path), ",".join(map(str, resolutions)), str(samples)], events.append)
+    for event in events:
+        _raise_child_error(event)
+    if end.returncode == 0 and {"done": True} in events:
+        return
+    level, index = _crash_position(path, end, "the start check")
+    resolution = resolutions[min(level, len(resolutions) - 1)]
+    aspect = dataset_aspect(read_metadata(path))
+    if index < 0:
+        raise DatasetError(f"{path}: reading the checksum table of level {describe_level(aspect, resolution)} "
+                           f"{_crash_reason(end)}; run `python -m data_prep verify {path}` and rebuild the database")
+    raise DatasetError(damaged_record(path, resolution, index, _crash_reason(end), aspect))
+
+
+def _check_levels_scan(path, resolutions: list[int], samples: int, position: "ScanPosition") -> None:
     metadata = read_metadata(path)
     count, encoding, checksums = metadata["count"], metadata["encoding"], metadata.get("checksums")
     aspect = dataset_aspect(metadata)
     with _reading(path) as env, env.begin(buffers=True) as txn:
         mapped = mapped_file(path)
-        for resolution in resolutions:
-            _check_keys(txn, path, resolution, count, aspect, mapped)
+        for level, resolution in enumerate(resolutions):
+            _check_keys(txn, path, resolution, count, aspect, mapped, lambda index: position.at(level, index))
+            position.at(level, -1)
             mapped.check()
             table = read_checksum_table(txn, path, checksums, resolution, count)
             for index in np.unique(np.linspace(0, count - 1, min(samples, count)).round().astype(int)):
+                position.at(level, int(index))
                 try:
                     read_record(txn, resolution, int(index), encoding, table, aspect, mapped)
                 except FileCutShort:
@@ -156,11 +255,12 @@ def check_levels(path, resolutions, samples: int = SAMPLE_RECORDS) -> None:
                     raise DatasetError(damaged_record(path, resolution, int(index), str(error), aspect)) from None
 
 
-def _check_keys(txn, path, resolution: int, count: int, aspect: str, mapped) -> None:
+def _check_keys(txn, path, resolution: int, count: int, aspect: str, mapped, at: Callable[[int], None]) -> None:
     """Every key of the level present: one B-tree lookup each, which reads the branch and leaf
     pages but not the pixels (LMDB hands back a pointer into the map). Lookups, not a cursor
     walk: LMDB's cursor asserts (aborts the process) on some damaged pages a lookup reports."""
     for index in range(count):
+        at(index)
         if index % 64 == 0:  # the file's size, every 64 lookups (~50 us): the start check stays cheap
             mapped.check()
         try:
@@ -210,21 +310,19 @@ class BackgroundCheck:
         self._stopping = threading.Event()
         self._child: subprocess.Popen | None = None
         self._parent_pid: int | None = None  # in the child: stop when this process is gone
+        self._position = ScanPosition()  # in the child: the parent's, naming a record that crashes it
         target = self._watch if process else self._run
         self._thread = threading.Thread(target=target, name="progan-background-check", daemon=True)
 
     def start(self) -> "BackgroundCheck":
-        if self.process:
-            package_root = str(Path(__file__).resolve().parents[1])
-            pythonpath = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-            self._child = subprocess.Popen(
-                [sys.executable, "-m", "progan.integrity", os.fspath(self.path),
-                 ",".join(map(str, self.resolutions)), f"{self.share[0]},{self.share[1]}"],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                env={**os.environ, "PYTHONPATH": pythonpath},
-                start_new_session=True)  # a Ctrl-C at the terminal is the trainer's to handle, not its
         self._thread.start()
         return self
+
+    def _child_started(self, child: subprocess.Popen) -> None:
+        self._child = child
+        if self._stopping.is_set():  # stop() came first
+            with contextlib.suppress(OSError):
+                child.terminate()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -245,19 +343,22 @@ class BackgroundCheck:
 
     def _watch(self) -> None:
         """The trainer's side: wait for the child's one JSON line (or its death)."""
-        out, err = self._child.communicate()
-        try:
-            result = json.loads(out.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            result = None
+        events = []
+        end = _run_scan_child(["background", os.fspath(self.path), ",".join(map(str, self.resolutions)),
+                               f"{self.share[0]},{self.share[1]}"], events.append,
+                              new_session=True,  # a Ctrl-C at the terminal is the trainer's to handle, not its
+                              on_start=self._child_started)
+        result = next((event for event in events if "failure" in event), None)
         if self._stopping.is_set():
             return
-        if result is None:  # it died: of SIGBUS on a file cut under it, or of something else
+        if result is None:  # it died: of SIGBUS on a file cut under it or in LMDB, or of something else
             try:
-                check_data_file(self.path)
-                code = self._child.returncode
-                why = f"signal {-code}" if code < 0 else f"exit {code}: {err.strip().splitlines()[-1] if err.strip() else ''}"
-                self.failure = f"{self.path}: the background check of the database died ({why.rstrip(': ')})"
+                level, index = _crash_position(self.path, end, "the background check")
+                resolution = self.resolutions[min(level, len(self.resolutions) - 1)]
+                aspect = dataset_aspect(read_metadata(self.path))
+                self.failure = (damaged_record(self.path, resolution, index, _crash_reason(end), aspect) if index >= 0
+                                else f"{self.path}: reading the checksum table of level "
+                                     f"{describe_level(aspect, resolution)} {_crash_reason(end)}")
             except DatasetError as error:
                 self.failure = str(error)
         else:
@@ -299,7 +400,8 @@ class BackgroundCheck:
             txn = env.begin(buffers=True)
             try:
                 tables = []
-                for resolution in self.resolutions:
+                for level, resolution in enumerate(self.resolutions):
+                    self._position.at(level, -1)
                     mapped.check()
                     tables.append(read_checksum_table(txn, self.path, checksums, resolution, count))
                 prefetch = _Prefetch(mapped)
@@ -307,7 +409,8 @@ class BackgroundCheck:
                     if self._stopped():
                         return
                     prefetch.ahead_of(index / count)
-                    for resolution, table in zip(self.resolutions, tables):
+                    for level, (resolution, table) in enumerate(zip(self.resolutions, tables)):
+                        self._position.at(level, index)
                         try:
                             read_record(txn, resolution, index, encoding, table, aspect, mapped)
                         except FileCutShort:
@@ -373,18 +476,133 @@ def check_during_training(trainer) -> BackgroundCheck:
     return BackgroundCheck(config.data, resolutions, node_share(), stop_training).start()
 
 
+# ----------------------------------------------------------------------------- scans in a child
+
+
+class ScanPosition:
+    """Where a scan is, (level position, image index; -1: the level's table), written before each
+    read into 16 bytes of a file its parent holds too: a child that dies of a signal inside LMDB
+    has told which record killed it. Without a file (in-process scans) it records nothing."""
+
+    def __init__(self, fd: int | None = None) -> None:
+        self._map = mmap.mmap(fd, 16) if fd is not None else None
+
+    @property
+    def shared(self) -> bool:
+        return self._map is not None
+
+    def at(self, level: int, index: int) -> None:
+        if self._map is not None:
+            struct.pack_into("<qq", self._map, 0, level, index)
+
+
+class _ChildEnd(NamedTuple):
+    returncode: int
+    position: tuple[int, int]  # the last ScanPosition it wrote; (-1, -1) if none
+    stderr: str
+
+
+def _child_env() -> dict:
+    package_root = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+
+
+def _run_scan_child(args: list[str], on_event: Callable[[dict], None], new_session: bool = False,
+                    on_start: Callable[[subprocess.Popen], None] | None = None) -> _ChildEnd:
+    """Run `python -m progan.integrity ARGS... FD` with FD a shared ScanPosition, passing each
+    JSON line it prints to `on_event` as it comes; the child is killed if `on_event` raises (or
+    the caller is interrupted). `on_start(child)`: for a caller that may end it early."""
+    with tempfile.TemporaryFile() as shared, tempfile.TemporaryFile("w+") as errors:
+        shared.write(struct.pack("<qq", -1, -1))
+        shared.flush()
+        child = subprocess.Popen([sys.executable, "-m", "progan.integrity", *args, str(shared.fileno())],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors, text=True,
+                                 pass_fds=(shared.fileno(),), env=_child_env(), start_new_session=new_session)
+        try:
+            if on_start is not None:
+                on_start(child)
+            for line in child.stdout:
+                try:
+                    event = json.loads(line)
+                except ValueError:  # not ours (a library's print): not an event
+                    continue
+                if isinstance(event, dict):
+                    on_event(event)
+            child.wait()
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+            child.stdout.close()
+        position = struct.unpack("<qq", os.pread(shared.fileno(), 16, 0))
+        errors.seek(0)
+        return _ChildEnd(child.returncode, position, errors.read())
+
+
+def _raise_child_error(event: dict) -> None:
+    """A child's {"error": line, "cut": bool}: raised here as the DatasetError it was there."""
+    if "error" in event:
+        raise (FileCutShort if event.get("cut") else DatasetError)(event["error"])
+
+
+def _crash_position(path, end: _ChildEnd, what: str) -> tuple[int, int]:
+    """Where a child scan that ended without its result died. A file cut under it: FileCutShort.
+    A death outside any read, or an exit with an error: DatasetError saying so (one line)."""
+    check_data_file(path)
+    level, index = end.position
+    if end.returncode >= 0 or level < 0:
+        told = end.stderr.strip().splitlines()
+        why = f"signal {_signal_name(-end.returncode)}" if end.returncode < 0 else f"exit {end.returncode}"
+        raise DatasetError(f"{path}: {what} of the database failed ({why}{': ' + told[-1] if told else ''})")
+    return level, index
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+def _crash_reason(end: _ChildEnd) -> str:
+    return (f"crashed the reader ({_signal_name(-end.returncode)}: LMDB met a damaged page of its own index "
+            "on the way to it)")
+
+
+def _emit(event: dict) -> None:
+    print(json.dumps(event), flush=True)
+
+
 def _child_main(argv: list[str]) -> int:
-    """`python -m progan.integrity PATH LEVELS FIRST,STEP`: BackgroundCheck's child process. Prints
-    one JSON line (failure, records, seconds, cpu_seconds); stops when its parent is gone."""
-    path, levels, share = argv
-    check = BackgroundCheck(path, [int(r) for r in levels.split(",") if r],
-                            tuple(int(n) for n in share.split(",")), process=False)
-    check._parent_pid = os.getppid()
-    with contextlib.suppress(AttributeError, OSError):  # Linux: run only on CPU time nothing else wants
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    check._run()
-    print(json.dumps({"failure": check.failure, "records": check.records, "seconds": check.seconds,
-                      "cpu_seconds": check.cpu_seconds}), flush=True)
+    """`python -m progan.integrity MODE ARGS... FD`, a scan in a child process (FD: a ScanPosition's
+    file): `verify PATH FIRST_LEVEL`, `start PATH LEVELS SAMPLES`, `background PATH LEVELS FIRST,STEP`
+    (BackgroundCheck's: one JSON line (failure, records, seconds, cpu_seconds); stops when its
+    parent is gone). Prints JSON lines; a DatasetError is {"error": line, "cut": bool}."""
+    mode, *args, fd = argv
+    position = ScanPosition(int(fd))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the parent's to handle: it ends this child
+    try:
+        if mode == "verify":
+            path, first = args
+            _verify_scan(path, read_metadata(path), int(first), _emit, position)
+        elif mode == "start":
+            path, levels, samples = args
+            _check_levels_scan(path, [int(r) for r in levels.split(",") if r], int(samples), position)
+            _emit({"done": True})
+        elif mode == "background":
+            path, levels, share = args
+            check = BackgroundCheck(path, [int(r) for r in levels.split(",") if r],
+                                    tuple(int(n) for n in share.split(",")), process=False)
+            check._parent_pid, check._position = os.getppid(), position
+            with contextlib.suppress(AttributeError, OSError):  # Linux: run only on CPU time nothing else wants
+                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            check._run()
+            _emit({"failure": check.failure, "records": check.records, "seconds": check.seconds,
+                   "cpu_seconds": check.cpu_seconds})
+        else:
+            raise SystemExit(f"progan.integrity: unknown mode {mode!r}")
+    except DatasetError as error:
+        _emit({"error": str(error), "cut": isinstance(error, FileCutShort)})
     return 0
 
 

@@ -107,11 +107,13 @@ def _fake_source(args, names: list[str], counts: dict[str, int], device: torch.d
     counts = [counts[name] for name in names]
     if _is_lmdb(fake_path):
         from progan.data import MultiResolutionDataset, dataset_aspect, read_metadata
+        from progan.integrity import check_levels
 
         metadata = read_metadata(fake_path)
         resolution = args.resolution or max(metadata["resolutions"])
         _check_available(names, resolution, args, dataset_aspect(metadata))
         dataset = MultiResolutionDataset(fake_path, resolution)
+        check_levels(fake_path, [resolution])  # in a child: a damaged index that crashes LMDB is one line here
         source = DatasetSource(dataset, max(counts), seed=args.seed, side="fake", name=str(fake_path))
         return source, resolution, dataset.aspect, {"fake": str(fake_path)}, None
     from progan.checkpoints import load_generator
@@ -214,6 +216,10 @@ def run(argv: list[str]) -> int:
     source, resolution, aspect, provenance, run_dir = _fake_source(args, names, counts, device)
     cache_dir = Path(args.cache_dir) if args.cache_dir else (run_dir / "metric-cache" if run_dir else None)
     real = args.real if uses_reals else None
+    if real is not None and resolution in read_metadata(real)["resolutions"]:  # (a missing level: said later)
+        from progan.integrity import check_levels
+
+        check_levels(real, [resolution])  # in a child: a damaged index that crashes LMDB is one line here
     if "class" in provenance and real is not None:  # one class: its reals only, statistics not cached
         real, cache_dir = _real_of_class(args.real, resolution, provenance["class"]), None
     mirror_reals = args.mirror_reals == "yes" or (args.mirror_reals == "auto" and _trained_with_mirror(run_dir))
