@@ -145,19 +145,40 @@ def run(args: dict, stop: StopSignals | None = None) -> int:
     return plan.train(stop)
 
 
-def release_distributed() -> None:
+RELEASE_TIMEOUT_S = 60
+
+
+def release_distributed(code: int) -> None:
     """Free the process group before the interpreter's exit on every path (see
-    progan.elastic.release_process_group): otherwise gloo can turn any exit code into SIGABRT."""
-    if "torch.distributed" in sys.modules:  # a --help or a bad flag never imported torch
-        from progan.elastic import release_process_group
+    progan.elastic.release_process_group): otherwise gloo can turn any exit code into SIGABRT.
+    Freeing it joins its threads; should one be stuck on a peer that hangs (not dead: a dead
+    peer ends its collective), the process exits with `code` after RELEASE_TIMEOUT_S instead."""
+    if "torch.distributed" not in sys.modules:  # a --help or a bad flag never imported torch
+        return
+    import threading
+
+    from progan.elastic import release_process_group
+
+    def give_up() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    watchdog = threading.Timer(RELEASE_TIMEOUT_S, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
         release_process_group()
+    finally:
+        watchdog.cancel()
 
 
 if __name__ == "__main__":
+    code = 1  # an unexpected error (its traceback is printed)
     try:
         code = main()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):  # the run is over and its exit code stands: a late
             signal.signal(sig, signal.SIG_IGN)        # signal during shutdown changes nothing
-        release_distributed()
+        release_distributed(code)
     sys.exit(code)
