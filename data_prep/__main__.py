@@ -2,7 +2,10 @@
 
 import sys
 
-from data_prep.cli import main
-
 if __name__ == "__main__":
+    try:
+        from data_prep.cli import main  # numpy, Pillow, lmdb: a Ctrl-C can land here
+    except KeyboardInterrupt:
+        print("data_prep: interrupted (nothing was written)", file=sys.stderr)
+        sys.exit(130)
     sys.exit(main())

@@ -512,9 +512,8 @@ def _run_scan_child(args: list[str], on_event: Callable[[dict], None], new_sessi
     """Run `python -m progan.integrity ARGS... FD` with FD a shared ScanPosition, passing each
     JSON line it prints to `on_event` as it comes; the child is killed if `on_event` raises (or
     the caller is interrupted). `on_start(child)`: for a caller that may end it early."""
-    with tempfile.TemporaryFile() as shared, tempfile.TemporaryFile("w+") as errors:
-        shared.write(struct.pack("<qq", -1, -1))
-        shared.flush()
+    with _memory_file("progan-scan-position") as shared, _memory_file("progan-scan-stderr") as errors:
+        os.pwrite(shared.fileno(), struct.pack("<qq", -1, -1), 0)
         child = subprocess.Popen([sys.executable, "-m", "progan.integrity", *args, str(shared.fileno())],
                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors, text=True,
                                  pass_fds=(shared.fileno(),), env=_child_env(), start_new_session=new_session)
@@ -536,7 +535,16 @@ def _run_scan_child(args: list[str], on_event: Callable[[dict], None], new_sessi
             child.stdout.close()
         position = struct.unpack("<qq", os.pread(shared.fileno(), 16, 0))
         errors.seek(0)
-        return _ChildEnd(child.returncode, position, errors.read())
+        return _ChildEnd(child.returncode, position, errors.read().decode(errors="replace"))
+
+
+def _memory_file(name: str):
+    """A file in memory (Linux memfd), so that a scan still runs with the disk full; elsewhere a
+    temporary file."""
+    if hasattr(os, "memfd_create"):
+        with contextlib.suppress(OSError):
+            return os.fdopen(os.memfd_create(name), "w+b")
+    return tempfile.TemporaryFile("w+b")
 
 
 def _raise_child_error(event: dict) -> None:
