@@ -153,7 +153,11 @@ def release_distributed(code: int) -> None:
     progan.elastic.release_process_group): otherwise gloo can turn any exit code into SIGABRT.
     Freeing it joins its threads; should one be stuck on a peer that hangs (not dead: a dead
     peer ends its collective), the process exits with `code` after RELEASE_TIMEOUT_S instead."""
-    if "torch.distributed" not in sys.modules:  # a --help or a bad flag never imported torch
+    dist = sys.modules.get("torch.distributed")  # never imported here: a Ctrl-C may have cut torch's import short
+    try:
+        if dist is None or not dist.is_available() or not dist.is_initialized():
+            return  # no group, no threads (the normal end of a run has freed its own already)
+    except AttributeError:  # a half-imported torch
         return
     import threading
 
