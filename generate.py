@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -471,4 +472,6 @@ def _summary(written: list[Path], out_dir: Path) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # done: a late Ctrl-C during the interpreter's exit changes nothing
+    sys.exit(code)

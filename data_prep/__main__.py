@@ -1,5 +1,6 @@
 """`python -m data_prep COMMAND ...`; see `python -m data_prep --help`."""
 
+import signal
 import sys
 
 if __name__ == "__main__":
@@ -8,4 +9,6 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         print("data_prep: interrupted (nothing was written)", file=sys.stderr)
         sys.exit(130)
-    sys.exit(main())
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # done: a late Ctrl-C during the interpreter's exit changes nothing
+    sys.exit(code)

@@ -24,6 +24,18 @@ def run_cli(args: list[str], timeout: float = 300, env: dict | None = None, chec
     return proc
 
 
+def interrupted_at(args: list[str], delay: float, timeout: float = 120) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `python ARGS...` sent SIGINT `delay` seconds after its start."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
 @pytest.fixture(scope="session")
 def demo_lmdb(tmp_path_factory) -> Path:
     """64 synthetic faces stored at 4..16."""

@@ -483,16 +483,13 @@ def test_a_ctrl_c_at_any_moment_of_the_start_is_one_line(demo_lmdb):
     """SIGINT from the first instants on (the imports of numpy, Pillow and lmdb take ~0.2 s):
     exit 130 and one line, or, before Python handles signals at all, the plain SIGINT death;
     never a KeyboardInterrupt traceback."""
-    repo = Path(__file__).resolve().parents[1]
-    outcomes = set()
+    from conftest import interrupted_at
+
+    codes = set()
     for delay in (0.03, 0.06, 0.09, 0.12, 0.15, 0.2, 0.3, 0.5):
-        proc = subprocess.Popen([sys.executable, "-m", "data_prep", "verify", str(demo_lmdb)], cwd=repo,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-        assert "Traceback" not in err and proc.returncode in (130, -signal.SIGINT, 0), (delay, proc.returncode, err)
-        if proc.returncode == 130:
-            assert len(err.strip().splitlines()[-1:]) == 1 and "interrupted" in err, err
-        outcomes.add(proc.returncode)
-    assert 130 in outcomes  # the handled case was met, not only the extremes
+        code, _, err = interrupted_at(["-m", "data_prep", "verify", str(demo_lmdb)], delay)
+        assert "Traceback" not in err and code in (130, -signal.SIGINT, 0), (delay, code, err)
+        if code == 130:
+            assert "interrupted" in err.strip().splitlines()[-1], err
+        codes.add(code)
+    assert 130 in codes  # the handled case was met, not only the extremes

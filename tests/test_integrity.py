@@ -371,7 +371,7 @@ from data_prep.cli import main as data_prep
 from progan.data import DatasetError, MultiResolutionDataset
 from progan.integrity import verify
 sys.path.insert(0, os.getcwd())
-from progan.metrics.__main__ import main as metrics
+from progan.metrics.cli import main as metrics
 from train import main as train
 
 good, work, faces = sys.argv[1], sys.argv[2], sys.argv[3]

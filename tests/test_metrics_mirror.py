@@ -50,7 +50,7 @@ def test_swd_against_mirrored_reals_matches_a_generator_that_learned_mirrored_da
 
 
 def test_metrics_cli_mirrors_by_default_only_runs_that_trained_with_mirroring(tmp_path):
-    from progan.metrics.__main__ import _trained_with_mirror
+    from progan.metrics.cli import _trained_with_mirror
 
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "config.json").write_text('{"mirror": true}')

@@ -29,7 +29,7 @@ from progan.metrics import (
     unavailable_reason,
 )
 from progan.metrics import cache as metric_cache
-from progan.metrics.__main__ import main
+from progan.metrics.cli import main
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -231,7 +231,7 @@ def test_cli_compares_two_databases(lmdb16, capsys):
 
 
 def test_cli_records_how_many_reals_fid_used(lmdb16, fake_checkpoint, tmp_path, capsys, monkeypatch):
-    import progan.metrics.__main__ as cli
+    import progan.metrics.cli as cli
 
     weights = tmp_path / "weights.pth"
     weights.write_bytes(b"stand-in")  # the network and the metric are stubbed: only the record is checked
@@ -296,7 +296,7 @@ def test_default_counts_fit_a_small_database_with_a_note(lmdb16, fake_checkpoint
 
 
 def test_metric_counts_take_the_smaller_database_only_for_the_metrics_that_read_it():
-    from progan.metrics.__main__ import metric_counts
+    from progan.metrics.cli import metric_counts
 
     counts, notes = metric_counts(["swd", "msssim", "fid"], None, ("r.lmdb", 2000), None)
     assert counts == {"swd": 2000, "msssim": 20000, "fid": 50000} and len(notes) == 1 and "r.lmdb" in notes[0]
@@ -392,3 +392,22 @@ def test_a_mirroring_training_dataset_is_read_unmirrored_and_stays_usable(lmdb16
     assert training_data._env is environment
     training_data.mirror = False
     assert torch.equal(training_data.get_batch([0, 5]), MultiResolutionDataset(lmdb16, 32).get_batch([0, 5]))
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_while_torch_imports_is_one_line(demo_lmdb, tmp_path):
+    """`python -m progan.metrics` starts without torch (progan.metrics imports lazily), so a
+    Ctrl-C during torch's import (~1 s) is one line and exit 130, never a traceback."""
+    import signal
+
+    from conftest import interrupted_at
+
+    codes = set()
+    for delay in (0.05, 0.2, 0.4, 0.6, 0.8, 1.0):
+        code, _, err = interrupted_at(["-m", "progan.metrics", "swd", "--real", str(demo_lmdb), "--fake",
+                                       str(demo_lmdb), "--num", "16", "--no-log"], delay)
+        assert "Traceback" not in err and code in (130, -signal.SIGINT, 0), (delay, code, err)
+        if code == 130:
+            assert "interrupted" in err.strip().splitlines()[-1], err
+        codes.add(code)
+    assert 130 in codes

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, interrupted_at
 from progan import checkpoints
 from progan.cli import EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_USAGE, EXIT_WRITE_FAILED
 from progan.runlock import LOCK_NAME, RunFolderBusy, acquire
@@ -449,14 +449,10 @@ def test_a_ctrl_c_while_torch_imports_is_one_line(demo_lmdb, tmp_path):
     codes = set()
     for number, delay in enumerate((0.05, 0.15, 0.3, 0.45, 0.6, 0.8, 1.0, 1.3)):
         out = tmp_path / f"run{number}"
-        proc = subprocess.Popen([sys.executable, "train.py", "--data", str(demo_lmdb), "--out", str(out), *TINY],
-                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGINT)
-        stdout, err = proc.communicate(timeout=120)
-        assert "Traceback" not in err and proc.returncode in (EXIT_PREEMPTED, -signal.SIGINT), (delay, proc.returncode, err)
-        if proc.returncode == EXIT_PREEMPTED:  # in set-up: one line on stderr; in training (a fast machine): the log's
+        code, stdout, err = interrupted_at(["train.py", "--data", str(demo_lmdb), "--out", str(out), *TINY], delay)
+        assert "Traceback" not in err and code in (EXIT_PREEMPTED, -signal.SIGINT), (delay, code, err)
+        if code == EXIT_PREEMPTED:  # in set-up: one line on stderr; in training (a fast machine): the log's
             said = err.strip().splitlines() or stdout.strip().splitlines()[-1:]
             assert len(said) == 1 and "stopped by SIGINT" in said[0], (delay, stdout, err)
-        codes.add(proc.returncode)
+        codes.add(code)
     assert EXIT_PREEMPTED in codes
