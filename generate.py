@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
 import sys
 import tempfile
 from pathlib import Path
 
-from progan.cli import CommandLineError, OneLineErrorParser, choose_device, fail
+from progan.cli import CommandLineError, OneLineErrorParser, choose_device, fail, run_command
 
 PROG = "generate.py"
 ALL_CLASSES = "all"  # --class all (progan.sampling.ALL_CLASSES; not imported, to keep --help fast)
@@ -472,6 +471,4 @@ def _summary(written: list[Path], out_dir: Path) -> str:
 
 
 if __name__ == "__main__":
-    code = main()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # done: a late Ctrl-C during the interpreter's exit changes nothing
-    sys.exit(code)
+    run_command(lambda: main, "generate.py")  # a late Ctrl-C, once done, changes nothing

@@ -77,3 +77,20 @@ def fail(message: str, prog: str, code: int = 2, every_process: bool = False) ->
     if every_process or is_main_process():
         print(f"{prog}: error: {message}", file=sys.stderr)
     return code
+
+
+def run_command(load_main, prog: str) -> None:
+    """`sys.exit(main())` for a command whose imports take a while (torch, numpy, Pillow):
+    `load_main()` imports and returns its main; a Ctrl-C during those imports is one line and
+    exit 130 (nothing was written yet), and once main has returned a late Ctrl-C during the
+    interpreter's exit changes nothing (the result stands)."""
+    import signal
+
+    try:
+        main = load_main()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted (nothing was written)", file=sys.stderr)
+        sys.exit(130)
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)

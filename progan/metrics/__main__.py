@@ -1,14 +1,10 @@
 """`python -m progan.metrics METRIC ...`; see `python -m progan.metrics --help`."""
 
-import signal
-import sys
-
 if __name__ == "__main__":
-    try:
-        from progan.metrics.cli import main  # torch: a Ctrl-C can land in its import
-    except KeyboardInterrupt:
-        print("python -m progan.metrics: interrupted (nothing was written)", file=sys.stderr)
-        sys.exit(130)
-    code = main()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # done: a late Ctrl-C during the interpreter's exit changes nothing
-    sys.exit(code)
+    from progan.cli import run_command
+
+    def load_main():
+        from progan.metrics.cli import main  # torch
+        return main
+
+    run_command(load_main, "python -m progan.metrics")
