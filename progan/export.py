@@ -29,6 +29,7 @@ import importlib.util
 import json
 import logging
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +135,21 @@ def write_safetensors(data: dict[str, Any], out_path: Path) -> Path:
         **_class_metadata(data),
     }
     with atomic_output(out_path) as tmp:
-        tmp.write_bytes(save(tensors, metadata=metadata))  # save_file would replace tmp with a 0600 file
+        tmp.write_bytes(_canonical_header(save(tensors, metadata=metadata)))  # save_file: a 0600 file over tmp
     return out_path
+
+
+def _canonical_header(serialized: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted: the library writes the
+    metadata in hash order, so two exports of one checkpoint differed in their first bytes.
+    Sorted, an export is byte-identical (its sha256 names it). The tensors' bytes and offsets
+    (relative to the end of the header) are the library's own; the header stays padded with
+    spaces to a multiple of 8 bytes, as the format asks, so the data stays aligned."""
+    length = struct.unpack("<Q", serialized[:8])[0]
+    header = json.loads(serialized[8:8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + serialized[8 + length:]
 
 
 def read_safetensors(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -120,6 +120,23 @@ def test_safetensors_holds_tensors_and_the_config_in_its_header(exports, run_dir
             torch.testing.assert_close(f.get_tensor(name), ema[name], rtol=0, atol=0)
 
 
+def test_safetensors_exports_of_one_checkpoint_are_byte_identical(run_dir, tmp_path):
+    """The safetensors library writes its metadata in hash order (it differed between exports);
+    the header is rewritten with sorted keys, padded to 8 bytes as the format asks, so the same
+    checkpoint gives the same bytes (a sha256 can name an export) and safetensors still reads it."""
+    from safetensors.torch import load_file
+
+    files = [export.export_file(run_dir, tmp_path / f"g{n}.safetensors") for n in range(6)]
+    raw = files[0].read_bytes()
+    assert all(f.read_bytes() == raw for f in files[1:])
+    length = int.from_bytes(raw[:8], "little")
+    assert length % 8 == 0 and raw[8:8 + length].rstrip(b" ") == json.dumps(
+        json.loads(raw[8:8 + length]), sort_keys=True, separators=(",", ":")).encode()
+    ema = torch.load(checkpoints.find_latest_checkpoint(run_dir), weights_only=True)["generator_ema"]
+    loaded = load_file(str(files[0]))
+    assert sorted(loaded) == sorted(ema) and all(torch.equal(loaded[name], ema[name]) for name in ema)
+
+
 def test_cli_exports_safetensors_and_samples_from_it(run_dir, tmp_path, capsys):
     code, out, err = cli(capsys, "export", run_dir, tmp_path / "g.safetensors")
     assert code == 0 and "g.safetensors" in out, err
