@@ -18,6 +18,7 @@ existed load as before, unchecked.
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import zlib
@@ -83,8 +84,10 @@ def export_generator(checkpoint: dict, out_path: str | Path) -> Path:
     }
     out_path = Path(out_path)
     exported = with_checksums(exported)
+    buffer = io.BytesIO()  # not the temp file: torch.save names the archive's root after its file
+    torch.save(exported, buffer)  # so the same checkpoint gives the same bytes (a sha256 names an export)
     with atomic_output(out_path) as tmp:
-        torch.save(exported, tmp)
+        tmp.write_bytes(buffer.getbuffer())
     return out_path
 
 
