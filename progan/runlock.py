@@ -128,10 +128,9 @@ def lock_run_folder(run_dir: str | os.PathLike, cpu: bool) -> RunLock | None:
     refusal = share_from_main(refusal, state.num_processes)
     if refusal is not None:
         if state.num_processes > 1:  # leave the group together: a rank that exits while its peer still
-            import torch.distributed as dist  # holds the group can make gloo abort the peer (SIGABRT)
+            from progan.elastic import leave_process_group  # holds the group can make gloo abort the peer
 
-            dist.barrier()
-            dist.destroy_process_group()
+            leave_process_group()
         raise RunFolderBusy(refusal)
     return lock
 

@@ -184,3 +184,22 @@ def test_a_finished_run_leaves_no_process_group_threads_behind(demo_lmdb, tmp_pa
     proc = run_cli(["-m", "torch.distributed.run", *launch, str(script)], timeout=400, env=ENV)
     lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank "))
     assert lines == [f"rank {rank} exit 0 threads ['python'] python 1" for rank in (0, 1)], proc.stdout + proc.stderr
+
+
+def test_leaving_an_nccl_group_names_this_process_gpu(monkeypatch):
+    """The barrier before leaving: on NCCL with this process's device (NCCL otherwise warns at the
+    end of every multi-GPU run that it guesses one); gloo takes none. Then the group is freed."""
+    import torch.distributed as dist
+
+    from progan import elastic
+
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "barrier", lambda **kwargs: calls.append(("barrier", kwargs)))
+    monkeypatch.setattr(elastic, "release_process_group", lambda: calls.append(("release", {})))
+    monkeypatch.setattr("torch.cuda.current_device", lambda: 3)
+    for backend in ("nccl", "gloo"):
+        monkeypatch.setattr(dist, "get_backend", lambda backend=backend: backend)
+        elastic.leave_process_group()
+    assert calls == [("barrier", {"device_ids": [3]}), ("release", {}), ("barrier", {}), ("release", {})]
