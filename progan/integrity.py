@@ -553,15 +553,23 @@ def _raise_child_error(event: dict) -> None:
         raise (FileCutShort if event.get("cut") else DatasetError)(event["error"])
 
 
+# How a read inside LMDB dies on a damaged page: outside the file (SIGBUS), outside the map
+# (SIGSEGV), or one of LMDB's own assertions (SIGABRT). Any other signal came from outside
+# (the OOM killer, a kill): no verdict on the database.
+_READ_CRASHES = (signal.SIGBUS, signal.SIGSEGV, signal.SIGABRT)
+
+
 def _crash_position(path, end: _ChildEnd, what: str) -> tuple[int, int]:
-    """Where a child scan that ended without its result died. A file cut under it: FileCutShort.
-    A death outside any read, or an exit with an error: DatasetError saying so (one line)."""
+    """Where a child scan that ended without its result died reading. A file cut under it:
+    FileCutShort. A death outside any read or by another signal, or an exit with an error:
+    DatasetError saying so (one line)."""
     check_data_file(path)
     level, index = end.position
-    if end.returncode >= 0 or level < 0:
+    if end.returncode >= 0 or level < 0 or -end.returncode not in _READ_CRASHES:
         told = end.stderr.strip().splitlines()
-        why = f"signal {_signal_name(-end.returncode)}" if end.returncode < 0 else f"exit {end.returncode}"
-        raise DatasetError(f"{path}: {what} of the database failed ({why}{': ' + told[-1] if told else ''})")
+        why = f"killed by {_signal_name(-end.returncode)}" if end.returncode < 0 else f"exit {end.returncode}"
+        raise DatasetError(f"{path}: {what} of the database did not finish ({why}{': ' + told[-1] if told else ''}); "
+                           "run it again")
     return level, index
 
 

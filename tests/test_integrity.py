@@ -336,6 +336,24 @@ def test_a_damaged_index_that_crashes_lmdb_is_one_line_from_every_command(demo_l
     assert check.join(30) and re.match(one_line, check.failure) and "\n" not in check.failure, check.failure
 
 
+def test_a_scan_killed_from_outside_is_no_verdict_on_the_database(demo_lmdb, monkeypatch):
+    """Only the deaths a read inside LMDB can die (SIGBUS, SIGSEGV, SIGABRT) name a record as
+    damaged; a child the OOM killer or a user kills says so and asks for a rerun."""
+    import signal
+
+    from progan import integrity
+
+    scan = integrity._run_scan_child
+
+    def killed_at_start(args, on_event, **options):
+        return scan(args, on_event, on_start=lambda child: os.kill(child.pid, signal.SIGKILL))
+
+    monkeypatch.setattr(integrity, "_run_scan_child", killed_at_start)
+    for check in (lambda: verify(demo_lmdb), lambda: check_levels(demo_lmdb, [4, 8, 16])):
+        with pytest.raises(DatasetError, match=r"of the database did not finish \(killed by SIGKILL\); run it again$"):
+            check()
+
+
 def test_a_build_resumed_from_chunks_without_checksums_gets_its_tables(tmp_path):
     # A build interrupted under a progan without checksums, finished by this one: the chunk
     # records lack crc32 lists, so finish() reads those records back.
