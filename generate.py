@@ -19,6 +19,11 @@ generator; the network is rebuilt from the config stored inside it. Run with --h
 
 from __future__ import annotations
 
+import signal
+
+if __name__ == "__main__" and hasattr(signal, "pthread_sigmask"):  # first: a Ctrl-C waits, pending, until
+    signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM))  # main can answer it (progan.signals)
+
 import argparse
 import contextlib
 import sys
@@ -470,5 +475,13 @@ def _summary(written: list[Path], out_dir: Path) -> str:
     return f"wrote {len(written)} files to {out_dir} ({written[0].name} .. {written[-1].name})"
 
 
+def _load_main():
+    """run_command's loader: torch imported while a Ctrl-C waits (progan.signals.hold_stop_signals);
+    --help stays quick."""
+    if not {"-h", "--help"} & set(sys.argv[1:]):
+        import torch  # noqa: F401
+    return main
+
+
 if __name__ == "__main__":
-    run_command(lambda: main, "generate.py")  # a late Ctrl-C, once done, changes nothing
+    run_command(_load_main, "generate.py")

@@ -10,14 +10,18 @@ Run `python train.py --help` for every flag.
 
 from __future__ import annotations
 
+import signal
+
+if __name__ == "__main__" and hasattr(signal, "pthread_sigmask"):  # first: a Ctrl-C waits, pending, until
+    signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM))  # main can answer it (progan.signals)
+
 import argparse
 import os
-import signal
 import sys
 
 from progan.cli import (EXIT_DIVERGED, EXIT_LOST_PEER, EXIT_PREEMPTED, EXIT_USAGE, EXIT_WRITE_FAILED, VERBOSE_ENV,
                         CommandLineError, OneLineErrorParser, fail, first_line)
-from progan.signals import Interrupted, StopSignals, pause_point
+from progan.signals import Interrupted, StopSignals, pause_point, stop_signals_held
 
 
 def _max_batch(text: str) -> int | str:
@@ -110,10 +114,12 @@ def _main(argv: list[str] | None, stop: StopSignals) -> int:
     args = vars(build_parser().parse_args(argv))  # first: --help and a bad flag import no torch
     if args.pop("verbose", False):
         os.environ[VERBOSE_ENV] = "1"
-    from progan.data import DatasetError
-    from progan.diskspace import WriteFailed
-    from progan.elastic import lost_peer
-    from progan.training import TrainingDiverged
+    with stop_signals_held():  # torch's import: a signal acts once it is done (progan.signals)
+        from progan.data import DatasetError
+        from progan.diskspace import WriteFailed
+        from progan.elastic import lost_peer
+        from progan.training import TrainingDiverged
+        import torch._dynamo  # noqa: F401 - imported by the first optimizer anyway: here, under the deferral
     try:
         return run(args, stop)
     except TrainingDiverged as exc:

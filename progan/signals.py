@@ -7,10 +7,16 @@ command refuses. Once the loop starts (`training()`), a signal only asks it to s
 stops at the same step and saves a checkpoint, then exits 3. Any further signal (an impatient
 second Ctrl-C) is counted and otherwise ignored, so it can never cut the checkpoint short; kill -9
 remains the way to stop at once, losing only the work since the last checkpoint.
+
+Before all that, every command's first lines block SIGINT and SIGTERM at the OS level until its
+imports are done (hold_stop_signals / release_stop_signals): a signal then waits, pending, and
+goes to the right handler right after, instead of raising inside torch's import (a traceback,
+or an abort from C++).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -67,6 +73,34 @@ class StopSignals:
         self.signal_name = signal.Signals(signum).name
         if self._raise:
             raise Interrupted(self.signal_name)
+
+
+def hold_stop_signals() -> None:
+    """Block SIGINT and SIGTERM at the OS level: one that arrives stays pending, not lost, until
+    release_stop_signals(). For the first lines of a command, before imports of C extensions such
+    as torch: an exception raised by a Python signal handler while C++ runs a Python callback
+    there aborts the whole process ("terminate called after throwing an instance of
+    'pybind11::error_already_set'", SIGABRT), and a KeyboardInterrupt in any import is a
+    traceback. No-op where the OS has no signal masks."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def release_stop_signals() -> None:
+    """Unblock them: a pending one goes, now, to the handler in place (Python runs it inside this
+    call: KeyboardInterrupt, Interrupted or the default death are raised here)."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def stop_signals_held():
+    """hold_stop_signals() inside, release_stop_signals() on leaving (also on an exception)."""
+    hold_stop_signals()
+    try:
+        yield
+    finally:
+        release_stop_signals()
 
 
 def pause_point(stage: str, seconds: float = 60.0, until=None) -> None:

@@ -25,15 +25,33 @@ def run_cli(args: list[str], timeout: float = 300, env: dict | None = None, chec
 
 
 def interrupted_at(args: list[str], delay: float, timeout: float = 120) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `python ARGS...` sent SIGINT `delay` seconds after its start."""
+    """(exit code, stdout, stderr) of `python ARGS...` sent SIGINT `delay` seconds after its first
+    line blocked the stop signals (progan.signals.hold_stop_signals; read from /proc). Before that
+    line only Python's own start-up runs (tens of ms), where no program can answer a Ctrl-C."""
     import signal
     import time
 
     proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not _blocks_sigint(proc.pid):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out, err = proc.communicate(timeout=timeout)
+            raise AssertionError(f"{args}: never blocked SIGINT (exit {proc.returncode})\n{err}")
+        time.sleep(0.001)
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
+
+
+def _blocks_sigint(pid: int) -> bool:
+    """Whether the process's main thread has SIGINT (signal 2: bit 1) in its blocked mask."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            blocked = next(line for line in status if line.startswith("SigBlk:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(int(blocked.split()[1], 16) & 0b10)
 
 
 @pytest.fixture(scope="session")

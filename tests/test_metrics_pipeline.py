@@ -396,17 +396,16 @@ def test_a_mirroring_training_dataset_is_read_unmirrored_and_stays_usable(lmdb16
 
 @pytest.mark.slow
 def test_a_ctrl_c_while_torch_imports_is_one_line(demo_lmdb, tmp_path):
-    """`python -m progan.metrics` starts without torch (progan.metrics imports lazily), so a
-    Ctrl-C during torch's import (~1 s) is one line and exit 130, never a traceback."""
-    import signal
-
+    """`python -m progan.metrics` starts without torch (progan.metrics imports lazily) and holds a
+    Ctrl-C while torch imports (a KeyboardInterrupt raised in there can even abort the process:
+    "terminate called after throwing ... pybind11::error_already_set"): one line and exit 130."""
     from conftest import interrupted_at
 
     codes = set()
-    for delay in (0.05, 0.2, 0.4, 0.6, 0.8, 1.0):
+    for delay in (0.0, 0.05, 0.2, 0.4, 0.6, 0.8, 1.0):
         code, _, err = interrupted_at(["-m", "progan.metrics", "swd", "--real", str(demo_lmdb), "--fake",
                                        str(demo_lmdb), "--num", "16", "--no-log"], delay)
-        assert "Traceback" not in err and code in (130, -signal.SIGINT, 0), (delay, code, err)
+        assert "Traceback" not in err and "terminate" not in err and code in (130, 0), (delay, code, err)
         if code == 130:
             assert "interrupted" in err.strip().splitlines()[-1], err
         codes.add(code)
