@@ -485,7 +485,7 @@ def test_a_ctrl_c_at_any_moment_of_the_start_is_one_line(demo_lmdb):
     from conftest import interrupted_at
 
     codes = set()
-    for delay in (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5):
+    for delay in (0.0, 0.05, 0.15, 0.3, 0.6):
         code, _, err = interrupted_at(["-m", "data_prep", "verify", str(demo_lmdb)], delay)
         assert "Traceback" not in err and code in (130, 0), (delay, code, err)
         if code == 130:

@@ -402,7 +402,7 @@ def test_a_ctrl_c_while_torch_imports_is_one_line(demo_lmdb, tmp_path):
     from conftest import interrupted_at
 
     codes = set()
-    for delay in (0.0, 0.05, 0.2, 0.4, 0.6, 0.8, 1.0):
+    for delay in (0.0, 0.2, 0.6, 1.0):
         code, _, err = interrupted_at(["-m", "progan.metrics", "swd", "--real", str(demo_lmdb), "--fake",
                                        str(demo_lmdb), "--num", "16", "--no-log"], delay)
         assert "Traceback" not in err and "terminate" not in err and code in (130, 0), (delay, code, err)

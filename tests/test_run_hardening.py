@@ -447,7 +447,7 @@ def test_a_ctrl_c_while_torch_imports_is_one_line(demo_lmdb, tmp_path):
     ~1 s, and a KeyboardInterrupt raised in there can abort the process: "terminate called after
     throwing ... pybind11::error_already_set"): one line and exit 3, never a traceback, also not
     from the exit's clean-up."""
-    for number, delay in enumerate((0.0, 0.05, 0.15, 0.3, 0.45, 0.6, 0.8, 1.0, 1.3)):
+    for number, delay in enumerate((0.0, 0.1, 0.4, 0.8, 1.3)):
         out = tmp_path / f"run{number}"
         code, stdout, err = interrupted_at(["train.py", "--data", str(demo_lmdb), "--out", str(out), *TINY], delay)
         assert "Traceback" not in err and "terminate" not in err and code == EXIT_PREEMPTED, (delay, code, err)
