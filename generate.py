@@ -19,10 +19,10 @@ generator; the network is rebuilt from the config stored inside it. Run with --h
 
 from __future__ import annotations
 
-import signal
+from progan.signals import hold_stop_signals
 
-if __name__ == "__main__" and hasattr(signal, "pthread_sigmask"):  # first: a Ctrl-C waits, pending, until
-    signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM))  # main can answer it (progan.signals)
+if __name__ == "__main__":
+    hold_stop_signals()  # first: a Ctrl-C waits, pending, until main can answer it
 
 import argparse
 import contextlib

@@ -10,18 +10,18 @@ Run `python train.py --help` for every flag.
 
 from __future__ import annotations
 
-import signal
+from progan.signals import Interrupted, StopSignals, hold_stop_signals, pause_point, stop_signals_held
 
-if __name__ == "__main__" and hasattr(signal, "pthread_sigmask"):  # first: a Ctrl-C waits, pending, until
-    signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM))  # main can answer it (progan.signals)
+if __name__ == "__main__":
+    hold_stop_signals()  # first: a Ctrl-C waits, pending, until main can answer it
 
 import argparse
 import os
+import signal
 import sys
 
 from progan.cli import (EXIT_DIVERGED, EXIT_LOST_PEER, EXIT_PREEMPTED, EXIT_USAGE, EXIT_WRITE_FAILED, VERBOSE_ENV,
                         CommandLineError, OneLineErrorParser, fail, first_line)
-from progan.signals import Interrupted, StopSignals, pause_point, stop_signals_held
 
 
 def _max_batch(text: str) -> int | str:
