@@ -19,7 +19,7 @@ generator; the network is rebuilt from the config stored inside it. Run with --h
 
 from __future__ import annotations
 
-from progan.signals import hold_stop_signals
+from progan.runtime.signals import hold_stop_signals
 
 if __name__ == "__main__":
     hold_stop_signals()  # first: a Ctrl-C waits, pending, until main can answer it
@@ -30,10 +30,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from progan.cli import CommandLineError, OneLineErrorParser, choose_device, fail, run_command
+from progan.runtime.cli import CommandLineError, OneLineErrorParser, choose_device, fail, run_command
 
 PROG = "generate.py"
-ALL_CLASSES = "all"  # --class all (progan.sampling.ALL_CLASSES; not imported, to keep --help fast)
+ALL_CLASSES = "all"  # --class all (progan.generator.sampling.ALL_CLASSES; not imported, to keep --help fast)
 DEFAULT_NUM_IMAGES = 16
 FROZEN_WALK_FRACTION = 4  # a blur wider than frames/4 leaves under a third of the slowest motion
 
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # -- export ---------------------------------------------------------------------------------
 def run_export(args: argparse.Namespace) -> int:
-    from progan.export import export_file
+    from progan.generator.export import export_file
 
     with _writing_file(args.out):  # CheckpointError is a ValueError
         path = export_file(args.checkpoint, args.out, resolution=args.resolution)
@@ -166,12 +166,12 @@ def run_export(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     import json
 
-    from progan.checkpoints import CheckpointError, load_generator
-    from progan.config import ModelConfig
+    from progan.generator.checkpoints import CheckpointError, load_generator
+    from progan.nets.config import ModelConfig
 
     try:
         if Path(args.checkpoint).suffix.lower() == ".onnx":
-            from progan.export import onnx_session
+            from progan.generator.export import onnx_session
 
             session = onnx_session(args.checkpoint)
             meta = session.get_modelmeta().custom_metadata_map
@@ -199,7 +199,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 # -- timelapse ------------------------------------------------------------------------------
 def run_timelapse(args: argparse.Namespace) -> int:
-    from progan.timelapse import write_timelapse
+    from progan.generator.timelapse import write_timelapse
 
     with _writing_file(args.out):  # TimelapseError and the animation format checks are ValueErrors
         path, count = write_timelapse(args.run, args.out, fps=args.fps, size=args.size)
@@ -225,9 +225,9 @@ def _writing_file(out: str):
 def run_sampling(args: argparse.Namespace) -> int:
     import torch
 
-    from progan.aspect import describe_level
-    from progan.checkpoints import CheckpointError, load_generator
-    from progan.sampling import sampling_stage
+    from progan.shapes import describe_level
+    from progan.generator.checkpoints import CheckpointError, load_generator
+    from progan.generator.sampling import sampling_stage
 
     grid = _parse_grid(args.grid)
     _check_class_use(args, grid)
@@ -279,7 +279,7 @@ def _check_class_use(args: argparse.Namespace, grid: tuple[int, int] | None) -> 
 
 def _parse_class(args: argparse.Namespace, class_names: tuple[str, ...]) -> list[int] | None:
     """--class as class indices (None without it); one-line errors name the model's classes."""
-    from progan.sampling import parse_classes
+    from progan.generator.sampling import parse_classes
 
     if args.class_ is None:
         return None
@@ -311,7 +311,7 @@ def _describe_classes(args, classes: list[int] | None, class_names: tuple[str, .
 def _class_tag(args, classes: list[int] | None, class_names: tuple[str, ...]) -> str:
     """'-cat' (file-name part) for --class cat; '' without --class, so names stay as for an
     unconditional model."""
-    from progan.sampling import class_tag
+    from progan.generator.sampling import class_tag
 
     if classes is None:
         return ""
@@ -319,7 +319,7 @@ def _class_tag(args, classes: list[int] | None, class_names: tuple[str, ...]) ->
 
 
 def _parse_grid(text: str | None) -> tuple[int, int] | None:
-    from progan.sampling import parse_grid
+    from progan.generator.sampling import parse_grid
 
     if text is None:
         return None
@@ -331,7 +331,7 @@ def _parse_grid(text: str | None) -> tuple[int, int] | None:
 
 def _choose_seeds(args: argparse.Namespace, grid: tuple[int, int] | None) -> list[int]:
     """The seeds asked for; with --grid, the first ROWS*COLS of them."""
-    from progan.sampling import parse_seeds, seed_range
+    from progan.generator.sampling import parse_seeds, seed_range
 
     if args.seeds is not None and args.seed is not None:
         raise CommandLineError("--seed goes with --num (or the defaults); --seeds lists every seed itself")
@@ -358,7 +358,7 @@ def _choose_seeds(args: argparse.Namespace, grid: tuple[int, int] | None) -> lis
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
-    from progan.animation import check_animation_options
+    from progan.generator.animation import check_animation_options
 
     if args.batch < 1:
         raise CommandLineError(f"--batch must be at least 1, got {args.batch}")
@@ -395,8 +395,8 @@ def _prepare_out_dir(out_dir: Path) -> Path:
 
 def _images_by_seed(seeds: list[int], **job):
     """Yield (seed, uint8 image) a batch at a time, with a progress bar and images/s at the end."""
-    from progan.progress import Progress
-    from progan.sampling import seeds_to_images
+    from progan.runtime.progress import Progress
+    from progan.generator.sampling import seeds_to_images
 
     batch_size = job["batch_size"]
     with Progress(len(seeds), desc="generate", unit="img") as progress:
@@ -407,7 +407,7 @@ def _images_by_seed(seeds: list[int], **job):
 
 
 def _write_images(out_dir: Path, seeds: list[int], tag: str = "", **job) -> list[Path]:
-    from progan.images import save_png
+    from progan.generator.images import save_png
 
     written = []
     for seed, image in _images_by_seed(seeds, **job):
@@ -419,7 +419,7 @@ def _write_images(out_dir: Path, seeds: list[int], tag: str = "", **job) -> list
 def _write_grid(out_dir: Path, grid: tuple[int, int], seeds: list[int], tag: str = "", **job) -> Path:
     import numpy as np
 
-    from progan.images import make_grid, save_png
+    from progan.generator.images import make_grid, save_png
 
     images = np.stack([image for _, image in _images_by_seed(seeds, **job)])
     path = out_dir / f"grid{tag}.png"
@@ -432,7 +432,7 @@ def _write_class_grid(out_dir: Path, cols: int, classes: list[int], class_names:
     """grid-all.png: row k is class k for the same `cols` seeds, its name written at the row's left."""
     import numpy as np
 
-    from progan.images import label_rows, make_grid, save_png
+    from progan.generator.images import label_rows, make_grid, save_png
 
     cells = np.concatenate([np.stack([image for _, image in _images_by_seed(seeds, classes=k, **job)])
                             for k in classes])
@@ -443,9 +443,9 @@ def _write_class_grid(out_dir: Path, cols: int, classes: list[int], class_names:
 
 def _write_walks(args, out_dir: Path, grid: tuple[int, int] | None, seeds: list[int], tag: str = "",
                  **job) -> list[Path]:
-    from progan.animation import write_animation
-    from progan.progress import Progress
-    from progan.sampling import walk_frames
+    from progan.generator.animation import write_animation
+    from progan.runtime.progress import Progress
+    from progan.generator.sampling import walk_frames
 
     walk_options = dict(frames=args.frames, smoothing=args.smoothing, fps=args.fps, **job)
     # A grid animates all its seeds together; otherwise every seed gets its own walk.
@@ -476,7 +476,7 @@ def _summary(written: list[Path], out_dir: Path) -> str:
 
 
 def _load_main():
-    """run_command's loader: torch imported while a Ctrl-C waits (progan.signals.hold_stop_signals);
+    """run_command's loader: torch imported while a Ctrl-C waits (progan.runtime.signals.hold_stop_signals);
     --help stays quick."""
     if not {"-h", "--help"} & set(sys.argv[1:]):
         import torch  # noqa: F401

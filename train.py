@@ -10,7 +10,7 @@ Run `python train.py --help` for every flag.
 
 from __future__ import annotations
 
-from progan.signals import Interrupted, StopSignals, hold_stop_signals, pause_point, stop_signals_held
+from progan.runtime.signals import Interrupted, StopSignals, hold_stop_signals, pause_point, stop_signals_held
 
 if __name__ == "__main__":
     hold_stop_signals()  # first: a Ctrl-C waits, pending, until main can answer it
@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 
-from progan.cli import (EXIT_DIVERGED, EXIT_LOST_PEER, EXIT_PREEMPTED, EXIT_USAGE, EXIT_WRITE_FAILED, VERBOSE_ENV,
+from progan.runtime.cli import (EXIT_DIVERGED, EXIT_LOST_PEER, EXIT_PREEMPTED, EXIT_USAGE, EXIT_WRITE_FAILED, VERBOSE_ENV,
                         CommandLineError, OneLineErrorParser, fail, first_line)
 
 
@@ -114,11 +114,11 @@ def _main(argv: list[str] | None, stop: StopSignals) -> int:
     args = vars(build_parser().parse_args(argv))  # first: --help and a bad flag import no torch
     if args.pop("verbose", False):
         os.environ[VERBOSE_ENV] = "1"
-    with stop_signals_held():  # torch's import: a signal acts once it is done (progan.signals)
-        from progan.data import DatasetError
-        from progan.diskspace import WriteFailed
-        from progan.elastic import lost_peer
-        from progan.training import TrainingDiverged
+    with stop_signals_held():  # torch's import: a signal acts once it is done (progan.runtime.signals)
+        from progan.data.dataset import DatasetError
+        from progan.runtime.diskspace import WriteFailed
+        from progan.runtime.elastic import lost_peer
+        from progan.train.loop import TrainingDiverged
         import torch._dynamo  # noqa: F401 - imported by the first optimizer anyway: here, under the deferral
     try:
         return run(args, stop)
@@ -142,7 +142,7 @@ def _main(argv: list[str] | None, stop: StopSignals) -> int:
 
 
 def run(args: dict, stop: StopSignals | None = None) -> int:
-    from progan.setup_run import prepare_run
+    from progan.train.setup import prepare_run
 
     plan = prepare_run(args)
     if args.get("dry_run"):
@@ -156,7 +156,7 @@ RELEASE_TIMEOUT_S = 60
 
 def release_distributed(code: int) -> None:
     """Free the process group before the interpreter's exit on every path (see
-    progan.elastic.release_process_group): otherwise gloo can turn any exit code into SIGABRT.
+    progan.runtime.elastic.release_process_group): otherwise gloo can turn any exit code into SIGABRT.
     Freeing it joins its threads; should one be stuck on a peer that hangs (not dead: a dead
     peer ends its collective), the process exits with `code` after RELEASE_TIMEOUT_S instead."""
     dist = sys.modules.get("torch.distributed")  # never imported here: a Ctrl-C may have cut torch's import short
@@ -167,7 +167,7 @@ def release_distributed(code: int) -> None:
         return
     import threading
 
-    from progan.elastic import release_process_group
+    from progan.runtime.elastic import release_process_group
 
     def give_up() -> None:
         sys.stdout.flush()

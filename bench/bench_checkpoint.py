@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_checkpoint.py [--resolution 1024] [--repeats 3]
 
 Builds G, D (paper preset), an EMA copy of G and both Adam optimizers with their moments filled
-(what a training checkpoint holds), then times progan.checkpoints.checksums (run at every save
+(what a training checkpoint holds), then times progan.generator.checkpoints.checksums (run at every save
 and every load), the whole save (save_training_checkpoint: checksums, torch.save, fsync, rename)
 and the whole load (load_checkpoint: torch.load and the check). Prints a Markdown table.
 """
@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from progan import checkpoints  # noqa: E402
-from progan.config import ModelConfig  # noqa: E402
-from progan.networks import Discriminator, Generator  # noqa: E402
+from progan.generator import checkpoints  # noqa: E402
+from progan.nets.config import ModelConfig  # noqa: E402
+from progan.nets.networks import Discriminator, Generator  # noqa: E402
 
 
 def training_state(resolution: int) -> dict:

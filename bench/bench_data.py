@@ -13,7 +13,7 @@ the same run on the same files:
       fixed 1 TiB map; here the map starts small and grows).
 Reading: batches/s of MultiResolutionDataset at 8, 64 and 256 px, served from memory by
 get_batch, and decoded record by record by get_batch in this process (0 workers) or in 2
-DataLoader workers that each decode whole batches (as progan.training does), beside a CPU stand-in
+DataLoader workers that each decode whole batches (as progan.train.loop does), beside a CPU stand-in
 training step (forward+backward of a tiny conv net on the same batch; the real consumer is the
 GPU step of bench/bench_step.py). Every build row also reports CPU time per image over this
 process and all its workers, which stays meaningful when other jobs share the machine.
@@ -44,10 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_prep.build import BuildConfig, build  # noqa: E402
 from data_prep.synth import draw_face, face_rng  # noqa: E402
-from progan.data import (ENCODINGS, DEFAULT_ENCODING, INITIAL_MAP_SIZE, MultiResolutionDataset,  # noqa: E402
+from progan.data.dataset import (ENCODINGS, DEFAULT_ENCODING, INITIAL_MAP_SIZE, MultiResolutionDataset,  # noqa: E402
                          image_key, write_growing)
-from progan.fileio import atomic_output  # noqa: E402
-from progan.training import BatchReader  # noqa: E402
+from progan.runtime.fileio import atomic_output  # noqa: E402
+from progan.train.loop import BatchReader  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- photos

@@ -9,15 +9,15 @@ does not depend on the weights. Each configuration runs in a fresh subprocess so
 resident memory (`resource.getrusage(RUSAGE_SELF).ru_maxrss`, which covers everything the
 process touched: Python, torch, weights, activations) is its own; "model RSS" is the same
 figure just after building the generator, before any sampling. On a GPU, peak memory is
-`torch.cuda.max_memory_allocated`. Timing is `progan.sampling.seeds_to_images` (latents from
+`torch.cuda.max_memory_allocated`. Timing is `progan.generator.sampling.seeds_to_images` (latents from
 seeds, forward passes, conversion to uint8) after one warm-up batch, repeated until at least
 `--seconds` and two batches; PNG writing is not included. With `--runtime onnxruntime` the
-generator is first exported with `progan.export.write_onnx` (that time is the "ONNX export"
-figure) and timed through `progan.export.onnx_images` on an onnxruntime CPU session with as
+generator is first exported with `progan.generator.export.write_onnx` (that time is the "ONNX export"
+figure) and timed through `progan.generator.export.onnx_images` on an onnxruntime CPU session with as
 many threads as torch uses (same seeds, latents and uint8 conversion).
 
 Export: a paper-size 1024 training checkpoint (G, G_ema, D, both Adam states) is written with
-the real checkpoint writer, exported with `progan.sampling.export`, and the export's size is
+the real checkpoint writer, exported with `progan.generator.sampling.export`, and the export's size is
 compared with the bytes of the EMA weights alone.
 """
 
@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from progan.config import ModelConfig  # noqa: E402
-from progan.networks import Discriminator, Generator  # noqa: E402
+from progan.nets.config import ModelConfig  # noqa: E402
+from progan.nets.networks import Discriminator, Generator  # noqa: E402
 
 RESOLUTIONS = (256, 1024)
 BATCHES = (1, 8)
@@ -52,7 +52,7 @@ def peak_rss_mib() -> float:
 # -- one configuration, in its own process ---------------------------------------------------
 def measure(resolution: int, batch: int, device: str, precision: str, min_seconds: float,
             runtime: str = "torch") -> dict:
-    from progan.sampling import seeds_to_images
+    from progan.generator.sampling import seeds_to_images
 
     generator = Generator(ModelConfig.preset("paper", resolution)).eval().requires_grad_(False).to(device)
     export_s = None
@@ -63,7 +63,7 @@ def measure(resolution: int, batch: int, device: str, precision: str, min_second
     model_rss = peak_rss_mib()
     autocast_dtype = torch.bfloat16 if precision == "bf16" else None
     if runtime == "onnxruntime":
-        from progan.export import onnx_images
+        from progan.generator.export import onnx_images
 
         run = lambda first: onnx_images(session, range(first, first + batch), latent_size)  # noqa: E731
     else:
@@ -88,7 +88,7 @@ def measure(resolution: int, batch: int, device: str, precision: str, min_second
 
 def _onnx_session(generator: torch.nn.Module, resolution: int):
     """(onnxruntime session of `generator` at its final stage, seconds the export took)."""
-    from progan.export import onnx_session, write_onnx
+    from progan.generator.export import onnx_session, write_onnx
 
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
@@ -106,8 +106,8 @@ def measure_in_subprocess(resolution, batch, device, precision, min_seconds, run
 
 # -- export size -----------------------------------------------------------------------------
 def export_sizes(resolution: int = 1024) -> dict:
-    from progan import checkpoints
-    from progan.sampling import export
+    from progan.generator import checkpoints
+    from progan.generator.sampling import export
 
     config = ModelConfig.preset("paper", resolution)
     generator, generator_ema, discriminator = Generator(config), Generator(config), Discriminator(config)

@@ -11,7 +11,7 @@ checksum tables), then prints:
   - `check_levels` (every key looked up, checksum tables, 16 sampled records per level) and
     `verify` (every record read, checksummed, decoded) over all levels, in microseconds per record.
 With --background, instead:
-  - the background check (progan.integrity.BackgroundCheck) over every level, from a cold page
+  - the background check (progan.data.integrity.BackgroundCheck) over every level, from a cold page
     cache (the file's pages dropped with posix_fadvise) and a warm one: seconds, MB/s, and the
     time to find a damaged record, worst case (the last record of the top level);
   - the cost on the step: the trainer's full step (small preset, stable phase at --step-res)
@@ -33,12 +33,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from progan.data import DatasetWriter, ImageRecord, MultiResolutionDataset, resolutions_between  # noqa: E402
-from progan.integrity import BackgroundCheck, check_levels, verify  # noqa: E402
+from progan.data.dataset import DatasetWriter, ImageRecord, MultiResolutionDataset, resolutions_between  # noqa: E402
+from progan.data.integrity import BackgroundCheck, check_levels, verify  # noqa: E402
 
 
 def write_database(path: Path, images: int, resolutions: list[int]) -> None:
-    from progan.data import read_metadata
+    from progan.data.dataset import read_metadata
 
     try:
         metadata = read_metadata(path)
@@ -101,7 +101,7 @@ def step_overhead_table(db: Path, work: Path, resolutions: list[int], step_res: 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_train import stable_config
 
-    import progan.training as training
+    import progan.train.loop as training
 
     config = stable_config(db, work / "run", "small", step_res, batch, workers=0)
     torch.manual_seed(0)

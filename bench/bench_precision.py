@@ -1,7 +1,7 @@
 """How far bf16 (and fp16) autocast moves WGAN-GP's numbers away from fp32, with float64 as the truth.
 
 For each preset and resolution: one batch of reals, latents and penalty mixing weights; the
-trainer's losses (progan.losses) on networks built once in float64 and copied to fp32. Each
+trainer's losses (progan.train.losses) on networks built once in float64 and copied to fp32. Each
 precision computes, the way the trainer does (G under autocast without grad for D's fakes):
 
 - the per-sample input-gradient norms ||grad_mix D(mix)|| (the penalty's inner, double-backward
@@ -34,11 +34,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from progan.cli import CommandLineError, choose_device  # noqa: E402
-from progan.config import ModelConfig  # noqa: E402
-from progan.layers import at_least_fp32, autocast  # noqa: E402
-from progan.losses import discriminator_loss, generator_loss  # noqa: E402
-from progan.networks import Discriminator, Generator  # noqa: E402
+from progan.runtime.cli import CommandLineError, choose_device  # noqa: E402
+from progan.nets.config import ModelConfig  # noqa: E402
+from progan.nets.layers import at_least_fp32, autocast  # noqa: E402
+from progan.train.losses import discriminator_loss, generator_loss  # noqa: E402
+from progan.nets.networks import Discriminator, Generator  # noqa: E402
 
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
             rows += run_case(preset, res, args.batch, args.precisions, device, args.seed)
     print(table(rows))
     if args.json:
-        from progan.fileio import atomic_write_text
+        from progan.runtime.fileio import atomic_write_text
 
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(args.json), json.dumps(rows, indent=2) + "\n")

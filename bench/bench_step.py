@@ -43,14 +43,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from progan import layers, networks  # noqa: E402
-from progan.aspect import ASPECTS  # noqa: E402
-from progan.config import ModelConfig  # noqa: E402
-from progan import step as progan_step  # noqa: E402
-from progan.ema import make_ema  # noqa: E402
-from progan.gradsync import GradientSync, LossScale  # noqa: E402
-from progan.networks import Discriminator, Generator  # noqa: E402
-from progan.step import StepInputs, StepModels, StepSettings, StepStats, step_inputs  # noqa: E402
+from progan.nets import networks  # noqa: E402
+
+from progan.nets import layers  # noqa: E402
+from progan.shapes import ASPECTS  # noqa: E402
+from progan.nets.config import ModelConfig  # noqa: E402
+from progan.train import step as progan_step  # noqa: E402
+from progan.train.ema import make_ema  # noqa: E402
+from progan.train.gradsync import GradientSync, LossScale  # noqa: E402
+from progan.nets.networks import Discriminator, Generator  # noqa: E402
+from progan.train.step import StepInputs, StepModels, StepSettings, StepStats, step_inputs  # noqa: E402
 
 
 # --- device and precision ------------------------------------------------------------------
@@ -71,7 +73,7 @@ def autocast():
 # --- the training iteration ---------------------------------------------------------------
 
 def train_step(s: "Setup", resolution: int, alpha: float, batch_real_fake: bool = True) -> None:
-    """The trainer's own step (progan.step.train_step): D step with penalty and drift, G step, EMA,
+    """The trainer's own step (progan.train.step.train_step): D step with penalty and drift, G step, EMA,
     with its random inputs drawn on the device for step s.count, mirroring and fade included.
 
     D_penalty: the critic for the gradient penalty when D is compiled (compiled graphs have no
@@ -106,7 +108,7 @@ class Variant:
     batch_real_fake: bool = True
     compile: bool = False  # torch.compile G and D (D's penalty pass stays eager)
     scale_smaller: bool = True  # equalized-LR scale on the smaller of input and weight
-    stock_conv: bool = False  # F.conv2d's own double backward instead of progan.ops (image-sized kernels)
+    stock_conv: bool = False  # F.conv2d's own double backward instead of progan.nets.ops (image-sized kernels)
     classes: int = 0  # > 0: a class-conditional model with this many classes (labels, class terms)
 
     def describe(self) -> str:
@@ -126,7 +128,7 @@ COMPARISONS = {
     "batch_real_fake": [("batched", dict(batch_real_fake=True)), ("separate", dict(batch_real_fake=False))],
     "compile": [("eager", dict(compile=False)), ("compiled", dict(compile=True))],
     "scale": [("scale-smaller", dict(scale_smaller=True)), ("scale-weight", dict(scale_smaller=False))],
-    "conv": [("progan.ops", dict(stock_conv=False)), ("stock-conv", dict(stock_conv=True))],
+    "conv": [("progan.nets.ops", dict(stock_conv=False)), ("stock-conv", dict(stock_conv=True))],
     "conditional": [("unconditional", dict(classes=0)), ("10 classes", dict(classes=10))],
     # Every option off: what a straightforward port executes (NCHW, separate upsample/pool and
     # 3x3 convs, out-of-place activations, reals and fakes in two D passes, default foreach

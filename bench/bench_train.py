@@ -38,8 +38,8 @@ def build_dataset(root: Path, count: int, size: int, max_res: int) -> Path:
 
 
 def stable_config(data: Path, out: Path, preset: str, resolution: int, batch: int, workers: int, **extra):
-    from progan.schedule import ScheduleConfig
-    from progan.train_config import TrainConfig, preset_defaults
+    from progan.train.schedule import ScheduleConfig
+    from progan.train.config import TrainConfig, preset_defaults
 
     defaults = preset_defaults(preset, resolution)
     schedule = ScheduleConfig(max_resolution=resolution, start_resolution=resolution, fade_kimg=1,
@@ -66,8 +66,8 @@ def loader_table(data: Path, tmp: Path, preset: str, resolutions: list[int], bat
     import torch
     from accelerate import Accelerator
 
-    import progan.reals as reals
-    import progan.training as training
+    import progan.train.reals as reals
+    import progan.train.loop as training
 
     accelerator = Accelerator(cpu=True)
     rows = [f"| resolution | batch | step alone (img/s) | from memory (img/s) | cost | streamed, {workers} workers (img/s) | cost |",

@@ -28,7 +28,7 @@ error while the others still run):
 7. torch.profiler over two steps at the top resolution: the kernels taking the most device time,
    and the convolutions by input shape (DIR/profile.txt);
 8. the convolutions of each resolution's step counted on the meta device, and how many have a
-   kernel larger than 4x4 (image-sized: PyTorch's own double backward; progan.ops has none).
+   kernel larger than 4x4 (image-sized: PyTorch's own double backward; progan.nets.ops has none).
 
 Paper mode needs no GPU: per phase of the release schedule (paper widths, 1024, 12M images), the
 FLOPs of one step and the fewest bytes it must move (every convolution and matmul reading its
@@ -63,10 +63,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from progan.cli import CommandLineError, choose_device  # noqa: E402
-from progan.config import ModelConfig  # noqa: E402
-from progan.schedule import KIMG, ScheduleConfig, state_at  # noqa: E402
-from progan.train_config import TrainConfig, preset_defaults  # noqa: E402
+from progan.runtime.cli import CommandLineError, choose_device  # noqa: E402
+from progan.nets.config import ModelConfig  # noqa: E402
+from progan.train.schedule import KIMG, ScheduleConfig, state_at  # noqa: E402
+from progan.train.config import TrainConfig, preset_defaults  # noqa: E402
 
 H100_BF16_FLOPS = 790e12   # measured 8192^3 bf16 matmul on this workplace's Hopper cards
 H100_BYTES_PER_S = 3.0e12  # HBM3, ~3 TB/s usable
@@ -200,7 +200,7 @@ def make_trainer(data: Path, out: Path, preset: str, res: int, batch: int, preci
     """A Trainer whose schedule is at `res`'s stable phase with global batch `batch`."""
     from accelerate import Accelerator
 
-    from progan.training import Trainer, validate_setup
+    from progan.train.loop import Trainer, validate_setup
 
     defaults = preset_defaults(preset, res)
     sched = defaults["schedule"]
@@ -424,7 +424,7 @@ def roofline(preset: str, top: int, peak_flops: float, peak_bytes: float) -> dic
 # --- sampling and SWD ---------------------------------------------------------------------------
 
 def sampling_rate(data, work, preset, res, precision, device, batch) -> float:
-    from progan.layers import autocast
+    from progan.nets.layers import autocast
 
     trainer = make_trainer(data, work / "sampling", preset, res, 4, precision, device, 0)
     G = trainer.G_ema
@@ -700,7 +700,7 @@ class Report:
         self.started = time.monotonic()
 
     def save(self) -> None:
-        from progan.fileio import atomic_write_text
+        from progan.runtime.fileio import atomic_write_text
 
         self.result["seconds"] = time.monotonic() - self.started
         self.out.mkdir(parents=True, exist_ok=True)
@@ -735,7 +735,7 @@ RESERVE_AFTER_STEPS_S = 150.0
 
 
 def run(args) -> int:
-    from progan.fileio import atomic_write_text
+    from progan.runtime.fileio import atomic_write_text
 
     out = Path(args.out)
     device = choose_device(args.device)

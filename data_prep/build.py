@@ -37,8 +37,8 @@ from data_prep.decode import (
 from data_prep.labels import LabelError, Labels, resolve_labels, skip_reason
 from data_prep.sources import IMAGE_EXTENSIONS, find_image_files, listing_digest
 from data_prep.transfer import TransferRing
-from progan.aspect import DEFAULT_ASPECT, parse_aspect
-from progan.data import (
+from progan.shapes import DEFAULT_ASPECT, parse_aspect
+from progan.data.dataset import (
     DEFAULT_ENCODING,
     ENCODINGS,
     DatabaseWriteFailed,
@@ -48,8 +48,8 @@ from progan.data import (
     read_build_records,
     resolutions_between,
 )
-from progan.diskspace import format_bytes, shortfall
-from progan.progress import Progress
+from progan.runtime.diskspace import format_bytes, shortfall
+from progan.runtime.progress import Progress
 
 CHUNK_BYTES = 64 << 20  # ~raw bytes of images per transaction: bounds memory and redo work
 MAX_CHUNK_FILES = 1024
@@ -76,7 +76,7 @@ class BuildConfig:
     limit: int | None = None
     encoding: str = DEFAULT_ENCODING
     max_pixels: int = DEFAULT_MAX_PIXELS
-    aspect: str = DEFAULT_ASPECT  # width:height, progan.aspect.ASPECTS
+    aspect: str = DEFAULT_ASPECT  # width:height, progan.shapes.ASPECTS
     labels: str | None = None  # None: unlabelled; "folders" or a JSON file (data_prep.labels)
 
 

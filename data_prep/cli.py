@@ -13,7 +13,7 @@ import numpy as np
 from data_prep.build import BuildConfig, BuildError, build, default_workers, skip_summary
 from data_prep.decode import DEFAULT_MAX_PIXELS
 from data_prep.synth import FORMATS, MAX_CLASSES, synth
-from progan.data import (
+from progan.data.dataset import (
     DEFAULT_ENCODING,
     ENCODINGS,
     DatabaseWriteFailed,
@@ -23,13 +23,13 @@ from progan.data import (
     read_labels,
     read_metadata,
 )
-from progan.aspect import ASPECT_RULE, DEFAULT_ASPECT, describe_level
-from progan.cli import EXIT_USAGE, EXIT_WRITE_FAILED, OneLineErrorParser, fail
-from progan.integrity import check_levels, verify
-from progan.config import RESOLUTION_RULE, is_valid_resolution
-from progan.diskspace import format_bytes
-from progan.images import make_grid, save_png
-from progan.progress import Progress
+from progan.shapes import ASPECT_RULE, DEFAULT_ASPECT, describe_level
+from progan.runtime.cli import EXIT_USAGE, EXIT_WRITE_FAILED, OneLineErrorParser, fail
+from progan.data.integrity import check_levels, verify
+from progan.nets.config import RESOLUTION_RULE, is_valid_resolution
+from progan.runtime.diskspace import format_bytes
+from progan.generator.images import make_grid, save_png
+from progan.runtime.progress import Progress
 
 EXIT_INTERRUPTED = 130  # Ctrl-C: the shell's 128 + SIGINT; a build resumes when rerun
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from progan.aspect import ASPECTS, DEFAULT_ASPECT, level_size
-from progan.data import build_pyramid, encode_image
+from progan.shapes import ASPECTS, DEFAULT_ASPECT, level_size
+from progan.data.dataset import build_pyramid, encode_image
 
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels become white
 DEFAULT_MAX_PIXELS = 150_000_000  # a decompression-bomb cap, ~12000x12000
@@ -53,7 +53,7 @@ class DecodeOptions:
     upscale: bool
     max_pixels: int
     encoding: str
-    aspect: str = DEFAULT_ASPECT  # width:height of every level (progan.aspect)
+    aspect: str = DEFAULT_ASPECT  # width:height of every level (progan.shapes)
 
 
 _RING = None  # this worker's view of the parent's TransferRing, when there is one

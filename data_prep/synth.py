@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from progan.fileio import atomic_output
+from progan.runtime.fileio import atomic_output
 
 SKIN_TONES = [(255, 224, 196), (241, 194, 150), (224, 172, 105), (198, 134, 66), (141, 85, 36), (92, 58, 38)]
 HAIR_COLOURS = [(20, 16, 16), (55, 35, 22), (105, 65, 35), (215, 180, 105), (160, 70, 30), (175, 175, 170)]

@@ -8,12 +8,12 @@ fails only where it is used.
 __version__ = "0.1.0"
 
 _LAZY = {
-    "ModelConfig": "progan.config",
-    "Generator": "progan.networks",
-    "Discriminator": "progan.networks",
-    "MultiResolutionDataset": "progan.data",
-    "load_generator": "progan.checkpoints",
-    "seeds_to_images": "progan.sampling",
+    "ModelConfig": "progan.nets.config",
+    "Generator": "progan.nets.networks",
+    "Discriminator": "progan.nets.networks",
+    "MultiResolutionDataset": "progan.data.dataset",
+    "load_generator": "progan.generator.checkpoints",
+    "seeds_to_images": "progan.generator.sampling",
 }
 
 __all__ = sorted(_LAZY)

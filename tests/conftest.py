@@ -26,7 +26,7 @@ def run_cli(args: list[str], timeout: float = 300, env: dict | None = None, chec
 
 def interrupted_at(args: list[str], delay: float, timeout: float = 120) -> tuple[int, str, str]:
     """(exit code, stdout, stderr) of `python ARGS...` sent SIGINT `delay` seconds after its first
-    line blocked the stop signals (progan.signals.hold_stop_signals; read from /proc). Before that
+    line blocked the stop signals (progan.runtime.signals.hold_stop_signals; read from /proc). Before that
     line only Python's own start-up runs (tens of ms), where no program can answer a Ctrl-C."""
     import signal
     import time

@@ -149,7 +149,8 @@ def test_metrics_cli_scores_a_portrait_checkpoint_against_a_portrait_database(tm
 
     from conftest import run_cli
     from data_prep.build import BuildConfig, build
-    from progan import Discriminator, checkpoints
+    from progan import Discriminator
+    from progan.generator import checkpoints
 
     folder = tmp_path / "photos"
     folder.mkdir()

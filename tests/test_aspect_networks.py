@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from progan import Discriminator, Generator, ModelConfig
-from progan.aspect import ASPECTS, level_size, parse_aspect
-from progan.losses import discriminator_loss
-from progan.networks import count_parameters
+from progan.shapes import ASPECTS, level_size, parse_aspect
+from progan.train.losses import discriminator_loss
+from progan.nets.networks import count_parameters
 
 NON_SQUARE = [name for name in ASPECTS if name != "1:1"]
 

@@ -12,9 +12,10 @@ from PIL import Image
 
 from conftest import run_cli
 from data_prep.build import BuildConfig, build
-from progan import Discriminator, Generator, ModelConfig, checkpoints
-from progan.checkpoints import load_generator
-from progan.sampling import seeds_to_images
+from progan import Discriminator, Generator, ModelConfig
+from progan.generator import checkpoints
+from progan.generator.checkpoints import load_generator
+from progan.generator.sampling import seeds_to_images
 
 # 16 images per step: 4 stable steps at level 4, 8 fading into level 8, then stable (as test_training).
 TINY = ["--config", "small", "--resolution", "8", "--stable-kimg", "0.064", "--fade-kimg", "0.128",

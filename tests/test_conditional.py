@@ -11,14 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from progan.checkpoints import export_generator, load_generator
-from progan.config import ModelConfig
-from progan.ema import make_ema
-from progan.export import write_safetensors
-from progan.gradsync import GradientSync, LossScale
-from progan.losses import class_loss, discriminator_loss, generator_loss, gradient_penalty
-from progan.networks import Discriminator, Generator, count_parameters
-from progan.step import StepModels, StepSettings, StepStats, class_weights, micro_slices, step_inputs, train_step
+from progan.generator.checkpoints import export_generator, load_generator
+from progan.nets.config import ModelConfig
+from progan.train.ema import make_ema
+from progan.generator.export import write_safetensors
+from progan.train.gradsync import GradientSync, LossScale
+from progan.train.losses import class_loss, discriminator_loss, generator_loss, gradient_penalty
+from progan.nets.networks import Discriminator, Generator, count_parameters
+from progan.train.step import StepModels, StepSettings, StepStats, class_weights, micro_slices, step_inputs, train_step
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -87,7 +87,7 @@ def test_conditional_generator_round_trips_through_pt_and_safetensors_exports(tm
 
 
 def test_conditional_config_round_trips_through_a_training_config_and_a_weights_only_load(tmp_path):
-    from progan.train_config import TrainConfig, preset_defaults
+    from progan.train.config import TrainConfig, preset_defaults
 
     kwargs = preset_defaults("small", 8)
     config = TrainConfig(data="x.lmdb", out="run", **{**kwargs, "model": cond(8, NAMES10)})

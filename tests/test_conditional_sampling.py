@@ -15,10 +15,14 @@ import torch
 from test_generate import (ALPHA, CONFIG, REPO, TRAINED_RES, assert_one_line_error, cli, read_frames, read_png,
                            training_state)
 
-from progan import checkpoints, export, sampling
-from progan.checkpoints import load_generator
-from progan.config import ModelConfig
-from progan.networks import Discriminator, Generator
+from progan.generator import checkpoints
+
+from progan.generator import export
+
+from progan.generator import sampling
+from progan.generator.checkpoints import load_generator
+from progan.nets.config import ModelConfig
+from progan.nets.networks import Discriminator, Generator
 
 CLASSES = ("cat", "dog", "red fox")  # a space: its file-name tag is its index
 COND = ModelConfig(**{**CONFIG.to_dict(), "class_names": list(CLASSES)})
@@ -57,7 +61,7 @@ def images_of(model, seeds, classes) -> np.ndarray:
     latents = sampling.latents_for_seeds(seeds, COND.latent_size)
     with torch.no_grad():
         x = G(latents, info.resolution, info.alpha, labels=torch.as_tensor(classes, dtype=torch.long))
-    from progan.images import to_uint8
+    from progan.generator.images import to_uint8
     return to_uint8(x)
 
 
@@ -115,7 +119,7 @@ def test_walk_frames_follow_the_class_path(model):
                                        smoothing=0.5, fps=8, classes=["cat", "dog"]))
     latents = sampling.walk_latents(3, 4, COND.latent_size, smoothing=0.5, fps=8)
     labels = sampling.walk_labels([0, 1], 4, 3)
-    from progan.images import to_uint8
+    from progan.generator.images import to_uint8
     with torch.no_grad():
         expected = to_uint8(G(latents, info.resolution, info.alpha, labels=labels))
     np.testing.assert_array_equal(np.stack(frames), expected)
@@ -161,23 +165,23 @@ def test_cli_class_all_grid_has_a_row_per_class_over_the_same_seeds(run_dir, mod
 
 
 def test_cli_walk_between_classes(run_dir, model, tmp_path, capsys, monkeypatch):
-    import progan.animation
+    import progan.generator.animation
 
     written = {}
-    real_write = progan.animation.write_animation
+    real_write = progan.generator.animation.write_animation
 
     def capture(frames, path, **kwargs):  # the exact frames (GIF/WebP would quantise them)
         written[path.name] = list(frames)
         return real_write(written[path.name], path, **kwargs)
 
-    monkeypatch.setattr(progan.animation, "write_animation", capture)
+    monkeypatch.setattr(progan.generator.animation, "write_animation", capture)
     code, _, err = cli(capsys, run_dir, "--out", tmp_path, "--walk", "--seeds", "2", "--frames", "6",
                        "--fps", "6", "--smoothing", "0.3", "--class", "cat:red fox", "--format", "webp")
     assert code == 0 and "cat -> red fox -> cat" in err, err
     assert len(read_frames(tmp_path / "walk-seed0002-cat-class2.webp")) == 6
     G, info = model
     latents = sampling.walk_latents(2, 6, COND.latent_size, smoothing=0.3, fps=6)
-    from progan.images import to_uint8
+    from progan.generator.images import to_uint8
     with torch.no_grad():
         expected = to_uint8(G(latents, info.resolution, info.alpha, labels=sampling.walk_labels([0, 2], 6, 3)))
     np.testing.assert_array_equal(np.stack(written["walk-seed0002-cat-class2.webp"]), expected)
@@ -281,7 +285,7 @@ def test_readme_tells_the_conditional_commands():
 def test_unconditional_files_are_as_before(plain_run, tmp_path, capsys):
     """No class anywhere: the same file names, and each file's bytes are what the generator's
     plain (label-free) call saved with save_png gives."""
-    from progan.images import make_grid, save_png, to_uint8
+    from progan.generator.images import make_grid, save_png, to_uint8
 
     G, info = load_generator(plain_run)
     with torch.no_grad():
@@ -303,7 +307,7 @@ def test_the_readme_conditional_snippet_runs(exports, tmp_path, monkeypatch, one
     shutil.copy(exports[".pt"], tmp_path / "generator.pt")
     shutil.copy(exports[".onnx"], tmp_path / "generator.onnx")
     readme = (REPO / "README.md").read_text()
-    snippet = re.search(r"```python\n(import progan\nfrom progan.export import onnx_class_names[^`]*)```",
+    snippet = re.search(r"```python\n(import progan\nfrom progan.generator.export import onnx_class_names[^`]*)```",
                         readme).group(1)
     monkeypatch.chdir(tmp_path)
     scope: dict = {}

@@ -9,7 +9,7 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 
 
 def test_auto_precision_on_this_card_follows_its_bf16_support():
-    from progan.precision import resolve_mixed_precision
+    from progan.train.precision import resolve_mixed_precision
 
     major, _ = torch.cuda.get_device_capability()
     assert resolve_mixed_precision("auto", "cuda") == ("bf16" if major >= 8 else "no")
@@ -38,7 +38,7 @@ def test_progan_ops_on_cuda_match_pytorch_to_the_second_order_in_float64(transpo
     import torch.nn.functional as F
     from torch.autograd import gradgradcheck
 
-    from progan.ops import conv2d, conv_transpose2d
+    from progan.nets.ops import conv2d, conv_transpose2d
 
     kw = dict(device="cuda", dtype=torch.float64, requires_grad=True)
     x, w, b = torch.randn(x_shape, **kw), torch.randn(w_shape, **kw), torch.randn(w_shape[1 if transposed else 0], **kw)
@@ -62,8 +62,8 @@ def test_no_cudnn_convolution_of_a_penalty_step_has_an_image_sized_kernel(precis
 
     from bench.bench_step import Variant, build, train_step
     import bench.bench_step as bench_step
-    from progan.config import ModelConfig
-    from progan.device import apply_kernel_choices, kernel_choices
+    from progan.nets.config import ModelConfig
+    from progan.train.device import apply_kernel_choices, kernel_choices
 
     if precision == "bf16" and torch.cuda.get_device_capability()[0] < 8:
         pytest.skip("no native bf16 on this card")

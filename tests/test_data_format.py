@@ -1,4 +1,4 @@
-"""The dataset format's pure parts: box pyramid, encodings, keys; progan.images; synth faces."""
+"""The dataset format's pure parts: box pyramid, encodings, keys; progan.generator.images; synth faces."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from data_prep.synth import draw_face, face_rng
-from progan.data import (
+from progan.data.dataset import (
     ENCODINGS,
     build_pyramid,
     decode_image,
@@ -18,7 +18,7 @@ from progan.data import (
     image_key,
     resolutions_between,
 )
-from progan.images import grid_shape, make_grid, save_png, to_uint8
+from progan.generator.images import grid_shape, make_grid, save_png, to_uint8
 
 
 def box_reference(level: np.ndarray) -> np.ndarray:
@@ -81,7 +81,7 @@ def test_decode_rejects_records_of_the_wrong_size_or_kind():
         decode_image(encode_image(Image.new("RGB", (16, 16)), "png"), "png", 32)
 
 
-# ----------------------------------------------------------------------------- progan.images
+# ----------------------------------------------------------------------------- progan.generator.images
 
 
 def test_to_uint8_maps_minus_one_one_to_bytes():

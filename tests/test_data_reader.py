@@ -1,4 +1,4 @@
-"""progan.data reading: MultiResolutionDataset, batches, DataLoader workers, metadata."""
+"""progan.data.dataset reading: MultiResolutionDataset, batches, DataLoader workers, metadata."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from conftest_data import save
 from data_prep.build import BuildConfig, build
 from data_prep.synth import draw_face, face_rng
-from progan.data import (
+from progan.data.dataset import (
     DatasetError,
     DatasetWriter,
     MultiResolutionDataset,
@@ -199,7 +199,7 @@ def test_a_dataset_collected_while_the_environment_lock_is_held_does_not_deadloc
     """The garbage collector may finalize a dataset at any allocation, also inside the shared
     environments' lock (a full-suite run once hung there for good): its release is queued and
     carried out by the next acquire."""
-    import progan.data as data
+    import progan.data.dataset as data
 
     ds = data.MultiResolutionDataset(demo_lmdb, 4)
     ds[0]  # opens (shares) the environment

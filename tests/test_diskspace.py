@@ -11,11 +11,11 @@ import lmdb
 import numpy as np
 import pytest
 
-import progan.data
-import progan.diskspace
+import progan.data.dataset
+import progan.runtime.diskspace
 from conftest_data import noise, run_cli, save
-from progan.data import DatasetError, dataset_fingerprint, read_metadata
-from progan.diskspace import format_bytes, write_failure
+from progan.data.dataset import DatasetError, dataset_fingerprint, read_metadata
+from progan.runtime.diskspace import format_bytes, write_failure
 
 CHUNK = {"PROGAN_BUILD_CHUNK_FILES": "4"}
 
@@ -45,7 +45,7 @@ def fake_disk(monkeypatch, out, capacity: int) -> None:
         data = out / "data.mdb"
         return max(0, capacity - (data.stat().st_blocks * 512 if data.exists() else 0))
 
-    monkeypatch.setattr(progan.diskspace, "free_bytes", free_bytes)
+    monkeypatch.setattr(progan.runtime.diskspace, "free_bytes", free_bytes)
 
 
 def test_build_stops_before_a_chunk_that_does_not_fit_and_resumes(source, tmp_path, capsys, monkeypatch):
@@ -78,7 +78,7 @@ def test_a_commit_failing_on_a_full_disk_is_one_line_and_loses_nothing(source, t
     for name, value in CHUNK.items():
         monkeypatch.setenv(name, value)
     out = tmp_path / "out.lmdb"
-    real_write = progan.data.write_growing
+    real_write = progan.data.dataset.write_growing
     calls = []
 
     def failing_write(env, fill):
@@ -87,23 +87,23 @@ def test_a_commit_failing_on_a_full_disk_is_one_line_and_loses_nothing(source, t
             raise lmdb.DiskError("mdb_txn_commit: Input/output error")
         real_write(env, fill)
 
-    monkeypatch.setattr(progan.data, "write_growing", failing_write)
-    monkeypatch.setattr(progan.diskspace, "free_bytes", lambda folder: 0 if len(calls) >= 3 else 1 << 40)
+    monkeypatch.setattr(progan.data.dataset, "write_growing", failing_write)
+    monkeypatch.setattr(progan.runtime.diskspace, "free_bytes", lambda folder: 0 if len(calls) >= 3 else 1 << 40)
     code, _, err = run_cli(capsys, *build_args(source, out))
     last = err.strip().splitlines()[-1]
     assert code == 4 and "Traceback" not in err
     assert last.startswith(f"data_prep build: error: {out}: disk full: the next chunk (4 images) needs about ")
     assert last.endswith(", 0 B free; free some space, then rerun the same command to resume "
                          "(1 chunks committed so far are kept)")
-    monkeypatch.setattr(progan.data, "write_growing", real_write)
-    monkeypatch.setattr(progan.diskspace, "free_bytes", lambda folder: 1 << 40)
+    monkeypatch.setattr(progan.data.dataset, "write_growing", real_write)
+    monkeypatch.setattr(progan.runtime.diskspace, "free_bytes", lambda folder: 1 << 40)
     code, _, err = run_cli(capsys, *build_args(source, out))
     assert code == 0 and "4 of 16 files already done" in err
     assert read_metadata(out)["count"] == 16
 
 
 def test_write_failure_names_the_space_or_the_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(progan.diskspace, "free_bytes", lambda folder: 1_500_000)
+    monkeypatch.setattr(progan.runtime.diskspace, "free_bytes", lambda folder: 1_500_000)
     full = OSError(errno.ENOSPC, "No space left on device")
     assert write_failure(tmp_path, full, 1000, "the chunk", "rerun") == (
         f"{tmp_path}: disk full: the chunk needs about 1000 B, 1.4 MiB free; free some space, then rerun")
@@ -132,7 +132,7 @@ def test_real_full_disk_on_a_small_tmpfs(source, tmp_path, capsys, monkeypatch):
             monkeypatch.setenv(name, value)
         out = disk / "out.lmdb"
         # First without the check before each chunk: the commit itself meets the full disk.
-        monkeypatch.setattr(progan.data, "shortfall", lambda folder, needed: None)
+        monkeypatch.setattr(progan.data.dataset, "shortfall", lambda folder, needed: None)
         code, _, err = run_cli(capsys, *build_args(source, out))
         assert code == 4 and "Traceback" not in err
         assert f"{out}: disk full: the next chunk (4 images) needs about " in err.strip().splitlines()[-1]
@@ -154,7 +154,7 @@ def test_real_full_disk_on_a_small_tmpfs(source, tmp_path, capsys, monkeypatch):
 def test_the_estimate_of_a_chunk_is_close_to_what_the_file_grows_by(tmp_path):
     # The check before each chunk is only useful if its estimate is near the real growth:
     # too low lets the commit fail, too high refuses builds that would fit.
-    from progan.data import DatasetWriter, ImageRecord
+    from progan.data.dataset import DatasetWriter, ImageRecord
 
     rng = np.random.default_rng(0)
     resolutions = [4, 8, 16, 32, 64]

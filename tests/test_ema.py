@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from progan import Generator, ModelConfig
-from progan.ema import copy_to_ema, make_ema, update_ema
+from progan.train.ema import copy_to_ema, make_ema, update_ema
 
 
 class WithBuffer(nn.Module):

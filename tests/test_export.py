@@ -10,9 +10,11 @@ import pytest
 import torch
 from test_generate import ALPHA, CONFIG, TRAINED_RES, assert_one_line_error, cli, read_png, training_state
 
-from progan import checkpoints, export
-from progan.checkpoints import CheckpointError, load_generator
-from progan.sampling import latents_for_seeds, seeds_to_images, synthesize
+from progan.generator import checkpoints
+
+from progan.generator import export
+from progan.generator.checkpoints import CheckpointError, load_generator
+from progan.generator.sampling import latents_for_seeds, seeds_to_images, synthesize
 
 SEEDS = [0, 1, 2, 7, 42]
 # ONNX runs the same float32 maths in another order (and with the equalized-LR scales folded
@@ -82,8 +84,8 @@ def test_the_readme_onnx_snippet_runs_on_a_small_preset_export(tmp_path, monkeyp
     import re
     from pathlib import Path
 
-    from progan.config import ModelConfig
-    from progan.networks import Generator
+    from progan.nets.config import ModelConfig
+    from progan.nets.networks import Generator
 
     config = ModelConfig.preset("small", resolution=8)
     torch.manual_seed(0)
@@ -92,7 +94,7 @@ def test_the_readme_onnx_snippet_runs_on_a_small_preset_export(tmp_path, monkeyp
     checkpoints.save_training_checkpoint(tmp_path, state)
     export.export_file(tmp_path, tmp_path / "generator.onnx")
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    snippet = re.search(r"```python\n(from progan.export import onnx_images[^`]*)```", readme).group(1)
+    snippet = re.search(r"```python\n(from progan.generator.export import onnx_images[^`]*)```", readme).group(1)
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(snippet, scope)  # noqa: S102 - our own README

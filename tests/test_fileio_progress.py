@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from progan.fileio import append_jsonl, atomic_output, atomic_write_text
-from progan.progress import Progress, format_duration
+from progan.runtime.fileio import append_jsonl, atomic_output, atomic_write_text
+from progan.runtime.progress import Progress, format_duration
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):

@@ -1,4 +1,4 @@
-"""generate.py and progan.sampling / progan.animation: seeds, grids, walks, export, bad input.
+"""generate.py and progan.generator.sampling / progan.generator.animation: seeds, grids, walks, export, bad input.
 
 Checkpoints here hold randomly initialised tiny networks (16x16 model trained "to" 8x8, fading
 in with alpha 0.5), saved with the real checkpoint writer. The CLI runs in-process through
@@ -22,11 +22,12 @@ import torch
 from PIL import Image
 
 import progan
-from progan import checkpoints, sampling
-from progan.animation import write_animation
-from progan.checkpoints import CheckpointError, load_generator
-from progan.config import ModelConfig
-from progan.networks import Discriminator, Generator
+from progan.generator import checkpoints
+from progan.generator import sampling
+from progan.generator.animation import write_animation
+from progan.generator.checkpoints import CheckpointError, load_generator
+from progan.nets.config import ModelConfig
+from progan.nets.networks import Discriminator, Generator
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINED_RES, ALPHA, FINAL_RES = 8, 0.5, 16

@@ -7,9 +7,11 @@ import pytest
 import torch
 from test_generate import ALPHA, CONFIG, REPO, TRAINED_RES, training_state
 
-from progan import checkpoints, export
-from progan.checkpoints import CheckpointError, load_generator
-from progan.sampling import seeds_to_images
+from progan.generator import checkpoints
+
+from progan.generator import export
+from progan.generator.checkpoints import CheckpointError, load_generator
+from progan.generator.sampling import seeds_to_images
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Damage in a database: per-record checksums, `data_prep verify` listing every bad record, the
-trainer's check at start and checked reads during training (progan.integrity, progan.data)."""
+trainer's check at start and checked reads during training (progan.data.integrity, progan.data.dataset)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 
 from conftest import REPO, run_cli
 from conftest_data import run_cli as run_data_prep
-from progan.data import (
+from progan.data.dataset import (
     DatasetError,
     MultiResolutionDataset,
     canonical_json,
@@ -25,8 +25,8 @@ from progan.data import (
     image_key,
     read_metadata,
 )
-from progan.integrity import check_levels, verify
-from progan.training import DataOrder, RealImages
+from progan.data.integrity import check_levels, verify
+from progan.train.loop import DataOrder, RealImages
 
 PAGE = 4096
 
@@ -232,8 +232,8 @@ SWEEP = r'''
 import contextlib, io, json, os, sys
 import numpy as np
 from data_prep.cli import main as data_prep
-from progan.data import DatasetError, MultiResolutionDataset
-from progan.integrity import check_levels
+from progan.data.dataset import DatasetError, MultiResolutionDataset
+from progan.data.integrity import check_levels
 
 good, work = sys.argv[1], sys.argv[2]
 original = open(os.path.join(good, "data.mdb"), "rb").read()
@@ -302,7 +302,7 @@ def test_a_damaged_index_that_crashes_lmdb_is_one_line_from_every_command(demo_l
     db = copy_db(demo_lmdb, tmp_path)
     point_index_outside_the_file(db, 16, 63)
     # In-process, the read dies of a signal: why the scans run in child processes.
-    proc = run_cli(["-c", f"from progan.integrity import verify; verify({str(db)!r}, isolated=False)"], check=False)
+    proc = run_cli(["-c", f"from progan.data.integrity import verify; verify({str(db)!r}, isolated=False)"], check=False)
     assert proc.returncode < 0 and "Traceback" not in proc.stderr, (proc.returncode, proc.stderr)
     crashed = r"crashed the reader \(SIG[A-Z]+: LMDB met a damaged page of its own index on the way to it\)"
 
@@ -331,7 +331,7 @@ def test_a_damaged_index_that_crashes_lmdb_is_one_line_from_every_command(demo_l
         assert proc.returncode == 2 and len(err) == 1 and re.search(one_line, err[0]), (command, proc.stderr)
     assert not (tmp_path / "run").exists() and not (tmp_path / "grid.png").exists()
 
-    from progan.integrity import BackgroundCheck
+    from progan.data.integrity import BackgroundCheck
     check = BackgroundCheck(db, [8, 16]).start()
     assert check.join(30) and re.match(one_line, check.failure) and "\n" not in check.failure, check.failure
 
@@ -341,7 +341,7 @@ def test_a_scan_killed_from_outside_is_no_verdict_on_the_database(demo_lmdb, mon
     damaged; a child the OOM killer or a user kills says so and asks for a rerun."""
     import signal
 
-    from progan import integrity
+    from progan.data import integrity
 
     scan = integrity._run_scan_child
 
@@ -357,7 +357,7 @@ def test_a_scan_killed_from_outside_is_no_verdict_on_the_database(demo_lmdb, mon
 def test_a_build_resumed_from_chunks_without_checksums_gets_its_tables(tmp_path):
     # A build interrupted under a progan without checksums, finished by this one: the chunk
     # records lack crc32 lists, so finish() reads those records back.
-    from progan.data import DatasetWriter, ImageRecord, chunk_key
+    from progan.data.dataset import DatasetWriter, ImageRecord, chunk_key
 
     rng = np.random.default_rng(0)
     images = [ImageRecord(f"{i}", [rng.bytes(48), rng.bytes(192)], "00" * 32) for i in range(6)]
@@ -386,8 +386,8 @@ TRUNCATE = r'''
 import contextlib, io, json, os, shutil, sys
 import numpy as np
 from data_prep.cli import main as data_prep
-from progan.data import DatasetError, MultiResolutionDataset
-from progan.integrity import verify
+from progan.data.dataset import DatasetError, MultiResolutionDataset
+from progan.data.integrity import verify
 sys.path.insert(0, os.getcwd())
 from progan.metrics.cli import main as metrics
 from train import main as train
@@ -469,7 +469,7 @@ def test_a_cut_file_is_one_line_from_every_command_at_any_size(demo_lmdb, tmp_pa
 
 # -- the background check during training ---------------------------------------------------
 def test_background_check_finds_a_record_the_start_check_does_not_sample(demo_lmdb, tmp_path):
-    from progan.integrity import BackgroundCheck
+    from progan.data.integrity import BackgroundCheck
 
     db = copy_db(demo_lmdb, tmp_path)
     flip_pixel_byte(db, 16, 5)  # not among the start check's 16 samples
@@ -488,7 +488,7 @@ def test_background_check_finds_a_record_the_start_check_does_not_sample(demo_lm
 
 
 def test_background_check_stops_on_a_file_cut_while_it_reads(demo_lmdb, tmp_path):
-    from progan.integrity import BackgroundCheck
+    from progan.data.integrity import BackgroundCheck
 
     db = copy_db(demo_lmdb, tmp_path)
     check = BackgroundCheck(db, [16])
@@ -515,7 +515,7 @@ TINY_RUN = ["--config", "small", "--resolution", "16", "--batch", "4:16,8:16,16:
 
 @pytest.mark.slow
 def test_training_stops_early_on_damage_in_a_later_level_found_by_the_background_check(demo_lmdb, tmp_path):
-    from progan.checkpoints import find_latest_checkpoint
+    from progan.generator.checkpoints import find_latest_checkpoint
 
     db = copy_db(demo_lmdb, tmp_path)
     flip_pixel_byte(db, 16, 5)  # the start check does not sample image 5; the 16x16 level starts at 1.536 kimg
@@ -554,7 +554,7 @@ def test_training_stops_with_one_line_when_its_database_is_cut_while_it_runs(dem
 def test_damage_found_by_one_process_stops_both_with_one_line(demo_lmdb, tmp_path):
     # Two processes on a node check alternate records: image 5 is process 1's. Its finding stops
     # both at the same step (the stop flag rides the gradient all-reduce) and process 0 says it once.
-    from progan.checkpoints import find_latest_checkpoint
+    from progan.generator.checkpoints import find_latest_checkpoint
 
     db = copy_db(demo_lmdb, tmp_path)
     flip_pixel_byte(db, 16, 5)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from conftest_data import all_records, noise, run_cli, run_cli_subprocess, save
 from data_prep.build import STALL_MESSAGE
-from progan.data import (
+from progan.data.dataset import (
     LABELS_KEY,
     DatasetError,
     MultiResolutionDataset,

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from progan import Discriminator, Generator, ModelConfig
-from progan.layers import (
+from progan.nets.layers import (
     EqualizedConv2d,
     EqualizedDownConv2d,
     EqualizedLinear,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from progan import Discriminator, Generator, ModelConfig
-from progan.losses import (
+from progan.train.losses import (
     critic_loss,
     discriminator_loss,
     drift_penalty,

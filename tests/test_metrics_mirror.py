@@ -66,7 +66,7 @@ def test_a_training_metric_line_records_mirror_reals_only_when_reals_were_read(d
     import json
 
     import progan.metrics
-    from progan.schedule import state_at
+    from progan.train.schedule import state_at
     from test_training import make_trainer
 
     monkeypatch.setattr(progan.metrics, "evaluate_metrics", lambda names, *a, **k: {n: 0.5 for n in names})

@@ -52,7 +52,7 @@ class TinyGenerator(nn.Module):
 
 def write_lmdb(path: Path, count: int, top: int = 32, seed: int = 0) -> Path:
     """A real progan database (through its writer) of `count` images at 4..top."""
-    from progan.data import DatasetWriter, ImageRecord, build_pyramid, encode_image, resolutions_between
+    from progan.data.dataset import DatasetWriter, ImageRecord, build_pyramid, encode_image, resolutions_between
 
     resolutions = resolutions_between(4, top)
     tops = upsampled_noise(count, top, seed, coarse=4).permute(0, 2, 3, 1).numpy()
@@ -250,13 +250,13 @@ def test_cli_records_how_many_reals_fid_used(lmdb16, fake_checkpoint, tmp_path, 
 @pytest.fixture
 def fake_checkpoint(monkeypatch, tmp_path):
     """load_generator as the checkpoint module provides it, returning a tiny generator in a run folder."""
-    import progan.checkpoints
+    import progan.generator.checkpoints
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     info = SimpleNamespace(model_config=SimpleNamespace(latent_size=8), resolution=32, alpha=1.0,
                            images_shown=12000, run_dir=run_dir, path=run_dir / "checkpoint-0000012000.pt")
-    monkeypatch.setattr(progan.checkpoints, "load_generator", lambda path, device="cpu", ema=True: (TinyGenerator(), info))
+    monkeypatch.setattr(progan.generator.checkpoints, "load_generator", lambda path, device="cpu", ema=True: (TinyGenerator(), info))
     return run_dir
 
 
@@ -318,9 +318,9 @@ def test_cli_appends_to_the_run_metrics_log(lmdb16, fake_checkpoint, capsys):
 
 
 def test_cli_on_a_real_training_checkpoint(lmdb16, tmp_path, capsys):
-    from progan.checkpoints import save_training_checkpoint
-    from progan.config import ModelConfig
-    from progan.networks import Generator
+    from progan.generator.checkpoints import save_training_checkpoint
+    from progan.nets.config import ModelConfig
+    from progan.nets.networks import Generator
 
     torch.manual_seed(0)
     config = ModelConfig.preset("small", resolution=32)
@@ -377,7 +377,7 @@ def test_cli_as_a_process_reports_one_line(tmp_path):
 
 
 def test_a_mirroring_training_dataset_is_read_unmirrored_and_stays_usable(lmdb16):
-    from progan.data import MultiResolutionDataset
+    from progan.data.dataset import MultiResolutionDataset
 
     training_data = MultiResolutionDataset(lmdb16, 32, mirror=True, memory_budget_bytes=0)
     training_data.get_batch([0])  # its LMDB is now open in this process

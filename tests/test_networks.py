@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from progan import Discriminator, Generator, ModelConfig
-from progan.networks import count_parameters
+from progan.nets.networks import count_parameters
 
 
 def small(resolution: int) -> ModelConfig:

@@ -1,4 +1,4 @@
-"""progan.ops' convolutions against PyTorch's own (float64, every order of gradient), what they
+"""progan.nets.ops' convolutions against PyTorch's own (float64, every order of gradient), what they
 change in the training step (nothing but rounding, no image-sized kernels), and fades that
 cannot mix dtypes whatever autocast does to each op."""
 
@@ -13,10 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
 
-from progan import Discriminator, Generator, ModelConfig, layers
-from progan.layers import EqualizedConv2d, EqualizedDownConv2d, EqualizedUpConv2d
-from progan.losses import gradient_penalty
-from progan.ops import conv2d, conv_transpose2d, input_gradients_only
+from progan import Discriminator, Generator, ModelConfig
+
+from progan.nets import layers
+from progan.nets.layers import EqualizedConv2d, EqualizedDownConv2d, EqualizedUpConv2d
+from progan.train.losses import gradient_penalty
+from progan.nets.ops import conv2d, conv_transpose2d, input_gradients_only
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -171,7 +173,7 @@ def test_a_training_step_launches_no_image_sized_convolution_kernel(preset, res,
                                                                     monkeypatch):
     from bench import bench_step
     from bench.gpu_check import ConvolutionKernels
-    from progan.device import apply_kernel_choices, kernel_choices
+    from progan.train.device import apply_kernel_choices, kernel_choices
 
     def census():
         s = bench_step.build(ModelConfig.preset(preset, res, aspect), batch, "meta", bench_step.Variant(adam="foreach"))
@@ -223,8 +225,8 @@ def test_fades_in_G_and_D_blend_paths_of_different_dtypes_under_autocast(old_dty
 def test_resampling_in_float32_under_bf16_autocast_does_not_break_the_fade(monkeypatch, one_torch_thread):
     """The H200's crash, reproduced on the CPU: nearest upsampling returns float32 (CUDA
     autocast's policy) while the convolutions return bf16."""
-    import progan.networks as networks
-    import progan.reals as reals
+    import progan.nets.networks as networks
+    import progan.train.reals as reals
 
     def upsample_in_fp32(x):
         return F.interpolate(x.float(), scale_factor=2.0, mode="nearest")
@@ -244,7 +246,7 @@ def test_resampling_in_float32_under_bf16_autocast_does_not_break_the_fade(monke
 def test_the_penalty_computes_no_weight_gradient_inside_its_inner_gradient(monkeypatch, one_torch_thread):
     """The inner torch.autograd.grad asks for the images' gradient only; without
     input_gradients_only every convolution would also build a weight gradient there for nothing."""
-    import progan.losses as losses
+    import progan.train.losses as losses
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class WeightGradients(TorchDispatchMode):

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from progan.precision import autocast_dtype, native_bf16, resolve_mixed_precision
+from progan.train.precision import autocast_dtype, native_bf16, resolve_mixed_precision
 
 
 def fake_cuda(monkeypatch, major: int) -> None:
@@ -38,7 +38,7 @@ def test_explicit_choices_pass_through_and_bf16_without_it_is_refused(monkeypatc
 
 
 def test_train_resolves_auto_and_refuses_bf16_without_it_in_one_line(demo_lmdb, tmp_path, capsys, monkeypatch):
-    from progan.setup_run import prepare_run
+    from progan.train.setup import prepare_run
     from train import build_parser, main
 
     out = tmp_path / "run"
@@ -74,7 +74,7 @@ def test_precision_bench_measures_bf16_error_against_float64(tmp_path, one_torch
 
 
 def test_train_device_flag_errors_are_one_line_and_write_nothing(demo_lmdb, tmp_path, capsys, monkeypatch):
-    from progan.setup_run import prepare_run
+    from progan.train.setup import prepare_run
     from train import build_parser, main
 
     out = tmp_path / "run"

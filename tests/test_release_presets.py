@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from progan.schedule import KIMG, state_at
-from progan.setup_run import prepare_run
-from progan.cli import CommandLineError
-from progan.train_config import preset_defaults
+from progan.train.schedule import KIMG, state_at
+from progan.train.setup import prepare_run
+from progan.runtime.cli import CommandLineError
+from progan.train.config import preset_defaults
 
 
 def test_paper_preset_runs_the_release_length():

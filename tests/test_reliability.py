@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from progan import checkpoints
-from progan.cli import EXIT_PREEMPTED, EXIT_USAGE, EXIT_WRITE_FAILED, SHORTENED, VERBOSE_ENV, first_line, shorten
-from progan.diskspace import WriteFailed
-from progan.runlock import LOCK_NAME, RunFolderBusy, acquire, remove_stale_temp_files
+from progan.generator import checkpoints
+from progan.runtime.cli import EXIT_PREEMPTED, EXIT_USAGE, EXIT_WRITE_FAILED, SHORTENED, VERBOSE_ENV, first_line, shorten
+from progan.runtime.diskspace import WriteFailed
+from progan.runtime.runlock import LOCK_NAME, RunFolderBusy, acquire, remove_stale_temp_files
 from test_training import TINY, assert_same_training_state, final_state, reference_run, run_main, train_cli  # noqa: F401
 
 
@@ -44,7 +44,7 @@ def test_long_messages_are_shortened_at_a_word_boundary(monkeypatch):
 # -- one run per folder ------------------------------------------------------------------------
 def hold_lock(run_dir: Path) -> subprocess.Popen:
     """Another process (as a live training run would) holding `run_dir`'s lock."""
-    code = ("import sys, time; from progan.runlock import acquire; lock = acquire(sys.argv[1]); "
+    code = ("import sys, time; from progan.runtime.runlock import acquire; lock = acquire(sys.argv[1]); "
             "print('locked', flush=True); time.sleep(600)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "locked"
@@ -158,7 +158,7 @@ def test_stale_temp_files_are_removed_and_nothing_else(tmp_path):
 def test_full_disk_at_a_checkpoint_is_one_line_and_loses_nothing(tmp_path, monkeypatch):
     import torch
 
-    import progan.diskspace as diskspace
+    import progan.runtime.diskspace as diskspace
 
     state = {"images_shown": 64, "generator": {"w": torch.zeros(1000)}}
     first = checkpoints.save_training_checkpoint(tmp_path, state)
@@ -187,7 +187,7 @@ def test_full_disk_at_a_checkpoint_is_one_line_and_loses_nothing(tmp_path, monke
 
 
 def test_low_space_warning_counts_checkpoints_that_still_fit(tmp_path, monkeypatch):
-    import progan.diskspace as diskspace
+    import progan.runtime.diskspace as diskspace
 
     monkeypatch.setattr(diskspace.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 0, 15 * 2**20))
     assert diskspace.low_space_warning(tmp_path, 5 * 2**20) is None  # room for 3
@@ -248,7 +248,7 @@ def test_sigterm_exits_with_the_preempted_code(demo_lmdb, tmp_path):
 
 
 def test_a_failed_stats_write_stops_the_run_with_a_checkpoint(demo_lmdb, tmp_path, monkeypatch, one_torch_thread):
-    import progan.training as training
+    import progan.train.loop as training
     from test_training import make_trainer
 
     def full_disk(path, record):
@@ -266,7 +266,7 @@ def test_a_failed_stats_write_stops_the_run_with_a_checkpoint(demo_lmdb, tmp_pat
 
 
 def test_unwritable_run_folder_is_one_line(demo_lmdb, tmp_path, capsys, monkeypatch):
-    import progan.fileio as fileio
+    import progan.runtime.fileio as fileio
 
     def no_rename(src, dst):
         raise OSError(errno.EIO, "Input/output error", str(dst))
@@ -279,7 +279,7 @@ def test_unwritable_run_folder_is_one_line(demo_lmdb, tmp_path, capsys, monkeypa
 
 
 def test_a_failed_run_in_process_lets_go_of_its_folder(demo_lmdb, tmp_path, capsys, monkeypatch):
-    import progan.fileio as fileio
+    import progan.runtime.fileio as fileio
 
     real_replace = fileio.os.replace
     monkeypatch.setattr(fileio.os, "replace", lambda src, dst: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))

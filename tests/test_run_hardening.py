@@ -25,10 +25,10 @@ import pytest
 import torch
 
 from conftest import REPO, interrupted_at
-from progan import checkpoints
-from progan.cli import EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_USAGE, EXIT_WRITE_FAILED
-from progan.runlock import LOCK_NAME, RunFolderBusy, acquire
-from progan.signals import PAUSE_ENV, Interrupted, StopSignals
+from progan.generator import checkpoints
+from progan.runtime.cli import EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_USAGE, EXIT_WRITE_FAILED
+from progan.runtime.runlock import LOCK_NAME, RunFolderBusy, acquire
+from progan.runtime.signals import PAUSE_ENV, Interrupted, StopSignals
 from test_reliability import copy_run, hold_lock, small_tmpfs  # noqa: F401 (a fixture)
 from test_training import (TINY, assert_same_training_state, final_state, make_trainer, reference_run,  # noqa: F401
                            run_main, train_cli)
@@ -168,7 +168,7 @@ def fail_tensorboard_writes_after(monkeypatch, calls: int) -> list:
 
 def test_tensorboard_on_a_full_disk_mid_run_is_one_line_exit_4(demo_lmdb, tmp_path, capsys, monkeypatch,
                                                                  one_torch_thread):
-    from progan import trackers
+    from progan.train import trackers
 
     fail_tensorboard_writes_after(monkeypatch, 5)  # the set-up's 5 writes pass, the first tick's fail
     monkeypatch.setattr(trackers, "thread_errors", [])
@@ -289,8 +289,8 @@ def test_resume_auto_falls_back_past_a_flipped_bit_and_an_explicit_path_is_refus
 
 # -- a run that only skips -------------------------------------------------------------------
 def test_a_tick_of_only_non_finite_steps_stops_the_run_unsaved(demo_lmdb, tmp_path, monkeypatch, one_torch_thread):
-    import progan.losses as losses
-    from progan.training import TrainingDiverged
+    import progan.train.losses as losses
+    from progan.train.loop import TrainingDiverged
 
     trainer = make_trainer(demo_lmdb, tmp_path / "run", "--total-kimg", "0.256")
     (tmp_path / "run").mkdir()
@@ -307,8 +307,8 @@ def test_a_tick_of_only_non_finite_steps_stops_the_run_unsaved(demo_lmdb, tmp_pa
 @pytest.mark.slow  # fp16 on a CPU: ~14 s
 def test_with_fp16_a_falling_loss_scale_explains_skips_until_it_reaches_1(demo_lmdb, tmp_path, monkeypatch,
                                                                           one_torch_thread):
-    import progan.losses as losses
-    from progan.training import TrainingDiverged
+    import progan.train.losses as losses
+    from progan.train.loop import TrainingDiverged
 
     trainer = make_trainer(demo_lmdb, tmp_path / "run", "--total-kimg", "0.256", "--mixed-precision", "fp16")
     (tmp_path / "run").mkdir()
@@ -357,7 +357,7 @@ def test_an_empty_path_flag_is_refused(demo_lmdb, tmp_path, capsys, monkeypatch,
 
 
 def test_an_empty_path_in_a_config_is_refused(demo_lmdb, tmp_path, capsys):
-    from progan.train_config import TrainConfig
+    from progan.train.config import TrainConfig
 
     run_main(capsys, "--data", demo_lmdb, "--out", tmp_path / "ref", *TINY, "--dry-run")
     config = json.loads(run_main.stdout.split("\n\nschedule:")[0])
@@ -403,7 +403,7 @@ def test_deleting_run_lock_does_not_defeat_the_lock(tmp_path):
 
 
 def test_without_directory_locks_the_lock_falls_back_to_run_lock(tmp_path, monkeypatch):
-    import progan.runlock as runlock
+    import progan.runtime.runlock as runlock
 
     real_flock = runlock.fcntl.flock
 

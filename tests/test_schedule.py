@@ -2,7 +2,7 @@
 
 import pytest
 
-from progan.schedule import PAPER_BATCH, ScheduleConfig, parse_table, state_at
+from progan.train.schedule import PAPER_BATCH, ScheduleConfig, parse_table, state_at
 
 
 def small_schedule(**kw):
@@ -114,7 +114,7 @@ def test_parse_table():
 # -- which phase a tick belongs to -------------------------------------------------------------
 def trainer_step_starts(sched, until):
     """The trainer's loop, written out: each step starts where the last ended and adds the
-    batch of the phase it starts in (progan/training.py Trainer.run / train_step)."""
+    batch of the phase it starts in (progan/train/loop.py Trainer.run / train_step)."""
     starts, images = [], 0
     while images < until:
         starts.append(images)
@@ -129,7 +129,7 @@ def trainer_step_starts(sched, until):
     small_schedule(batch={4: 16, 8: 300, 16: 5}, fade_kimg=0.1, stable_kimg=0.05),   # one step overshoots whole phases
 ])
 def test_tick_state_is_the_state_of_the_step_that_ended_there(sched):
-    from progan.schedule import last_step_start, tick_state
+    from progan.train.schedule import last_step_start, tick_state
 
     starts, end = trainer_step_starts(sched, sched.total_images + 500)
     for start, stop in zip(starts, starts[1:] + [end]):
@@ -145,7 +145,7 @@ def test_tick_state_is_the_state_of_the_step_that_ended_there(sched):
 def test_a_tick_just_past_a_phase_edge_belongs_to_the_phase_that_ended():
     """The issue's run (batch 32, 500-image phases): the tick at 512 follows the step 480..511,
     which crossed the edge at 500 in stable 4x4; the fade's first step starts at 512."""
-    from progan.schedule import tick_state
+    from progan.train.schedule import tick_state
 
     sched = small_schedule(batch={4: 32, 8: 32, 16: 32}, fade_kimg=0.5, stable_kimg=0.5)
     at_512 = tick_state(sched, 512)

@@ -1,4 +1,4 @@
-"""The training step (progan.step) and what it stands on: no host reads in steady state, skips
+"""The training step (progan.train.step) and what it stands on: no host reads in steady state, skips
 decided on the device, the fp16 loss scale on the device, the EMA over the blocks in use,
 micro-batches that keep D's minibatch-stddev statistic, and per-device kernel choices."""
 
@@ -9,13 +9,13 @@ import copy
 import pytest
 import torch
 
-from progan.config import ModelConfig
-from progan.device import KERNEL_CHOICES, KernelChoices, apply_kernel_choices, kernel_choices
-from progan.ema import make_ema, update_ema, update_ema_in_use
-from progan.fit import candidates, largest_fitting, micro_batch_problem
-from progan.gradsync import LaggedFlags, LossScale, step_unless_non_finite
-from progan.networks import Discriminator, Generator
-from progan.schedule import state_at
+from progan.nets.config import ModelConfig
+from progan.train.device import KERNEL_CHOICES, KernelChoices, apply_kernel_choices, kernel_choices
+from progan.train.ema import make_ema, update_ema, update_ema_in_use
+from progan.train.microbatch import candidates, largest_fitting, micro_batch_problem
+from progan.train.gradsync import LaggedFlags, LossScale, step_unless_non_finite
+from progan.nets.networks import Discriminator, Generator
+from progan.train.schedule import state_at
 from test_training import make_trainer
 
 HOST_READS = ("item", "__bool__", "tolist", "numpy", "cpu", "__float__", "__int__")
@@ -241,7 +241,7 @@ def test_kernel_choices_per_device_kind_keep_the_function():
 
 def test_backends_autotune_and_tf32_flag():
     from train import build_parser
-    from progan.device import configure_backends
+    from progan.train.device import configure_backends
 
     assert vars(build_parser().parse_args(["--no-tf32"]))["tf32"] is False
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
@@ -262,8 +262,8 @@ def _cuda_trainer(data, out, *extra):
     """A Trainer on the GPU (make_trainer pins the CPU)."""
     from accelerate import Accelerator
 
-    from progan.setup_run import prepare_run
-    from progan.training import Trainer
+    from progan.train.setup import prepare_run
+    from progan.train.loop import Trainer
     from test_training import TINY
     from train import build_parser
 

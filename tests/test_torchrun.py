@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import REPO, run_cli
-from progan.runlock import LOCK_NAME
+from progan.runtime.runlock import LOCK_NAME
 from test_training import TINY, assert_same_training_state, final_state
 
 pytestmark = pytest.mark.slow
@@ -191,7 +191,7 @@ def test_leaving_an_nccl_group_names_this_process_gpu(monkeypatch):
     end of every multi-GPU run that it guesses one); gloo takes none. Then the group is freed."""
     import torch.distributed as dist
 
-    from progan import elastic
+    from progan.runtime import elastic
 
     calls = []
     monkeypatch.setattr(dist, "is_initialized", lambda: True)

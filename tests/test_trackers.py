@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from test_training import run_main, train_cli
 
-from progan import trackers
+from progan.train import trackers
 
 
 def test_resolve_tracker_names():

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import REPO, run_cli
-from progan import checkpoints
-from progan.schedule import state_at
-from progan.setup_run import prepare_run
-from progan.training import DataOrder, RealImages, Trainer, _load_adam_state, fade_reals, step_inputs
+from progan.generator import checkpoints
+from progan.train.schedule import state_at
+from progan.train.setup import prepare_run
+from progan.train.loop import DataOrder, RealImages, Trainer, _load_adam_state, fade_reals, step_inputs
 
 # 16 images per step: 4x4 stable for 4 steps, fade into 8x8 over 8 steps, then stable 8x8.
 TINY = ["--config", "small", "--resolution", "8", "--stable-kimg", "0.064", "--fade-kimg", "0.128",
@@ -79,7 +79,7 @@ def test_step_inputs_are_slices_of_the_global_batch():
 
 
 def test_fade_reals_blends_with_the_stored_lower_level(demo_lmdb):
-    from progan.data import MultiResolutionDataset
+    from progan.data.dataset import MultiResolutionDataset
 
     hi = MultiResolutionDataset(str(demo_lmdb), 16).get_batch(np.arange(8)).float() / 127.5 - 1
     lo = MultiResolutionDataset(str(demo_lmdb), 8).get_batch(np.arange(8)).float() / 127.5 - 1
@@ -119,7 +119,7 @@ def test_gradient_accumulation_matches_the_whole_batch(demo_lmdb, tmp_path):
 
 
 def test_non_finite_steps_are_skipped_and_counted(demo_lmdb, tmp_path, monkeypatch):
-    import progan.losses as losses
+    import progan.train.losses as losses
 
     trainer = make_trainer(demo_lmdb, tmp_path / "run")
     trainer.train_step([0.0, 0.0])
@@ -347,7 +347,7 @@ def test_resumed_adam_keeps_this_devices_kernel_and_continues_the_same():
 def test_streamed_reals_are_the_in_memory_reals(demo_lmdb):
     # The DataLoader path (level too big for memory) must serve exactly the batches the
     # in-memory path does: same order, same process slice, across an epoch boundary.
-    from progan.data import MultiResolutionDataset
+    from progan.data.dataset import MultiResolutionDataset
 
     count = len(MultiResolutionDataset(str(demo_lmdb), 8))
     order = DataOrder(seed=3, num_images=count)

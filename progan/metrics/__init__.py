@@ -7,7 +7,7 @@ sharded over processes (see progan.metrics.evaluate).
 Modules: swd (sliced Wasserstein distance), msssim, fid (Frechet distance), inception (the FID
 Inception-v3), sources (generator / dataset image sequences), cache (real statistics on disk),
 evaluate (the sharded driver), cli (the command line; __main__ runs it). metrics.jsonl lines are appended
-with progan.fileio.append_jsonl.
+with progan.runtime.fileio.append_jsonl.
 """
 
 import importlib

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from progan.fileio import atomic_output, atomic_write_text
+from progan.runtime.fileio import atomic_output, atomic_write_text
 
 CACHE_FORMAT = 1
 

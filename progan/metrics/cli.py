@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from progan.aspect import DEFAULT_ASPECT
-from progan.cli import CommandLineError, OneLineErrorParser, choose_device, fail, first_line
-from progan.fileio import append_jsonl
+from progan.shapes import DEFAULT_ASPECT
+from progan.runtime.cli import CommandLineError, OneLineErrorParser, choose_device, fail, first_line
+from progan.runtime.fileio import append_jsonl
 from progan.metrics.common import MetricError
 from progan.metrics.evaluate import (
     DEFAULT_NUM_IMAGES,
@@ -106,8 +106,8 @@ def _fake_source(args, names: list[str], counts: dict[str, int], device: torch.d
     fake_path = Path(args.fake)
     counts = [counts[name] for name in names]
     if _is_lmdb(fake_path):
-        from progan.data import MultiResolutionDataset, dataset_aspect, read_metadata
-        from progan.integrity import check_levels
+        from progan.data.dataset import MultiResolutionDataset, dataset_aspect, read_metadata
+        from progan.data.integrity import check_levels
 
         metadata = read_metadata(fake_path)
         resolution = args.resolution or max(metadata["resolutions"])
@@ -116,7 +116,7 @@ def _fake_source(args, names: list[str], counts: dict[str, int], device: torch.d
         check_levels(fake_path, [resolution])  # in a child: a damaged index that crashes LMDB is one line here
         source = DatasetSource(dataset, max(counts), seed=args.seed, side="fake", name=str(fake_path))
         return source, resolution, dataset.aspect, {"fake": str(fake_path)}, None
-    from progan.checkpoints import load_generator
+    from progan.generator.checkpoints import load_generator
 
     generator, info = load_generator(fake_path, device=device, ema=True)
     resolution = args.resolution or info.resolution
@@ -143,7 +143,7 @@ def _classes(args, model_config) -> tuple[list[float] | None, int | None, dict]:
         index = class_index(args.class_, names)
         return None, index, {"class": names[index]}
     if args.real is not None:
-        from progan.data import read_labels
+        from progan.data.dataset import read_labels
 
         real_names, labels = read_labels(args.real)
         if tuple(real_names) == names and labels is not None:
@@ -178,7 +178,7 @@ class ClassSubset:
 
 def _real_of_class(path: str, resolution: int, class_name: str):
     """--real restricted to one class (MetricError when the database has no such labels)."""
-    from progan.data import MultiResolutionDataset, read_labels
+    from progan.data.dataset import MultiResolutionDataset, read_labels
 
     names, labels = read_labels(path)
     if class_name not in names or labels is None:
@@ -201,7 +201,7 @@ def run(argv: list[str]) -> int:
     if "fid" in names:
         _check_available(["fid"], args.resolution or 0, args)  # FID's needs do not depend on the resolution
         _, sha256 = load_inception_once(args.inception, not args.inception_unverified, device)  # fail early
-    from progan.data import read_metadata
+    from progan.data.dataset import read_metadata
 
     uses_reals = any(name in METRICS_WITH_REALS for name in names)
     real_count = None
@@ -217,7 +217,7 @@ def run(argv: list[str]) -> int:
     cache_dir = Path(args.cache_dir) if args.cache_dir else (run_dir / "metric-cache" if run_dir else None)
     real = args.real if uses_reals else None
     if real is not None and resolution in read_metadata(real)["resolutions"]:  # (a missing level: said later)
-        from progan.integrity import check_levels
+        from progan.data.integrity import check_levels
 
         check_levels(real, [resolution])  # in a child: a damaged index that crashes LMDB is one line here
     if "class" in provenance and real is not None:  # one class: its reals only, statistics not cached
@@ -263,8 +263,8 @@ def _trained_with_mirror(run_dir: Path | None) -> bool:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input (one line, exit 2); anything else is a bug and keeps its traceback."""
-    from progan.checkpoints import CheckpointError
-    from progan.data import DatasetError
+    from progan.generator.checkpoints import CheckpointError
+    from progan.data.dataset import DatasetError
 
     return MetricError, CommandLineError, DatasetError, CheckpointError, OSError
 

@@ -25,11 +25,11 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from progan.aspect import DEFAULT_ASPECT, describe_level, level_size
+from progan.shapes import DEFAULT_ASPECT, describe_level, level_size
 from progan.metrics import cache, fid, msssim, swd
 from progan.metrics.common import MetricError, check_uint8_images
 from progan.metrics.sources import DatasetSource, ImageSource
-from progan.progress import Progress
+from progan.runtime.progress import Progress
 
 METRICS = ("swd", "msssim", "fid")
 DEFAULT_NUM_IMAGES = {"swd": swd.DEFAULT_NUM_IMAGES, "msssim": msssim.DEFAULT_NUM_IMAGES,
@@ -287,7 +287,7 @@ def evaluate_metrics(
         fingerprint, resolution, image count, seed and options.
     seed: picks latents (through the source), real subsets, patches and projections.
     inception_path, verify_inception: FID's weights (see progan.metrics.inception).
-    aspect: width:height of the images (progan.aspect); level `resolution` is its long side.
+    aspect: width:height of the images (progan.shapes); level `resolution` is its long side.
         Non-square images: SWD's pyramid stops at a 16-pixel short side, MS-SSIM needs a short
         side of 16, FID's Inception resizes every image to 299x299 as it does square ones.
     mirror_reals: flip a seeded random half of the reals, as the release evaluates a run that
@@ -344,11 +344,11 @@ def metric_count(num_images: int | Mapping[str, int] | None, name: str) -> int:
 def _open_real(real, resolution: int) -> tuple[object, str, str | None]:
     """(dataset, its name for messages, its fingerprint or None) for a dataset object or LMDB path."""
     if isinstance(real, (str, Path)) or getattr(real, "path", None) is not None:
-        from progan.data import MultiResolutionDataset, dataset_fingerprint
+        from progan.data.dataset import MultiResolutionDataset, dataset_fingerprint
 
         path = Path(real if isinstance(real, (str, Path)) else real.path)
         # Always a reader of our own, never mirrored (a training dataset flips at random, and metrics
-        # must see the images as stored); progan.data shares the LMDB environment with any open one.
+        # must see the images as stored); progan.data.dataset shares the LMDB environment with any open one.
         dataset = MultiResolutionDataset(path, resolution)
         return dataset, str(path), dataset_fingerprint(path)
     # Any other object with __len__ and get_batch (tests, custom data); cached only if it names itself.

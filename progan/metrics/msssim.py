@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from progan.aspect import DEFAULT_ASPECT, level_size
+from progan.shapes import DEFAULT_ASPECT, level_size
 from progan.metrics.common import MetricError, check_uint8_images
 
 WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)

@@ -13,7 +13,7 @@ from typing import Callable, Protocol
 import torch
 import torch.nn.functional as F
 
-from progan.images import quantize
+from progan.generator.images import quantize
 from progan.metrics.common import MetricError, seeded_generator, seeded_rows
 
 ImageSource = Callable[[int, int], torch.Tensor]

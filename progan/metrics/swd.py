@@ -6,7 +6,7 @@ The procedure follows the authors' `metrics/sliced_wasserstein.py`:
    to 16x16: `down` = 5x5 binomial blur ([1,4,6,4,1]/16 per axis, reflect padding) then every
    second pixel; `up` = zero insertion then the same blur times 4; level_l = G_l - up(G_{l+1}),
    the last level is the blurred image itself. Images of 16x16 or less give one level
-   (8x8 is the smallest: a 7x7 patch must fit). Non-square images (progan.aspect) go down while
+   (8x8 is the smallest: a 7x7 patch must fit). Non-square images (progan.shapes) go down while
    the short side stays 16 or more, or are one level when it is below 16 (8 at least); levels
    keep their names (the long side): 3:4 at 64 gives 48x64 and 24x32 ("swd_x1e3_64", "_32"),
    not 12x16, whose short side is below 16; 3:4 at 16 is one level at 12x16.
@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from progan.aspect import DEFAULT_ASPECT, aspect_of, describe_level, level_size
+from progan.shapes import DEFAULT_ASPECT, aspect_of, describe_level, level_size
 from progan.metrics.common import MetricError, check_uint8_images, is_power_of_two, seeded_generator, seeded_rows
 
 PATCH_SIZE = 7

@@ -47,10 +47,10 @@ import lmdb
 import numpy as np
 from PIL import Image
 
-from progan.aspect import DEFAULT_ASPECT, describe_level, level_size
-from progan.cli import first_line
-from progan.config import RESOLUTION_RULE, is_valid_resolution
-from progan.diskspace import disk_full, shortfall, write_failure
+from progan.shapes import DEFAULT_ASPECT, describe_level, level_size
+from progan.runtime.cli import first_line
+from progan.nets.config import RESOLUTION_RULE, is_valid_resolution
+from progan.runtime.diskspace import disk_full, shortfall, write_failure
 
 FORMAT_NAME = "progan-multires-lmdb"
 FORMAT_VERSION = 1
@@ -198,7 +198,7 @@ def canonical_json(value) -> bytes:
 #     send a read past the end of the file.
 # What remains is a truncation landing inside the one record being read after its check (a
 # window of microseconds): a loader worker killed that way is reported by the trainer in one
-# line (progan.reals), a main-process reader dies with SIGBUS.
+# line (progan.train.reals), a main-process reader dies with SIGBUS.
 
 LMDB_MAGIC = 0xBEEFC0DE
 LMDB_DATA_VERSION = 1

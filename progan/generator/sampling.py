@@ -35,10 +35,10 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from progan.aspect import describe_level
-from progan.checkpoints import GeneratorInfo
-from progan.layers import autocast
-from progan.networks import check_phase
+from progan.shapes import describe_level
+from progan.generator.checkpoints import GeneratorInfo
+from progan.nets.layers import autocast
+from progan.nets.networks import check_phase
 
 MAX_SEED = 2**32 - 1  # the range numpy and most tools accept; keeps file names short
 MAX_SEEDS = 10_000_000  # a typo like 0-4294967295 should fail fast, not fill memory
@@ -271,7 +271,7 @@ def seeds_to_images(
 
     `classes` (conditional models): one class name or index for every seed, one per seed, or
     float rows [N, K]; None gives seed s the class s mod K. Refused for an unconditional model."""
-    from progan.images import to_uint8
+    from progan.generator.images import to_uint8
 
     if len(seeds) == 0:
         raise ValueError("seeds_to_images needs at least one seed")
@@ -351,7 +351,7 @@ def walk_frames(
     `classes` (conditional models): the classes (names or indices) every cell's label walks
     through, looping (walk_labels); one class holds still. None: cell i keeps seeds[i] mod K.
     """
-    from progan.images import make_grid, to_uint8
+    from progan.generator.images import make_grid, to_uint8
 
     latent_size = latent_size or _latent_size(generator)
     # [frames, walks, latent]: every cell's latent for one frame sits together, so a frame's
@@ -395,7 +395,7 @@ def parse_grid(text: str) -> tuple[int, int]:
 # -- exporting ------------------------------------------------------------------------------
 def export(source: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     """Write the generator-only file of `source` (run folder, checkpoint or export) to `out_path`,
-    in the format its extension names (.pt, .safetensors, .onnx): see progan.export.export_file."""
-    from progan.export import export_file
+    in the format its extension names (.pt, .safetensors, .onnx): see progan.generator.export.export_file."""
+    from progan.generator.export import export_file
 
     return export_file(source, out_path)

@@ -83,15 +83,15 @@ def run_command(load_main, prog: str) -> None:
     """`sys.exit(main())` for a command whose imports take a while (torch, numpy, Pillow):
     `load_main` is the module holding `main`, or a function that imports and returns it. A Ctrl-C
     during those imports (or before: the entry script's first lines call
-    progan.signals.hold_stop_signals) is one line and exit 130 (nothing was written yet), and
+    progan.runtime.signals.hold_stop_signals) is one line and exit 130 (nothing was written yet), and
     once main has returned a late Ctrl-C during the interpreter's exit changes nothing."""
     import importlib
     import signal
 
-    from progan.signals import stop_signals_held
+    from progan.runtime.signals import stop_signals_held
 
     try:
-        with stop_signals_held():  # a Ctrl-C in torch's import would abort it (progan.signals)
+        with stop_signals_held():  # a Ctrl-C in torch's import would abort it (progan.runtime.signals)
             main = importlib.import_module(load_main).main if isinstance(load_main, str) else load_main()
     except KeyboardInterrupt:
         print(f"{prog}: interrupted (nothing was written)", file=sys.stderr)

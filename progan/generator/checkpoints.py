@@ -3,7 +3,7 @@
 A training checkpoint is one file that holds everything needed to continue exactly: G, D,
 G_ema, both optimizers, the loss scalers, images shown, counters, the whole training config
 and the dataset's fingerprint. The run's randomness is derived from (seed, step), so the step
-counter restores every random stream on any number of processes (see progan/training.py).
+counter restores every random stream on any number of processes (see progan/train/loop.py).
 
 Files hold only tensors, numbers, strings, lists and dicts, are loaded with
 `torch.load(weights_only=True)` (a crafted file cannot run code), and are written atomically:
@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from progan.cli import first_line
-from progan.config import ModelConfig
-from progan.diskspace import free_bytes, state_nbytes, write_failed
-from progan.fileio import atomic_output, atomic_write_text
+from progan.runtime.cli import first_line
+from progan.nets.config import ModelConfig
+from progan.runtime.diskspace import free_bytes, state_nbytes, write_failed
+from progan.runtime.fileio import atomic_output, atomic_write_text
 
 FORMAT_NAME = "progan-checkpoint"
 FORMAT_VERSION = 1
@@ -235,8 +235,8 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load and check a progan file (training checkpoint or exported generator)."""
     path = resolve_checkpoint_path(path)
-    if path.suffix.lower() in (".safetensors", ".onnx"):  # the formats of progan/export.py
-        from progan.export import load_exported
+    if path.suffix.lower() in (".safetensors", ".onnx"):  # the formats of progan/generator/export.py
+        from progan.generator.export import load_exported
 
         return load_exported(path, map_location)
     data = load_weights_only(path, "checkpoint", CheckpointError, map_location)
@@ -287,7 +287,7 @@ class GeneratorInfo:
 def build_generator(data: dict[str, Any], key: str, path: Path):
     """(generator, config, (resolution, alpha, images_shown)) from a loaded checkpoint's `key`
     weights; CheckpointError if they do not fit this progan's Generator or the stage is impossible."""
-    from progan.networks import Generator, check_phase
+    from progan.nets.networks import Generator, check_phase
 
     try:
         config = ModelConfig.from_dict(data["model_config"])

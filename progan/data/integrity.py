@@ -1,15 +1,15 @@
 """Damage in a database, found before hours of training are lost.
 
-Every record's crc32 is stored at build time (progan.data, `crc32/{R}` tables). Three checks use
+Every record's crc32 is stored at build time (progan.data.dataset, `crc32/{R}` tables). Three checks use
 them: `verify` reads every record of every level and lists each bad one (`data_prep verify`);
 `check_levels` is the trainer's cheap check at start: the key structure and count of each level
 it will need, its checksum table, and a spread sample of records; `BackgroundCheck` reads every
 record of the levels a run still needs, from the start of training, so damage in a level used
 hours later stops the run minutes in. Reading during training checks each record's checksum too
 (MultiResolutionDataset). Every read first checks that data.mdb is not shorter than the database
-needs (progan.data.MappedFile): a cut file is one line, never SIGBUS.
+needs (progan.data.dataset.MappedFile): a cut file is one line, never SIGBUS.
 
-All three scans run in a child process (`python -m progan.integrity`): a damaged page of LMDB's
+All three scans run in a child process (`python -m progan.data.integrity`): a damaged page of LMDB's
 own B-tree can make LMDB read outside the file during a lookup, a SIGBUS no process survives.
 The child writes where it is (ScanPosition) before each read, so its death names the record.
 """
@@ -34,9 +34,9 @@ from typing import Callable, NamedTuple
 import lmdb
 import numpy as np
 
-from progan.aspect import DEFAULT_ASPECT, describe_level
-from progan.cli import first_line
-from progan.data import (
+from progan.shapes import DEFAULT_ASPECT, describe_level
+from progan.runtime.cli import first_line
+from progan.data.dataset import (
     LABELS_KEY,
     DatasetError,
     FileCutShort,
@@ -281,7 +281,7 @@ class BackgroundCheck:
     The trainer's start check (`check_levels`) stays: it is cheap and stops a run before anything
     is written. This one reads, checksums and decodes every record of `resolutions`, image by
     image in the file's own order at disk speed (see `_check`). By default in a child process
-    (`python -m progan.integrity`, nice +10) watched by a thread that only waits on its pipe:
+    (`python -m progan.data.integrity`, nice +10) watched by a thread that only waits on its pipe:
     a thread doing the reading would hold the trainer's GIL for each record's Python (a step's
     Python then waits on it, convoy-style: -40 to -70% on the step while it ran, on 2 cores) and
     share its memory map's lock; the child shares neither, and its death (a SIGBUS in the last
@@ -509,12 +509,12 @@ def _child_env() -> dict:
 
 def _run_scan_child(args: list[str], on_event: Callable[[dict], None], new_session: bool = False,
                     on_start: Callable[[subprocess.Popen], None] | None = None) -> _ChildEnd:
-    """Run `python -m progan.integrity ARGS... FD` with FD a shared ScanPosition, passing each
+    """Run `python -m progan.data.integrity ARGS... FD` with FD a shared ScanPosition, passing each
     JSON line it prints to `on_event` as it comes; the child is killed if `on_event` raises (or
     the caller is interrupted). `on_start(child)`: for a caller that may end it early."""
     with _memory_file("progan-scan-position") as shared, _memory_file("progan-scan-stderr") as errors:
         os.pwrite(shared.fileno(), struct.pack("<qq", -1, -1), 0)
-        child = subprocess.Popen([sys.executable, "-m", "progan.integrity", *args, str(shared.fileno())],
+        child = subprocess.Popen([sys.executable, "-m", "progan.data.integrity", *args, str(shared.fileno())],
                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors, text=True,
                                  pass_fds=(shared.fileno(),), env=_child_env(), start_new_session=new_session)
         try:
@@ -590,7 +590,7 @@ def _emit(event: dict) -> None:
 
 
 def _child_main(argv: list[str]) -> int:
-    """`python -m progan.integrity MODE ARGS... FD`, a scan in a child process (FD: a ScanPosition's
+    """`python -m progan.data.integrity MODE ARGS... FD`, a scan in a child process (FD: a ScanPosition's
     file): `verify PATH FIRST_LEVEL`, `start PATH LEVELS SAMPLES`, `background PATH LEVELS FIRST,STEP`
     (BackgroundCheck's: one JSON line (failure, records, seconds, cpu_seconds); stops when its
     parent is gone). Prints JSON lines; a DatasetError is {"error": line, "cut": bool}."""
@@ -616,7 +616,7 @@ def _child_main(argv: list[str]) -> int:
             _emit({"failure": check.failure, "records": check.records, "seconds": check.seconds,
                    "cpu_seconds": check.cpu_seconds})
         else:
-            raise SystemExit(f"progan.integrity: unknown mode {mode!r}")
+            raise SystemExit(f"progan.data.integrity: unknown mode {mode!r}")
     except DatasetError as error:
         _emit({"error": str(error), "cut": isinstance(error, FileCutShort)})
     return 0

@@ -19,7 +19,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from progan.fileio import atomic_output
+from progan.runtime.fileio import atomic_output
 
 FORMATS = ("gif", "webp")
 MAX_GIF_FPS = 50.0

@@ -12,9 +12,9 @@ import os
 import numpy as np
 import torch
 
-from progan.data import DEFAULT_MEMORY_BUDGET, DatasetError, MultiResolutionDataset, check_data_file
-from progan.layers import downsample2x, fade, upsample2x
-from progan.seeds import STREAM_DATA, seeded_generator
+from progan.data.dataset import DEFAULT_MEMORY_BUDGET, DatasetError, MultiResolutionDataset, check_data_file
+from progan.nets.layers import downsample2x, fade, upsample2x
+from progan.train.seeds import STREAM_DATA, seeded_generator
 
 
 class DataOrder:

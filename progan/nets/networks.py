@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from progan.config import ModelConfig
-from progan.layers import (
+from progan.nets.config import ModelConfig
+from progan.nets.layers import (
     SQRT2,
     EqualizedConv2d,
     EqualizedDownConv2d,

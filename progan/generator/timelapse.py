@@ -1,6 +1,6 @@
 """A run's growth as one animation: its fixed-latent sample grids (`samples-<images>.png`) in
 order, every frame upscaled (nearest) to the final grid's size, labelled with its resolution,
-fade weight and kimg. Pillow only (progan/animation.py writes the GIF or WebP).
+fade weight and kimg. Pillow only (progan/generator/animation.py writes the GIF or WebP).
 
     python generate.py timelapse checkpoints/RUN --out growth.webp
 
@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from progan.schedule import KIMG, state_at, tick_state
+from progan.train.schedule import KIMG, state_at, tick_state
 
 SNAPSHOT = re.compile(r"^samples-(\d+)\.png$")
 HOLD_LAST_SECONDS = 2.0  # the finished faces stay on screen before the loop starts again
@@ -47,9 +47,9 @@ class Snapshot:
 
 def find_snapshots(run_dir: str | os.PathLike) -> list[Snapshot]:
     """The run's sample grids in training order, each with the stage it was drawn at."""
-    from progan.setup_run import CONFIG_FILE
-    from progan.train_config import TrainConfig
-    from progan.training import sample_grid_side
+    from progan.train.setup import CONFIG_FILE
+    from progan.train.config import TrainConfig
+    from progan.train.loop import sample_grid_side
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -171,7 +171,7 @@ def _label(frame: Image.Image, lines: list[str], font, pad: int) -> Image.Image:
 def write_timelapse(run_dir: str | os.PathLike, out_path: str | os.PathLike, fps: float = 10.0,
                     size: int | None = None) -> tuple[Path, int]:
     """Write the run's timelapse to `out_path` (.gif or .webp, atomically); (path, snapshots used)."""
-    from progan.animation import check_animation_options, write_animation
+    from progan.generator.animation import check_animation_options, write_animation
 
     out_path = Path(out_path)
     fmt = out_path.suffix.lower().lstrip(".")

@@ -21,7 +21,7 @@ Design choices (and why):
   gradients, so all ranks take the same skip decision; fp16 uses a dynamic loss scale
   that halves on overflow.
 * **Upkeep on ticks.** Losses are summed on the device and read once per tick; logging, sample
-  grids and checkpoints run on the main process between steps. The step itself (progan/step.py)
+  grids and checkpoints run on the main process between steps. The step itself (progan/train/step.py)
   never reads a tensor to the host, so the device is never left waiting.
 """
 
@@ -35,28 +35,28 @@ from pathlib import Path
 
 import torch
 
-from progan import checkpoints
-from progan.aspect import describe_level
-from progan.data import MultiResolutionDataset, dataset_aspect, dataset_fingerprint, read_metadata
-from progan.device import apply_kernel_choices, configure_backends, kernel_choices
-from progan.diskspace import WriteFailed
-from progan.ema import make_ema
-from progan.fileio import append_jsonl, atomic_write_text
-from progan.fit import cuda_fits, largest_fitting, micro_batch_problem, stddev_group
-from progan.gradsync import GradientSync, LaggedFlags, LossScale
-from progan.images import make_grid, save_png, to_uint8
-from progan.integrity import check_levels
-from progan.networks import Discriminator, Generator
-from progan.precision import resolve_mixed_precision
-from progan.progress import format_duration
-from progan.reals import BatchReader, DataOrder, RealImages, fade_reals, memory_budget_per_process  # noqa: F401
-from progan.runlock import share_from_main
-from progan.schedule import KIMG, TrainingState, state_at, tick_state
-from progan.seeds import STREAM_GRID, derived_seed, seeded_generator
-from progan.signals import StopSignals, pause_point
-from progan.step import StepInputs, StepModels, StepSettings, StepStats, micro_slices, step_inputs  # noqa: F401
-from progan.step import train_step as run_step
-from progan.train_config import TrainConfig
+from progan.generator import checkpoints
+from progan.shapes import describe_level
+from progan.data.dataset import MultiResolutionDataset, dataset_aspect, dataset_fingerprint, read_metadata
+from progan.train.device import apply_kernel_choices, configure_backends, kernel_choices
+from progan.runtime.diskspace import WriteFailed
+from progan.train.ema import make_ema
+from progan.runtime.fileio import append_jsonl, atomic_write_text
+from progan.train.microbatch import cuda_fits, largest_fitting, micro_batch_problem, stddev_group
+from progan.train.gradsync import GradientSync, LaggedFlags, LossScale
+from progan.generator.images import make_grid, save_png, to_uint8
+from progan.data.integrity import check_levels
+from progan.nets.networks import Discriminator, Generator
+from progan.train.precision import resolve_mixed_precision
+from progan.runtime.progress import format_duration
+from progan.train.reals import BatchReader, DataOrder, RealImages, fade_reals, memory_budget_per_process  # noqa: F401
+from progan.runtime.runlock import share_from_main
+from progan.train.schedule import KIMG, TrainingState, state_at, tick_state
+from progan.train.seeds import STREAM_GRID, derived_seed, seeded_generator
+from progan.runtime.signals import StopSignals, pause_point
+from progan.train.step import StepInputs, StepModels, StepSettings, StepStats, micro_slices, step_inputs  # noqa: F401
+from progan.train.step import train_step as run_step
+from progan.train.config import TrainConfig
 
 
 class TrainingError(ValueError):
@@ -117,8 +117,8 @@ class Trainer:
         # image) and the class frequencies the generator step's labels are drawn with.
         self.labels, self.class_frequencies = None, None
         if config.model.conditional:
-            from progan.data import read_labels
-            from progan.step import class_weights
+            from progan.data.dataset import read_labels
+            from progan.train.step import class_weights
 
             names, labels = read_labels(config.data)
             if tuple(names) != tuple(config.model.class_names) or labels is None:
@@ -217,7 +217,7 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
     def _load(self, data: dict):
-        """Restore everything from a loaded training checkpoint (checked by progan.setup_run)."""
+        """Restore everything from a loaded training checkpoint (checked by progan.train.setup)."""
         self.G.load_state_dict(data["generator"])
         self.D.load_state_dict(data["discriminator"])
         self.G_ema.load_state_dict(data["generator_ema"])
@@ -269,7 +269,7 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint on the main process; a failed write (disk full) stops every process
         with one line (WriteFailed), the previous checkpoints untouched."""
-        from progan.diskspace import low_space_warning
+        from progan.runtime.diskspace import low_space_warning
 
         self.verify_replicas()
         path, error = None, None
@@ -292,7 +292,7 @@ class Trainer:
     def _upkeep_write(self, what: str, write) -> None:
         """Run a main-process upkeep write (stats line, sample grid); if it fails, say so and stop
         the run at the next step (the stop flag reaches every process) with a last checkpoint."""
-        from progan.diskspace import write_failed
+        from progan.runtime.diskspace import write_failed
 
         try:
             write()
@@ -304,7 +304,7 @@ class Trainer:
 
     # -- one step --------------------------------------------------------------------------
     def train_step(self, flags: list[float]) -> list[float]:
-        """One whole step (D step, G step, EMA) by progan.step.train_step; returns the flags summed
+        """One whole step (D step, G step, EMA) by progan.train.step.train_step; returns the flags summed
         over processes (one process: as given; several: the previous step's, see LaggedFlags)."""
         st = self.state
         inputs = step_inputs(self.config.seed, self.step, st.batch_size, self.config.model.latent_size,
@@ -350,8 +350,8 @@ class Trainer:
     def _trial_pass(self, state: TrainingState, micro: int) -> None:
         """Both losses' forward and backward at a micro-batch of `micro` (more memory than a real
         step holds at once), with throwaway inputs; the weights and every RNG are left untouched."""
-        from progan.layers import autocast
-        from progan.losses import discriminator_loss, generator_loss
+        from progan.nets.layers import autocast
+        from progan.train.losses import discriminator_loss, generator_loss
 
         c, s, res, alpha = self.config.model, self.step_settings, state.resolution, state.alpha
         gen = torch.Generator(device=self.device).manual_seed(0)
@@ -510,7 +510,7 @@ class Trainer:
         path = self.run_dir / f"samples-{self.images_shown:010d}.png"
         save_png(grid, path)
         save_png(grid, self.run_dir / "samples-latest.png")
-        from progan.trackers import log_image
+        from progan.train.trackers import log_image
 
         log_image(self.accelerator, "samples", grid, step=self.images_shown)
         return path

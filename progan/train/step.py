@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import torch
 
-from progan.ema import update_ema_in_use
-from progan.gradsync import GradientSync, LossScale, step_unless_non_finite
-from progan.layers import autocast
-from progan.losses import check_cond_weight, class_loss, discriminator_loss, generator_loss
-from progan.precision import autocast_dtype
-from progan.reals import fade_reals
-from progan.seeds import STREAM_STEP, seeded_generator
+from progan.train.ema import update_ema_in_use
+from progan.train.gradsync import GradientSync, LossScale, step_unless_non_finite
+from progan.nets.layers import autocast
+from progan.train.losses import check_cond_weight, class_loss, discriminator_loss, generator_loss
+from progan.train.precision import autocast_dtype
+from progan.train.reals import fade_reals
+from progan.train.seeds import STREAM_STEP, seeded_generator
 
 
 @dataclass
@@ -118,7 +118,7 @@ class StepSettings:
     @classmethod
     def from_config(cls, config) -> "StepSettings":
         if config.mixed_precision == "auto":
-            raise ValueError("StepSettings needs a concrete --mixed-precision; resolve 'auto' first (progan.precision)")
+            raise ValueError("StepSettings needs a concrete --mixed-precision; resolve 'auto' first (progan.train.precision)")
         return cls(config.gp_weight, config.gp_target, config.drift_weight, config.ema_beta, config.mirror,
                    autocast_dtype(config.mixed_precision), cond_weight=config.cond_weight)
 

@@ -13,11 +13,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from progan.config import ModelConfig
-from progan.schedule import (PAPER_BATCH, PAPER_LR, RELEASE_8GPU_BATCH, RELEASE_8GPU_LR, RELEASE_TOTAL_KIMG,
+from progan.nets.config import ModelConfig
+from progan.train.schedule import (PAPER_BATCH, PAPER_LR, RELEASE_8GPU_BATCH, RELEASE_8GPU_LR, RELEASE_TOTAL_KIMG,
                              ScheduleConfig)
 
-MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")  # auto: progan/precision.py
+MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")  # auto: progan/train/precision.py
 PRESETS = ("paper", "paper-8gpu", "small")
 
 # Fields that may change when a run is resumed: they change how the run is operated, not what
@@ -30,7 +30,7 @@ OPERATIONAL_FIELDS = frozenset(
     }
 )
 # mixed_precision changes the computation, so a resume must keep it; it is compared resolved
-# ("auto" -> the device's concrete choice, progan/precision.py), never as typed.
+# ("auto" -> the device's concrete choice, progan/train/precision.py), never as typed.
 OPERATIONAL_SCHEDULE_FIELDS = frozenset({"total_kimg"})
 
 
@@ -62,7 +62,7 @@ class TrainConfig:
     metric_kimg: float = 0.0                # every this many kimg (0: never)
     metric_images: int = 1024               # generated images per evaluation
     inception: str | None = None            # Inception weights file for FID
-    log_with: str = "auto"                  # trackers: auto | none | tensorboard,wandb,... (progan/trackers.py)
+    log_with: str = "auto"                  # trackers: auto | none | tensorboard,wandb,... (progan/train/trackers.py)
     tf32: bool = True                       # CUDA: TF32 tensor cores for fp32 matmuls and convolutions
 
     def __post_init__(self) -> None:

@@ -12,7 +12,7 @@ averaged like the other terms, cond_weight 1 by default):
     L_G += cond_weight * CE(labels, D_logits(G(z, labels)))
 
 where the critic's fakes are generated with the reals' labels, and G's labels are drawn with
-the training set's class frequencies (progan.step.step_inputs).
+the training set's class frequencies (progan.train.step.step_inputs).
 
 All return fp32 scalars (fp64 for fp64 inputs), also when D runs under autocast. The penalty takes the input gradient
 with ``torch.autograd.grad(..., create_graph=True)`` and is then part of an ordinary
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from progan.layers import at_least_fp32  # losses in fp32 at least: fp16/bf16 widened, fp64 kept
-from progan.ops import input_gradients_only
+from progan.nets.layers import at_least_fp32  # losses in fp32 at least: fp16/bf16 widened, fp64 kept
+from progan.nets.ops import input_gradients_only
 
 Critic = Callable[[Tensor, int, float], Tensor]  # (images, resolution, alpha) -> scores [N]
 

@@ -11,7 +11,7 @@ own (`class_names`, a JSON list) for readers that know nothing of progan's confi
 
 `.onnx`: the generator at one stage (default: where training stood, the final stage of a
 finished run). Input `latents` float32 [batch, latent_size] (draw them with
-`progan.sampling.latents_for_seeds`), output `images` float32 [batch, C, R, R] clamped to
+`progan.generator.sampling.latents_for_seeds`), output `images` float32 [batch, C, R, R] clamped to
 [-1, 1]: pixel = round((x + 1) * 127.5). A class-conditional model (K classes) has a second
 input `labels` float32 [batch, K], one-hot (or soft) rows; an unconditional one has `latents`
 alone. The class names are in the metadata (`class_names`, JSON). The batch is dynamic; the opset is the newest that
@@ -36,10 +36,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from progan.checkpoints import (FORMAT_NAME, FORMAT_VERSION, GENERATOR_KIND, CheckpointError, build_generator,
+from progan.generator.checkpoints import (FORMAT_NAME, FORMAT_VERSION, GENERATOR_KIND, CheckpointError, build_generator,
                                 export_generator, load_checkpoint, resolve_checkpoint_path)
-from progan.cli import first_line
-from progan.fileio import atomic_output
+from progan.runtime.cli import first_line
+from progan.runtime.fileio import atomic_output
 
 FORMATS = (".pt", ".safetensors", ".onnx")
 SAFETENSORS_FORMAT = "progan-generator"  # the header's "format" entry: this file is ours
@@ -90,8 +90,8 @@ def export_file(source: str | os.PathLike, out_path: str | os.PathLike, resoluti
 
 def _onnx_stage(config, stage: tuple[int, float, int], path: Path, resolution: int | None) -> tuple[int, float]:
     """(resolution, alpha) of the ONNX export: sampling_stage's choice for --resolution."""
-    from progan.checkpoints import GeneratorInfo
-    from progan.sampling import sampling_stage
+    from progan.generator.checkpoints import GeneratorInfo
+    from progan.generator.sampling import sampling_stage
 
     info = GeneratorInfo(model_config=config, resolution=stage[0], alpha=stage[1], images_shown=stage[2],
                          ema=True, path=path, run_dir=None)
@@ -182,7 +182,7 @@ def read_safetensors(path: Path, map_location: str | torch.device = "cpu") -> di
 def load_exported(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a non-`.pt` generator file for `load_checkpoint`: `.safetensors`; `.onnx` is refused."""
     if path.suffix.lower() == ".onnx":
-        raise CheckpointError(f"{path} is an ONNX model: run it with onnxruntime (progan.export.onnx_session); "
+        raise CheckpointError(f"{path} is an ONNX model: run it with onnxruntime (progan.generator.export.onnx_session); "
                               "progan samples .pt and .safetensors files")
     return read_safetensors(path, map_location)
 
@@ -219,7 +219,7 @@ def _fold_equalized_scales(generator: nn.Module) -> None:
     The same function; the graph then has no per-batch choice of which operand to scale
     (layers._Equalized._scaled compares sizes, which a dynamic batch would turn into a guard).
     """
-    from progan.layers import _Equalized
+    from progan.nets.layers import _Equalized
 
     with torch.no_grad():
         for module in generator.modules():
@@ -341,13 +341,13 @@ def onnx_class_names(session) -> tuple[str, ...]:
 
 def onnx_images(session, seeds, latent_size: int | None = None, classes=None) -> "np.ndarray":  # noqa: F821
     """Seeds -> uint8 images [N, R, R, C] from an ONNX session, with the latents of
-    progan.sampling (the same image for a seed as the PyTorch generator, within float rounding).
+    progan.generator.sampling (the same image for a seed as the PyTorch generator, within float rounding).
     `latent_size` defaults to the model's own (onnx_latent_size); another one is an ExportError.
     `classes` (conditional models): one class name or index for every seed, one per seed, or
-    float rows [N, K]; None gives seed s the class s mod K, as progan.sampling does. It becomes
+    float rows [N, K]; None gives seed s the class s mod K, as progan.generator.sampling does. It becomes
     the model's second input, `labels` float32 [N, K]."""
-    from progan.images import to_uint8
-    from progan.sampling import default_classes, labels_for, latents_for_seeds
+    from progan.generator.images import to_uint8
+    from progan.generator.sampling import default_classes, labels_for, latents_for_seeds
 
     expected = onnx_latent_size(session)
     if latent_size is not None and latent_size != expected:

@@ -3,7 +3,7 @@
 Equalized learning rate: weights are stored N(0, 1) and multiplied at run time by
 ``gain / sqrt(fan_in)``, so Adam sees every layer at the same scale. Biases start at 0, unscaled.
 All layers work in NCHW (and channels_last) and under ``torch.autocast``; every op supports
-double backward, which the gradient penalty needs. The convolutions run through progan.ops, whose
+double backward, which the gradient penalty needs. The convolutions run through progan.nets.ops, whose
 gradients of every order stay on ordinary convolution kernels (the penalty's double backward
 through F.conv2d launches convolutions with image-sized kernels: 1% of a GPU's speed).
 """
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from progan import ops
+from progan.nets import ops
 
 SQRT2 = math.sqrt(2.0)
 

@@ -12,11 +12,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from progan import checkpoints
-from progan.aspect import describe_level
-from progan.cli import EXIT_FINISHED, EXIT_PREEMPTED, CommandLineError
-from progan.schedule import KIMG, parse_table
-from progan.train_config import PRESETS, TrainConfig, load_config_file, preset_defaults
+from progan.generator import checkpoints
+from progan.shapes import describe_level
+from progan.runtime.cli import EXIT_FINISHED, EXIT_PREEMPTED, CommandLineError
+from progan.train.schedule import KIMG, parse_table
+from progan.train.config import PRESETS, TrainConfig, load_config_file, preset_defaults
 
 CONFIG_FILE = "config.json"
 
@@ -44,7 +44,7 @@ class RunPlan:
     cpu: bool = False           # --device cpu: train on the CPU although an accelerator is there
 
     def describe(self) -> str:
-        from progan.schedule import state_at
+        from progan.train.schedule import state_at
 
         lines = [self.config.to_json().rstrip(), "", "schedule:"]
         for phase in self.config.schedule.phases():
@@ -63,15 +63,15 @@ class RunPlan:
     def train(self, stop=None) -> int:
         """Lock the run folder, start (or join) the process group and train; returns the exit code
         (EXIT_FINISHED, or EXIT_PREEMPTED when a signal stopped it after saving a checkpoint).
-        `stop`: train.py's progan.signals.StopSignals, installed since its first line (set-up signals
+        `stop`: train.py's progan.runtime.signals.StopSignals, installed since its first line (set-up signals
         raise Interrupted; the loop turns later ones into a stop with a checkpoint)."""
-        from progan import trackers
-        from progan.diskspace import WriteFailed, check_room, write_failed
-        from progan.elastic import init_process_group, leave_process_group
-        from progan.integrity import check_during_training, first_failure
-        from progan.runlock import lock_run_folder, share_from_main
-        from progan.signals import pause_point
-        from progan.training import Trainer
+        from progan.train import trackers
+        from progan.runtime.diskspace import WriteFailed, check_room, write_failed
+        from progan.runtime.elastic import init_process_group, leave_process_group
+        from progan.data.integrity import check_during_training, first_failure
+        from progan.runtime.runlock import lock_run_folder, share_from_main
+        from progan.runtime.signals import pause_point
+        from progan.train.loop import Trainer
 
         run_dir = Path(self.config.out)
         cpu = self.cpu or not _has_accelerator()
@@ -118,9 +118,9 @@ class RunPlan:
 
     def _prepare_folder(self, run_dir: Path, log) -> None:
         """Main process, lock held: clear what killed runs left, set damaged checkpoints aside, save the config."""
-        from progan.diskspace import write_failed
-        from progan.fileio import atomic_write_text
-        from progan.runlock import remove_stale_temp_files
+        from progan.runtime.diskspace import write_failed
+        from progan.runtime.fileio import atomic_write_text
+        from progan.runtime.runlock import remove_stale_temp_files
 
         what = "the run folder"
         try:
@@ -147,7 +147,7 @@ def _has_accelerator() -> bool:
 
 def _training_device(name: str | None):
     """--device auto (default) | cpu | cuda as a torch.device; cuda without CUDA is one line."""
-    from progan.cli import choose_device
+    from progan.runtime.cli import choose_device
 
     if name not in (None, "auto", "cpu", "cuda"):
         raise CommandLineError(f"--device {name}: use auto, cpu or cuda (each process gets its own GPU)")
@@ -158,7 +158,7 @@ def make_accelerator(run_dir: Path, log_with: str = "auto", config: dict | None 
     """accelerate picks the devices and the process group, and starts the --log-with trackers."""
     from accelerate import Accelerator
 
-    from progan import trackers
+    from progan.train import trackers
 
     # accelerate forms a multi-process CPU group (gloo) only when told it is on the CPU; on a
     # machine with no accelerator say so, so `accelerate launch --multi_gpu --num_processes N`
@@ -172,9 +172,9 @@ def make_accelerator(run_dir: Path, log_with: str = "auto", config: dict | None 
 
 def prepare_run(args: dict) -> RunPlan:
     """Turn parsed flags (only those given) into a RunPlan, or raise CommandLineError."""
-    from progan import trackers
-    from progan.data import DatasetError
-    from progan.training import TrainingError, validate_setup
+    from progan.train import trackers
+    from progan.data.dataset import DatasetError
+    from progan.train.loop import TrainingError, validate_setup
 
     world_size = _world_size()
     device = _training_device(args.get("device"))
@@ -208,9 +208,9 @@ def prepare_run(args: dict) -> RunPlan:
 
 
 def _resolved(config: TrainConfig, device) -> TrainConfig:
-    """`config` with --mixed-precision auto resolved to what `device` runs best (progan/precision.py):
+    """`config` with --mixed-precision auto resolved to what `device` runs best (progan/train/precision.py):
     the run saves, and a resume compares, the concrete value (ValueError when the device cannot run it)."""
-    from progan.precision import resolve_mixed_precision
+    from progan.train.precision import resolve_mixed_precision
 
     return config.replace(mixed_precision=resolve_mixed_precision(config.mixed_precision, device))
 
@@ -247,7 +247,7 @@ def _find_resume(args: dict) -> tuple[Path | None, dict | None, list[tuple[Path,
 
 def _base_config(args: dict) -> dict:
     """The preset's or file's config as a dict, with data/out filled in."""
-    from progan.data import dataset_aspect, read_metadata
+    from progan.data.dataset import dataset_aspect, read_metadata
 
     for flag in ("data", "out"):
         if flag not in args:
@@ -299,7 +299,7 @@ def _apply_flags(base: dict, args: dict) -> TrainConfig:
 
 def _database_classes(data: str) -> list[str]:
     """The database's class names in label order; empty when it has no labels."""
-    from progan.data import read_labels
+    from progan.data.dataset import read_labels
 
     names, _ = read_labels(data)
     return list(names)
@@ -354,7 +354,7 @@ def _check_existing_run(config: TrainConfig, device) -> None:
 
 
 def _check_same_dataset(config: TrainConfig, resume: dict) -> None:
-    from progan.data import dataset_fingerprint
+    from progan.data.dataset import dataset_fingerprint
 
     found = dataset_fingerprint(config.data)
     if found != resume["dataset_fingerprint"]:

@@ -14,10 +14,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from progan.aspect import ASPECT_RULE, ASPECTS, DEFAULT_ASPECT, level_size
+from progan.shapes import ASPECT_RULE, ASPECTS, DEFAULT_ASPECT, level_size
 
 # The resolutions progan supports, for networks, schedules and datasets alike. This module
-# imports no torch, so progan.data and data_prep workers can use these cheaply.
+# imports no torch, so progan.data.dataset and data_prep workers can use these cheaply.
 MIN_RESOLUTION = 4
 MAX_RESOLUTION = 1024
 RESOLUTION_RULE = f"a power of two from {MIN_RESOLUTION} to {MAX_RESOLUTION}"
@@ -48,7 +48,7 @@ class ModelConfig:
     fmap_min: int = 0  # floor on channels; 0 = none, as the paper (its networks never go below 16)
     mbstd_group_size: int = 4  # <= 1 turns minibatch stddev off, as in the paper's code
     leaky_slope: float = 0.2
-    # width:height (progan.aspect); level R is level_size(R) = (w0*R/4, h0*R/4). Configs saved
+    # width:height (progan.shapes); level R is level_size(R) = (w0*R/4, h0*R/4). Configs saved
     # before this field existed have none and load as the square 1:1.
     aspect: str = DEFAULT_ASPECT
     # Class-conditional models (the release's label_size): the names of the classes, in label

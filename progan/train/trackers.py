@@ -79,7 +79,7 @@ def start(accelerator, names: list[str], config: dict | None = None) -> None:
 
 def finish(accelerator, run_dir: Path) -> None:
     """end_training: flush and close the trackers; a failed write is WriteFailed (one line, exit 4)."""
-    from progan.diskspace import write_failed
+    from progan.runtime.diskspace import write_failed
 
     try:
         accelerator.end_training()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from progan.fileio import atomic_output
+from progan.runtime.fileio import atomic_output
 
 
 def to_uint8(images) -> np.ndarray:
