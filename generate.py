@@ -30,7 +30,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from progan.runtime.cli import CommandLineError, OneLineErrorParser, choose_device, fail, run_command
+from progan.runtime.errors import CommandLineError
+from progan.runtime.cli import OneLineErrorParser, choose_device, fail, run_command
 
 PROG = "generate.py"
 ALL_CLASSES = "all"  # --class all (progan.generator.sampling.ALL_CLASSES; not imported, to keep --help fast)

@@ -20,8 +20,8 @@ import os
 import signal
 import sys
 
-from progan.runtime.cli import (EXIT_DIVERGED, EXIT_LOST_PEER, EXIT_PREEMPTED, EXIT_USAGE, EXIT_WRITE_FAILED, VERBOSE_ENV,
-                        CommandLineError, OneLineErrorParser, fail, first_line)
+from progan.runtime.errors import EXIT_DIVERGED, EXIT_LOST_PEER, EXIT_PREEMPTED, EXIT_USAGE, EXIT_WRITE_FAILED, VERBOSE_ENV, CommandLineError, first_line
+from progan.runtime.cli import OneLineErrorParser, fail
 
 
 def _max_batch(text: str) -> int | str:

@@ -34,7 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from progan.runtime.cli import CommandLineError, choose_device  # noqa: E402
+from progan.runtime.errors import CommandLineError  # noqa: E402
+from progan.runtime.cli import choose_device  # noqa: E402
 from progan.nets.config import ModelConfig  # noqa: E402
 from progan.nets.layers import at_least_fp32, autocast  # noqa: E402
 from progan.train.losses import discriminator_loss, generator_loss  # noqa: E402

@@ -63,7 +63,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from progan.runtime.cli import CommandLineError, choose_device  # noqa: E402
+from progan.runtime.errors import CommandLineError  # noqa: E402
+from progan.runtime.cli import choose_device  # noqa: E402
 from progan.nets.config import ModelConfig  # noqa: E402
 from progan.train.schedule import KIMG, ScheduleConfig, state_at  # noqa: E402
 from progan.train.config import TrainConfig, preset_defaults  # noqa: E402

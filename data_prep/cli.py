@@ -24,9 +24,10 @@ from progan.data.dataset import (
     read_metadata,
 )
 from progan.shapes import ASPECT_RULE, DEFAULT_ASPECT, describe_level
-from progan.runtime.cli import EXIT_USAGE, EXIT_WRITE_FAILED, OneLineErrorParser, fail
+from progan.runtime.errors import EXIT_USAGE, EXIT_WRITE_FAILED
+from progan.runtime.cli import OneLineErrorParser, fail
 from progan.data.integrity import check_levels, verify
-from progan.nets.config import RESOLUTION_RULE, is_valid_resolution
+from progan.shapes import RESOLUTION_RULE, is_valid_resolution
 from progan.runtime.diskspace import format_bytes
 from progan.generator.images import make_grid, save_png
 from progan.runtime.progress import Progress

@@ -1,11 +1,13 @@
-"""Aspect ratios: the shape of every level of a model and a database.
+"""The shape rule shared by the networks, the database and the metrics: which resolutions
+exist, and the aspect ratios that give each level its width and height.
 
 A ratio is written width:height, as cameras and screens say it (4:3 landscape, 3:4 portrait).
 The base level (resolution 4) is w0 wide and h0 high with the long side 4; level R is
 (w0 * R/4) wide and (h0 * R/4) high, so a level is still named by its long side and every
 resolution flag and schedule table keeps its meaning. 1:1 is the square model of the paper.
 
-No torch here, so data_prep workers and the database reader can use it cheaply.
+No torch and nothing else of progan here, so data_prep workers and the database reader can use
+it cheaply.
 """
 
 from __future__ import annotations
@@ -59,3 +61,13 @@ def describe_level(aspect: str, resolution: int) -> str:
     width, height = level_size(aspect, resolution)
     return f"{width}x{height}"
 
+
+# The resolutions progan supports, for networks, schedules and datasets alike.
+MIN_RESOLUTION = 4
+MAX_RESOLUTION = 1024
+RESOLUTION_RULE = f"a power of two from {MIN_RESOLUTION} to {MAX_RESOLUTION}"
+
+
+def is_valid_resolution(resolution: int) -> bool:
+    """True for a supported resolution: RESOLUTION_RULE."""
+    return MIN_RESOLUTION <= resolution <= MAX_RESOLUTION and resolution & (resolution - 1) == 0

@@ -7,7 +7,7 @@ import pytest
 
 from progan.train.schedule import KIMG, state_at
 from progan.train.setup import prepare_run
-from progan.runtime.cli import CommandLineError
+from progan.runtime.errors import CommandLineError
 from progan.train.config import preset_defaults
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import REPO
 from progan.generator import checkpoints
-from progan.runtime.cli import EXIT_PREEMPTED, EXIT_USAGE, EXIT_WRITE_FAILED, SHORTENED, VERBOSE_ENV, first_line, shorten
+from progan.runtime.errors import EXIT_PREEMPTED, EXIT_USAGE, EXIT_WRITE_FAILED, SHORTENED, VERBOSE_ENV, first_line, shorten
 from progan.runtime.diskspace import WriteFailed
 from progan.runtime.runlock import LOCK_NAME, RunFolderBusy, acquire, remove_stale_temp_files
 from test_training import TINY, assert_same_training_state, final_state, reference_run, run_main, train_cli  # noqa: F401

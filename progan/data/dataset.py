@@ -48,8 +48,8 @@ import numpy as np
 from PIL import Image
 
 from progan.shapes import DEFAULT_ASPECT, describe_level, level_size
-from progan.runtime.cli import first_line
-from progan.nets.config import RESOLUTION_RULE, is_valid_resolution
+from progan.runtime.errors import first_line
+from progan.shapes import RESOLUTION_RULE, is_valid_resolution
 from progan.runtime.diskspace import disk_full, shortfall, write_failure
 
 FORMAT_NAME = "progan-multires-lmdb"

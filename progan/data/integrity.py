@@ -35,7 +35,7 @@ import lmdb
 import numpy as np
 
 from progan.shapes import DEFAULT_ASPECT, describe_level
-from progan.runtime.cli import first_line
+from progan.runtime.errors import first_line
 from progan.data.dataset import (
     LABELS_KEY,
     DatasetError,

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from progan.runtime.cli import first_line
+from progan.runtime.errors import first_line
 from progan.nets.config import ModelConfig
 from progan.runtime.diskspace import free_bytes, state_nbytes, write_failed
 from progan.runtime.fileio import atomic_output, atomic_write_text

@@ -38,7 +38,7 @@ from torch import nn
 
 from progan.generator.checkpoints import (FORMAT_NAME, FORMAT_VERSION, GENERATOR_KIND, CheckpointError, build_generator,
                                 export_generator, load_checkpoint, resolve_checkpoint_path)
-from progan.runtime.cli import first_line
+from progan.runtime.errors import first_line
 from progan.runtime.fileio import atomic_output
 
 FORMATS = (".pt", ".safetensors", ".onnx")

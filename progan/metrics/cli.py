@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from progan.shapes import DEFAULT_ASPECT
-from progan.runtime.cli import CommandLineError, OneLineErrorParser, choose_device, fail, first_line
+from progan.runtime.errors import CommandLineError, first_line
+from progan.runtime.cli import OneLineErrorParser, choose_device, fail
 from progan.runtime.fileio import append_jsonl
 from progan.metrics.common import MetricError
 from progan.metrics.evaluate import (

@@ -14,18 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from progan.shapes import ASPECT_RULE, ASPECTS, DEFAULT_ASPECT, level_size
-
-# The resolutions progan supports, for networks, schedules and datasets alike. This module
-# imports no torch, so progan.data.dataset and data_prep workers can use these cheaply.
-MIN_RESOLUTION = 4
-MAX_RESOLUTION = 1024
-RESOLUTION_RULE = f"a power of two from {MIN_RESOLUTION} to {MAX_RESOLUTION}"
-
-
-def is_valid_resolution(resolution: int) -> bool:
-    """True for a supported resolution: RESOLUTION_RULE."""
-    return MIN_RESOLUTION <= resolution <= MAX_RESOLUTION and resolution & (resolution - 1) == 0
+from progan.shapes import (ASPECT_RULE, ASPECTS, DEFAULT_ASPECT, MAX_RESOLUTION, MIN_RESOLUTION,
+                           is_valid_resolution, level_size)
 
 
 # "small": same architecture as the paper, narrow enough to grow 4x4 -> 32x32 in minutes on

@@ -1,4 +1,6 @@
-"""Shared command-line plumbing: one-line errors, never a traceback, for bad input."""
+"""Shared command-line plumbing: a parser whose errors are one line, --device, the entry wrapper.
+
+The errors and exit codes themselves live in progan.runtime.errors (library code raises them too)."""
 
 from __future__ import annotations
 
@@ -6,9 +8,7 @@ import argparse
 import os
 import sys
 
-
-class CommandLineError(Exception):
-    """A user-facing problem (bad flag, missing file, unusable checkpoint): one line, exit 2."""
+from progan.runtime.errors import CommandLineError
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -37,35 +37,6 @@ def choose_device(name: str | None):
     elif device.type != "cpu":
         raise CommandLineError(f"--device {name}: only cpu and cuda are supported")
     return device
-
-
-# Exit codes of train.py (README, "Running under a scheduler"). 1 stays Python's own: a bug.
-EXIT_FINISHED = 0     # the schedule (or --total-kimg) is done
-EXIT_USAGE = 2        # bad input, an unusable checkpoint or database, a run folder in use: fix, then rerun
-EXIT_PREEMPTED = 3    # stopped by SIGTERM/SIGINT after saving a checkpoint: rerun with --resume auto
-EXIT_WRITE_FAILED = 4 # the run folder could not be written (disk full, I/O error); the last checkpoint is intact
-EXIT_LOST_PEER = 5    # another process of a multi-process run died; restart the group with --resume auto
-EXIT_DIVERGED = 6     # every step of a whole tick was non-finite; stopped unsaved, the last good checkpoint kept
-
-VERBOSE_ENV = "PROGAN_VERBOSE"  # set (train.py --verbose does) to never shorten messages
-SHORTENED = f" ... [shortened; {VERBOSE_ENV}=1 shows all]"
-
-
-def shorten(text: str, limit: int | None = 160) -> str:
-    """`text`, or when longer than `limit` its start cut at a word boundary and marked, so a
-    one-line error never ends mid-word; with PROGAN_VERBOSE=1 the full text."""
-    if limit is None or len(text) <= limit or os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
-        return text
-    space = text.rfind(" ", 0, limit + 1)  # a space right at `limit` keeps the last word whole
-    cut = text[:space] if space > 0 else text[:limit]
-    return cut.rstrip(" ,;:(") + SHORTENED
-
-
-def first_line(exc: BaseException, limit: int | None = 160) -> str:
-    """The first line of an exception's message (shortened past `limit` characters; its type name
-    when the message is empty), for one-line errors built from library exceptions."""
-    lines = str(exc).strip().splitlines()
-    return shorten(lines[0], limit) if lines else type(exc).__name__
 
 
 def is_main_process() -> bool:

@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from progan.runtime.cli import first_line
+from progan.runtime.errors import first_line
 
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _DISK_FULL_WORDS = ("no space left", "disk quota", "file too large")

@@ -23,7 +23,7 @@ import socket
 import time
 from pathlib import Path
 
-from progan.runtime.cli import CommandLineError
+from progan.runtime.errors import CommandLineError
 
 LOCK_NAME = "run.lock"
 

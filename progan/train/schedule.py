@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from progan.nets.config import RESOLUTION_RULE, is_valid_resolution
+from progan.shapes import RESOLUTION_RULE, is_valid_resolution
 
 KIMG = 1000  # images per kimg
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from progan.generator import checkpoints
 from progan.shapes import describe_level
-from progan.runtime.cli import EXIT_FINISHED, EXIT_PREEMPTED, CommandLineError
+from progan.runtime.errors import EXIT_FINISHED, EXIT_PREEMPTED, CommandLineError
 from progan.train.schedule import KIMG, parse_table
 from progan.train.config import PRESETS, TrainConfig, load_config_file, preset_defaults
 
