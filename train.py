@@ -115,7 +115,7 @@ def _main(argv: list[str] | None, stop: StopSignals) -> int:
     if args.pop("verbose", False):
         os.environ[VERBOSE_ENV] = "1"
     with stop_signals_held():  # torch's import: a signal acts once it is done (progan.runtime.signals)
-        from progan.data.dataset import DatasetError
+        from progan.data.format import DatasetError
         from progan.runtime.diskspace import WriteFailed
         from progan.runtime.elastic import lost_peer
         from progan.train.loop import TrainingDiverged

@@ -44,8 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_prep.build import BuildConfig, build  # noqa: E402
 from data_prep.synth import draw_face, face_rng  # noqa: E402
-from progan.data.dataset import (ENCODINGS, DEFAULT_ENCODING, INITIAL_MAP_SIZE, MultiResolutionDataset,  # noqa: E402
-                         image_key, write_growing)
+from progan.data.format import ENCODINGS, DEFAULT_ENCODING, image_key
+from progan.data.writer import INITIAL_MAP_SIZE, write_growing
+from progan.data.reader import MultiResolutionDataset
 from progan.runtime.fileio import atomic_output  # noqa: E402
 from progan.train.loop import BatchReader  # noqa: E402
 

@@ -33,12 +33,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from progan.data.dataset import DatasetWriter, ImageRecord, MultiResolutionDataset, resolutions_between  # noqa: E402
+from progan.data.writer import DatasetWriter  # noqa: E402
+from progan.data.format import ImageRecord, resolutions_between  # noqa: E402
+from progan.data.reader import MultiResolutionDataset  # noqa: E402
 from progan.data.integrity import BackgroundCheck, check_levels, verify  # noqa: E402
 
 
 def write_database(path: Path, images: int, resolutions: list[int]) -> None:
-    from progan.data.dataset import read_metadata
+    from progan.data.reader import read_metadata
 
     try:
         metadata = read_metadata(path)

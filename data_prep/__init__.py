@@ -1,5 +1,5 @@
 """Dataset tools for progan: `python -m data_prep build|info|verify|preview|synth`.
 
-`build` turns a folder of images into the multi-resolution LMDB that `progan.data.dataset` reads;
-the format itself lives in `progan.data.dataset`, so writer and reader cannot disagree.
+`build` turns a folder of images into the multi-resolution LMDB that `progan.data` reads;
+the format itself lives in `progan.data`, so writer and reader cannot disagree.
 """

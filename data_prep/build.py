@@ -38,16 +38,9 @@ from data_prep.labels import LabelError, Labels, resolve_labels, skip_reason
 from data_prep.sources import IMAGE_EXTENSIONS, find_image_files, listing_digest
 from data_prep.transfer import TransferRing
 from progan.shapes import DEFAULT_ASPECT, parse_aspect
-from progan.data.dataset import (
-    DEFAULT_ENCODING,
-    ENCODINGS,
-    DatabaseWriteFailed,
-    DatasetError,
-    DatasetWriter,
-    ImageRecord,
-    read_build_records,
-    resolutions_between,
-)
+from progan.data.format import DEFAULT_ENCODING, ENCODINGS, DatabaseWriteFailed, DatasetError, ImageRecord, resolutions_between
+from progan.data.writer import DatasetWriter
+from progan.data.writer import read_build_records
 from progan.runtime.diskspace import format_bytes, shortfall
 from progan.runtime.progress import Progress
 

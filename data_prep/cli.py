@@ -13,16 +13,8 @@ import numpy as np
 from data_prep.build import BuildConfig, BuildError, build, default_workers, skip_summary
 from data_prep.decode import DEFAULT_MAX_PIXELS
 from data_prep.synth import FORMATS, MAX_CLASSES, synth
-from progan.data.dataset import (
-    DEFAULT_ENCODING,
-    ENCODINGS,
-    DatabaseWriteFailed,
-    DatasetError,
-    MultiResolutionDataset,
-    dataset_aspect,
-    read_labels,
-    read_metadata,
-)
+from progan.data.format import DEFAULT_ENCODING, ENCODINGS, DatabaseWriteFailed, DatasetError
+from progan.data.reader import MultiResolutionDataset, dataset_aspect, read_labels, read_metadata
 from progan.shapes import ASPECT_RULE, DEFAULT_ASPECT, describe_level
 from progan.runtime.errors import EXIT_USAGE, EXIT_WRITE_FAILED
 from progan.runtime.cli import OneLineErrorParser, fail

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from progan.shapes import ASPECTS, DEFAULT_ASPECT, level_size
-from progan.data.dataset import build_pyramid, encode_image
+from progan.data.format import build_pyramid, encode_image
 
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels become white
 DEFAULT_MAX_PIXELS = 150_000_000  # a decompression-bomb cap, ~12000x12000

@@ -11,7 +11,7 @@ _LAZY = {
     "ModelConfig": "progan.nets.config",
     "Generator": "progan.nets.networks",
     "Discriminator": "progan.nets.networks",
-    "MultiResolutionDataset": "progan.data.dataset",
+    "MultiResolutionDataset": "progan.data.reader",
     "load_generator": "progan.generator.checkpoints",
     "seeds_to_images": "progan.generator.sampling",
 }

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest_data import exif_rotated_jpeg, noise, run_cli, save
-from progan.data.dataset import META_KEY, MultiResolutionDataset, canonical_json, read_metadata
+from progan.data.format import META_KEY, canonical_json
+from progan.data.reader import MultiResolutionDataset, read_metadata
 from progan.data.integrity import verify
 
 ALLOWED = "one of 1:1, 3:4, 4:3, 1:2, 2:1, 1:4, 4:1 (width:height)"

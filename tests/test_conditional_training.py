@@ -49,7 +49,7 @@ def test_each_real_arrives_at_the_step_with_its_own_label(labelled_lmdb, tmp_pat
     """The labels given to the step are those of the very images read, in the same order, also for
     the second process's strided share of the batch."""
     import progan.train.loop as training
-    from progan.data.dataset import MultiResolutionDataset, read_labels
+    from progan.data.reader import MultiResolutionDataset, read_labels
     from progan.train.setup import prepare_run
     from train import build_parser
 
@@ -110,7 +110,7 @@ def test_conditional_flags_and_mismatched_databases_are_one_line_errors(labelled
 def test_a_labelled_database_trains_conditionally_and_resumes_exactly(labelled_lmdb, tmp_path):
     reference = tmp_path / "reference"
     run_cli(["train.py", "--data", str(labelled_lmdb), "--out", str(reference), *TINY, "--total-kimg", "0.256"])
-    from progan.data.dataset import read_labels
+    from progan.data.reader import read_labels
 
     saved = checkpoints.load_checkpoint(reference)
     names, _ = read_labels(labelled_lmdb)
@@ -170,7 +170,7 @@ def test_metric_fakes_draw_classes_with_the_data_frequencies_or_one_fixed_class(
 def test_samples_of_each_class_are_recognised_as_that_class(labelled_lmdb, tmp_path):
     """The issue's target: a conditional model on the K-class demo, samples of class k recognised
     as class k at least 90% of the time by a classifier fitted on the reals."""
-    from progan.data.dataset import MultiResolutionDataset, read_labels
+    from progan.data.reader import MultiResolutionDataset, read_labels
 
     out = tmp_path / "run"
     # 4x4 (the background's hue already shows there) for 40 kimg: ~30 s on 2 CPU cores; the

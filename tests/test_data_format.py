@@ -10,14 +10,7 @@ import torch
 from PIL import Image
 
 from data_prep.synth import draw_face, face_rng
-from progan.data.dataset import (
-    ENCODINGS,
-    build_pyramid,
-    decode_image,
-    encode_image,
-    image_key,
-    resolutions_between,
-)
+from progan.data.format import ENCODINGS, build_pyramid, decode_image, encode_image, image_key, resolutions_between
 from progan.generator.images import grid_shape, make_grid, save_png, to_uint8
 
 

@@ -29,14 +29,9 @@ from conftest_data import (
 )
 import data_prep.build
 from data_prep.build import STALL_MESSAGE
-from progan.data.dataset import (
-    DatasetError,
-    DatasetWriter,
-    ImageRecord,
-    MultiResolutionDataset,
-    dataset_fingerprint,
-    read_metadata,
-)
+from progan.data.format import DatasetError, ImageRecord
+from progan.data.writer import DatasetWriter
+from progan.data.reader import MultiResolutionDataset, dataset_fingerprint, read_metadata
 from progan.runtime.progress import Progress
 
 
@@ -357,7 +352,7 @@ def test_corrupt_build_record_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_second_writer_on_the_same_database_is_refused(tmp_path):
-    second = f"from progan.data.dataset import DatasetWriter; DatasetWriter({str(tmp_path / 'out.lmdb')!r})"
+    second = f"from progan.data.writer import DatasetWriter; DatasetWriter({str(tmp_path / 'out.lmdb')!r})"
     with DatasetWriter(tmp_path / "out.lmdb"):
         result = subprocess.run([sys.executable, "-c", second], capture_output=True, text=True, cwd=REPO)
     assert result.returncode != 0 and "another build is writing this database" in result.stderr

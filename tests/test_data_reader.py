@@ -1,4 +1,4 @@
-"""progan.data.dataset reading: MultiResolutionDataset, batches, DataLoader workers, metadata."""
+"""progan.data.reader: MultiResolutionDataset, batches, DataLoader workers, metadata."""
 
 from __future__ import annotations
 
@@ -16,13 +16,9 @@ from torch.utils.data import DataLoader
 from conftest_data import save
 from data_prep.build import BuildConfig, build
 from data_prep.synth import draw_face, face_rng
-from progan.data.dataset import (
-    DatasetError,
-    DatasetWriter,
-    MultiResolutionDataset,
-    dataset_fingerprint,
-    read_metadata,
-)
+from progan.data.format import DatasetError
+from progan.data.writer import DatasetWriter
+from progan.data.reader import MultiResolutionDataset, dataset_fingerprint, read_metadata
 
 COUNT = 12
 
@@ -199,20 +195,21 @@ def test_a_dataset_collected_while_the_environment_lock_is_held_does_not_deadloc
     """The garbage collector may finalize a dataset at any allocation, also inside the shared
     environments' lock (a full-suite run once hung there for good): its release is queued and
     carried out by the next acquire."""
-    import progan.data.dataset as data
+    import progan.data.environments as envs
+    from progan.data.reader import MultiResolutionDataset, read_metadata
 
-    ds = data.MultiResolutionDataset(demo_lmdb, 4)
+    ds = MultiResolutionDataset(demo_lmdb, 4)
     ds[0]  # opens (shares) the environment
-    key = data._shared_key(demo_lmdb)
-    users = data._SHARED_ENVS[key][1]
-    with data._SHARED_LOCK:  # what a collection inside _acquire does
+    key = envs._shared_key(demo_lmdb)
+    users = envs._SHARED_ENVS[key][1]
+    with envs._SHARED_LOCK:  # what a collection inside acquire does
         ds.__del__()
-    assert list(data._DEFERRED_RELEASES) == [ds.path]
-    data.read_metadata(demo_lmdb)  # the next acquire releases it
-    assert not data._DEFERRED_RELEASES
-    assert data._SHARED_ENVS.get(key, [None, 0])[1] == users - 1
+    assert list(envs._DEFERRED_RELEASES) == [ds.path]
+    read_metadata(demo_lmdb)  # the next acquire releases it
+    assert not envs._DEFERRED_RELEASES
+    assert envs._SHARED_ENVS.get(key, [None, 0])[1] == users - 1
     # With the lock free, a collected dataset lets go at once (a plain lmdb.open may follow).
-    again = data.MultiResolutionDataset(demo_lmdb, 4)
+    again = MultiResolutionDataset(demo_lmdb, 4)
     again[0]
     again.__del__()
-    assert not data._DEFERRED_RELEASES and data._SHARED_ENVS.get(key, [None, 0])[1] == users - 1
+    assert not envs._DEFERRED_RELEASES and envs._SHARED_ENVS.get(key, [None, 0])[1] == users - 1

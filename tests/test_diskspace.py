@@ -11,10 +11,11 @@ import lmdb
 import numpy as np
 import pytest
 
-import progan.data.dataset
+import progan.data.writer
 import progan.runtime.diskspace
 from conftest_data import noise, run_cli, save
-from progan.data.dataset import DatasetError, dataset_fingerprint, read_metadata
+from progan.data.format import DatasetError
+from progan.data.reader import dataset_fingerprint, read_metadata
 from progan.runtime.diskspace import format_bytes, write_failure
 
 CHUNK = {"PROGAN_BUILD_CHUNK_FILES": "4"}
@@ -78,7 +79,7 @@ def test_a_commit_failing_on_a_full_disk_is_one_line_and_loses_nothing(source, t
     for name, value in CHUNK.items():
         monkeypatch.setenv(name, value)
     out = tmp_path / "out.lmdb"
-    real_write = progan.data.dataset.write_growing
+    real_write = progan.data.writer.write_growing
     calls = []
 
     def failing_write(env, fill):
@@ -87,7 +88,7 @@ def test_a_commit_failing_on_a_full_disk_is_one_line_and_loses_nothing(source, t
             raise lmdb.DiskError("mdb_txn_commit: Input/output error")
         real_write(env, fill)
 
-    monkeypatch.setattr(progan.data.dataset, "write_growing", failing_write)
+    monkeypatch.setattr(progan.data.writer, "write_growing", failing_write)
     monkeypatch.setattr(progan.runtime.diskspace, "free_bytes", lambda folder: 0 if len(calls) >= 3 else 1 << 40)
     code, _, err = run_cli(capsys, *build_args(source, out))
     last = err.strip().splitlines()[-1]
@@ -95,7 +96,7 @@ def test_a_commit_failing_on_a_full_disk_is_one_line_and_loses_nothing(source, t
     assert last.startswith(f"data_prep build: error: {out}: disk full: the next chunk (4 images) needs about ")
     assert last.endswith(", 0 B free; free some space, then rerun the same command to resume "
                          "(1 chunks committed so far are kept)")
-    monkeypatch.setattr(progan.data.dataset, "write_growing", real_write)
+    monkeypatch.setattr(progan.data.writer, "write_growing", real_write)
     monkeypatch.setattr(progan.runtime.diskspace, "free_bytes", lambda folder: 1 << 40)
     code, _, err = run_cli(capsys, *build_args(source, out))
     assert code == 0 and "4 of 16 files already done" in err
@@ -132,7 +133,7 @@ def test_real_full_disk_on_a_small_tmpfs(source, tmp_path, capsys, monkeypatch):
             monkeypatch.setenv(name, value)
         out = disk / "out.lmdb"
         # First without the check before each chunk: the commit itself meets the full disk.
-        monkeypatch.setattr(progan.data.dataset, "shortfall", lambda folder, needed: None)
+        monkeypatch.setattr(progan.data.writer, "shortfall", lambda folder, needed: None)
         code, _, err = run_cli(capsys, *build_args(source, out))
         assert code == 4 and "Traceback" not in err
         assert f"{out}: disk full: the next chunk (4 images) needs about " in err.strip().splitlines()[-1]
@@ -154,7 +155,8 @@ def test_real_full_disk_on_a_small_tmpfs(source, tmp_path, capsys, monkeypatch):
 def test_the_estimate_of_a_chunk_is_close_to_what_the_file_grows_by(tmp_path):
     # The check before each chunk is only useful if its estimate is near the real growth:
     # too low lets the commit fail, too high refuses builds that would fit.
-    from progan.data.dataset import DatasetWriter, ImageRecord
+    from progan.data.writer import DatasetWriter
+    from progan.data.format import ImageRecord
 
     rng = np.random.default_rng(0)
     resolutions = [4, 8, 16, 32, 64]

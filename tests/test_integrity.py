@@ -1,5 +1,5 @@
 """Damage in a database: per-record checksums, `data_prep verify` listing every bad record, the
-trainer's check at start and checked reads during training (progan.data.integrity, progan.data.dataset)."""
+trainer's check at start and checked reads during training (progan.data.integrity, progan.data.reader)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,8 @@ import pytest
 
 from conftest import REPO, run_cli
 from conftest_data import run_cli as run_data_prep
-from progan.data.dataset import (
-    DatasetError,
-    MultiResolutionDataset,
-    canonical_json,
-    checksum_key,
-    image_key,
-    read_metadata,
-)
+from progan.data.format import DatasetError, canonical_json, checksum_key, image_key
+from progan.data.reader import MultiResolutionDataset, read_metadata
 from progan.data.integrity import check_levels, verify
 from progan.train.loop import DataOrder, RealImages
 
@@ -232,7 +226,8 @@ SWEEP = r'''
 import contextlib, io, json, os, sys
 import numpy as np
 from data_prep.cli import main as data_prep
-from progan.data.dataset import DatasetError, MultiResolutionDataset
+from progan.data.format import DatasetError
+from progan.data.reader import MultiResolutionDataset
 from progan.data.integrity import check_levels
 
 good, work = sys.argv[1], sys.argv[2]
@@ -357,7 +352,8 @@ def test_a_scan_killed_from_outside_is_no_verdict_on_the_database(demo_lmdb, mon
 def test_a_build_resumed_from_chunks_without_checksums_gets_its_tables(tmp_path):
     # A build interrupted under a progan without checksums, finished by this one: the chunk
     # records lack crc32 lists, so finish() reads those records back.
-    from progan.data.dataset import DatasetWriter, ImageRecord, chunk_key
+    from progan.data.writer import DatasetWriter
+    from progan.data.format import ImageRecord, chunk_key
 
     rng = np.random.default_rng(0)
     images = [ImageRecord(f"{i}", [rng.bytes(48), rng.bytes(192)], "00" * 32) for i in range(6)]
@@ -386,7 +382,8 @@ TRUNCATE = r'''
 import contextlib, io, json, os, shutil, sys
 import numpy as np
 from data_prep.cli import main as data_prep
-from progan.data.dataset import DatasetError, MultiResolutionDataset
+from progan.data.format import DatasetError
+from progan.data.reader import MultiResolutionDataset
 from progan.data.integrity import verify
 sys.path.insert(0, os.getcwd())
 from progan.metrics.cli import main as metrics

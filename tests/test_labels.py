@@ -17,16 +17,8 @@ from PIL import Image
 
 from conftest_data import all_records, noise, run_cli, run_cli_subprocess, save
 from data_prep.build import STALL_MESSAGE
-from progan.data.dataset import (
-    LABELS_KEY,
-    DatasetError,
-    MultiResolutionDataset,
-    canonical_json,
-    dataset_fingerprint,
-    read_labels,
-    read_metadata,
-    record_checksum,
-)
+from progan.data.format import LABELS_KEY, DatasetError, canonical_json, record_checksum
+from progan.data.reader import MultiResolutionDataset, dataset_fingerprint, read_labels, read_metadata
 
 
 def build(capsys, source: Path, out: Path, *flags):

@@ -52,7 +52,8 @@ class TinyGenerator(nn.Module):
 
 def write_lmdb(path: Path, count: int, top: int = 32, seed: int = 0) -> Path:
     """A real progan database (through its writer) of `count` images at 4..top."""
-    from progan.data.dataset import DatasetWriter, ImageRecord, build_pyramid, encode_image, resolutions_between
+    from progan.data.writer import DatasetWriter
+    from progan.data.format import ImageRecord, build_pyramid, encode_image, resolutions_between
 
     resolutions = resolutions_between(4, top)
     tops = upsampled_noise(count, top, seed, coarse=4).permute(0, 2, 3, 1).numpy()
@@ -377,7 +378,7 @@ def test_cli_as_a_process_reports_one_line(tmp_path):
 
 
 def test_a_mirroring_training_dataset_is_read_unmirrored_and_stays_usable(lmdb16):
-    from progan.data.dataset import MultiResolutionDataset
+    from progan.data.reader import MultiResolutionDataset
 
     training_data = MultiResolutionDataset(lmdb16, 32, mirror=True, memory_budget_bytes=0)
     training_data.get_batch([0])  # its LMDB is now open in this process

@@ -79,7 +79,7 @@ def test_step_inputs_are_slices_of_the_global_batch():
 
 
 def test_fade_reals_blends_with_the_stored_lower_level(demo_lmdb):
-    from progan.data.dataset import MultiResolutionDataset
+    from progan.data.reader import MultiResolutionDataset
 
     hi = MultiResolutionDataset(str(demo_lmdb), 16).get_batch(np.arange(8)).float() / 127.5 - 1
     lo = MultiResolutionDataset(str(demo_lmdb), 8).get_batch(np.arange(8)).float() / 127.5 - 1
@@ -347,7 +347,7 @@ def test_resumed_adam_keeps_this_devices_kernel_and_continues_the_same():
 def test_streamed_reals_are_the_in_memory_reals(demo_lmdb):
     # The DataLoader path (level too big for memory) must serve exactly the batches the
     # in-memory path does: same order, same process slice, across an epoch boundary.
-    from progan.data.dataset import MultiResolutionDataset
+    from progan.data.reader import MultiResolutionDataset
 
     count = len(MultiResolutionDataset(str(demo_lmdb), 8))
     order = DataOrder(seed=3, num_images=count)

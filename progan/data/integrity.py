@@ -1,13 +1,13 @@
 """Damage in a database, found before hours of training are lost.
 
-Every record's crc32 is stored at build time (progan.data.dataset, `crc32/{R}` tables). Three checks use
+Every record's crc32 is stored at build time (progan.data.writer, `crc32/{R}` tables). Three checks use
 them: `verify` reads every record of every level and lists each bad one (`data_prep verify`);
 `check_levels` is the trainer's cheap check at start: the key structure and count of each level
 it will need, its checksum table, and a spread sample of records; `BackgroundCheck` reads every
 record of the levels a run still needs, from the start of training, so damage in a level used
 hours later stops the run minutes in. Reading during training checks each record's checksum too
 (MultiResolutionDataset). Every read first checks that data.mdb is not shorter than the database
-needs (progan.data.dataset.MappedFile): a cut file is one line, never SIGBUS.
+needs (progan.data.lmdbfile.MappedFile): a cut file is one line, never SIGBUS.
 
 All three scans run in a child process (`python -m progan.data.integrity`): a damaged page of LMDB's
 own B-tree can make LMDB read outside the file during a lookup, a SIGBUS no process survives.
@@ -36,21 +36,10 @@ import numpy as np
 
 from progan.shapes import DEFAULT_ASPECT, describe_level
 from progan.runtime.errors import first_line
-from progan.data.dataset import (
-    LABELS_KEY,
-    DatasetError,
-    FileCutShort,
-    _reading,
-    check_data_file,
-    damaged_record,
-    dataset_aspect,
-    image_key,
-    label_table_problem,
-    read_checksum_table,
-    mapped_file,
-    read_metadata,
-    read_record,
-)
+from progan.data.format import LABELS_KEY, DatasetError, FileCutShort, image_key
+from progan.data.environments import reading, mapped_file
+from progan.data.lmdbfile import check_data_file
+from progan.data.reader import damaged_record, dataset_aspect, label_table_problem, read_checksum_table, read_metadata, read_record
 
 SAMPLE_RECORDS = 16  # per level, checked by the trainer at start
 
@@ -137,7 +126,7 @@ def _verify_scan(path, metadata: dict, first_level: int, emit: Callable[[dict], 
     records = _RecordCounter(emit, gap=0.1 if position.shared else 0.0)  # in-process: each record
     stray = labels_problem = None
 
-    with _reading(path) as env:  # a damaged page outside any record: DatasetError
+    with reading(path) as env:  # a damaged page outside any record: DatasetError
         mapped = mapped_file(path)  # the file's size, checked before each read: FileCutShort
         txn = env.begin(buffers=True)
         try:
@@ -238,7 +227,7 @@ def _check_levels_scan(path, resolutions: list[int], samples: int, position: "Sc
     metadata = read_metadata(path)
     count, encoding, checksums = metadata["count"], metadata["encoding"], metadata.get("checksums")
     aspect = dataset_aspect(metadata)
-    with _reading(path) as env, env.begin(buffers=True) as txn:
+    with reading(path) as env, env.begin(buffers=True) as txn:
         mapped = mapped_file(path)
         for level, resolution in enumerate(resolutions):
             _check_keys(txn, path, resolution, count, aspect, mapped, lambda index: position.at(level, index))
@@ -395,7 +384,7 @@ class BackgroundCheck:
         metadata = read_metadata(self.path)
         count, encoding, checksums = metadata["count"], metadata["encoding"], metadata.get("checksums")
         aspect = dataset_aspect(metadata)
-        with _reading(self.path) as env:
+        with reading(self.path) as env:
             mapped = mapped_file(self.path)
             txn = env.begin(buffers=True)
             try:

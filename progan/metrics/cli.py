@@ -107,7 +107,7 @@ def _fake_source(args, names: list[str], counts: dict[str, int], device: torch.d
     fake_path = Path(args.fake)
     counts = [counts[name] for name in names]
     if _is_lmdb(fake_path):
-        from progan.data.dataset import MultiResolutionDataset, dataset_aspect, read_metadata
+        from progan.data.reader import MultiResolutionDataset, dataset_aspect, read_metadata
         from progan.data.integrity import check_levels
 
         metadata = read_metadata(fake_path)
@@ -144,7 +144,7 @@ def _classes(args, model_config) -> tuple[list[float] | None, int | None, dict]:
         index = class_index(args.class_, names)
         return None, index, {"class": names[index]}
     if args.real is not None:
-        from progan.data.dataset import read_labels
+        from progan.data.reader import read_labels
 
         real_names, labels = read_labels(args.real)
         if tuple(real_names) == names and labels is not None:
@@ -179,7 +179,7 @@ class ClassSubset:
 
 def _real_of_class(path: str, resolution: int, class_name: str):
     """--real restricted to one class (MetricError when the database has no such labels)."""
-    from progan.data.dataset import MultiResolutionDataset, read_labels
+    from progan.data.reader import MultiResolutionDataset, read_labels
 
     names, labels = read_labels(path)
     if class_name not in names or labels is None:
@@ -202,7 +202,7 @@ def run(argv: list[str]) -> int:
     if "fid" in names:
         _check_available(["fid"], args.resolution or 0, args)  # FID's needs do not depend on the resolution
         _, sha256 = load_inception_once(args.inception, not args.inception_unverified, device)  # fail early
-    from progan.data.dataset import read_metadata
+    from progan.data.reader import read_metadata
 
     uses_reals = any(name in METRICS_WITH_REALS for name in names)
     real_count = None
@@ -265,7 +265,7 @@ def _trained_with_mirror(run_dir: Path | None) -> bool:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input (one line, exit 2); anything else is a bug and keeps its traceback."""
     from progan.generator.checkpoints import CheckpointError
-    from progan.data.dataset import DatasetError
+    from progan.data.format import DatasetError
 
     return MetricError, CommandLineError, DatasetError, CheckpointError, OSError
 

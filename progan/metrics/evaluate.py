@@ -344,11 +344,11 @@ def metric_count(num_images: int | Mapping[str, int] | None, name: str) -> int:
 def _open_real(real, resolution: int) -> tuple[object, str, str | None]:
     """(dataset, its name for messages, its fingerprint or None) for a dataset object or LMDB path."""
     if isinstance(real, (str, Path)) or getattr(real, "path", None) is not None:
-        from progan.data.dataset import MultiResolutionDataset, dataset_fingerprint
+        from progan.data.reader import MultiResolutionDataset, dataset_fingerprint
 
         path = Path(real if isinstance(real, (str, Path)) else real.path)
         # Always a reader of our own, never mirrored (a training dataset flips at random, and metrics
-        # must see the images as stored); progan.data.dataset shares the LMDB environment with any open one.
+        # must see the images as stored); progan.data.environments shares the LMDB environment with any open one.
         dataset = MultiResolutionDataset(path, resolution)
         return dataset, str(path), dataset_fingerprint(path)
     # Any other object with __len__ and get_batch (tests, custom data); cached only if it names itself.

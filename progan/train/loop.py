@@ -37,7 +37,7 @@ import torch
 
 from progan.generator import checkpoints
 from progan.shapes import describe_level
-from progan.data.dataset import MultiResolutionDataset, dataset_aspect, dataset_fingerprint, read_metadata
+from progan.data.reader import MultiResolutionDataset, dataset_aspect, dataset_fingerprint, read_metadata
 from progan.train.device import apply_kernel_choices, configure_backends, kernel_choices
 from progan.runtime.diskspace import WriteFailed
 from progan.train.ema import make_ema
@@ -117,7 +117,7 @@ class Trainer:
         # image) and the class frequencies the generator step's labels are drawn with.
         self.labels, self.class_frequencies = None, None
         if config.model.conditional:
-            from progan.data.dataset import read_labels
+            from progan.data.reader import read_labels
             from progan.train.step import class_weights
 
             names, labels = read_labels(config.data)

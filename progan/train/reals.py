@@ -12,7 +12,9 @@ import os
 import numpy as np
 import torch
 
-from progan.data.dataset import DEFAULT_MEMORY_BUDGET, DatasetError, MultiResolutionDataset, check_data_file
+from progan.data.reader import DEFAULT_MEMORY_BUDGET, MultiResolutionDataset
+from progan.data.format import DatasetError
+from progan.data.lmdbfile import check_data_file
 from progan.nets.layers import downsample2x, fade, upsample2x
 from progan.train.seeds import STREAM_DATA, seeded_generator
 

@@ -173,7 +173,7 @@ def make_accelerator(run_dir: Path, log_with: str = "auto", config: dict | None 
 def prepare_run(args: dict) -> RunPlan:
     """Turn parsed flags (only those given) into a RunPlan, or raise CommandLineError."""
     from progan.train import trackers
-    from progan.data.dataset import DatasetError
+    from progan.data.format import DatasetError
     from progan.train.loop import TrainingError, validate_setup
 
     world_size = _world_size()
@@ -247,7 +247,7 @@ def _find_resume(args: dict) -> tuple[Path | None, dict | None, list[tuple[Path,
 
 def _base_config(args: dict) -> dict:
     """The preset's or file's config as a dict, with data/out filled in."""
-    from progan.data.dataset import dataset_aspect, read_metadata
+    from progan.data.reader import dataset_aspect, read_metadata
 
     for flag in ("data", "out"):
         if flag not in args:
@@ -299,7 +299,7 @@ def _apply_flags(base: dict, args: dict) -> TrainConfig:
 
 def _database_classes(data: str) -> list[str]:
     """The database's class names in label order; empty when it has no labels."""
-    from progan.data.dataset import read_labels
+    from progan.data.reader import read_labels
 
     names, _ = read_labels(data)
     return list(names)
@@ -354,7 +354,7 @@ def _check_existing_run(config: TrainConfig, device) -> None:
 
 
 def _check_same_dataset(config: TrainConfig, resume: dict) -> None:
-    from progan.data.dataset import dataset_fingerprint
+    from progan.data.reader import dataset_fingerprint
 
     found = dataset_fingerprint(config.data)
     if found != resume["dataset_fingerprint"]:
