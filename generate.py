@@ -167,12 +167,13 @@ def run_export(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     import json
 
-    from progan.generator.checkpoints import CheckpointError, load_generator
+    from progan.generator.fileformat import CheckpointError
+    from progan.generator.loading import load_generator
     from progan.nets.config import ModelConfig
 
     try:
         if Path(args.checkpoint).suffix.lower() == ".onnx":
-            from progan.generator.export import onnx_session
+            from progan.generator.onnx_file import onnx_session
 
             session = onnx_session(args.checkpoint)
             meta = session.get_modelmeta().custom_metadata_map
@@ -227,7 +228,8 @@ def run_sampling(args: argparse.Namespace) -> int:
     import torch
 
     from progan.shapes import describe_level
-    from progan.generator.checkpoints import CheckpointError, load_generator
+    from progan.generator.fileformat import CheckpointError
+    from progan.generator.loading import load_generator
     from progan.generator.sampling import sampling_stage
 
     grid = _parse_grid(args.grid)

@@ -18,7 +18,7 @@ dependencies = ["torch", "numpy", "PIL", "scipy"]
 
 def generator(path: str, device: str = "cpu", ema: bool = True):
     """The eval-mode ProGAN generator stored at `path`, on `device`, with its stage attached:
-    `.resolution`, `.alpha`, `.info` (progan.generator.checkpoints.GeneratorInfo), `.class_names` and
+    `.resolution`, `.alpha`, `.info` (progan.generator.loading.GeneratorInfo), `.class_names` and
     `.sample(seeds, classes=None)` (uint8 images [N, H, W, C]).
 
     Class-conditional models (`G.class_names` not empty; also `G.cfg.class_names`) need labels:
@@ -28,7 +28,7 @@ def generator(path: str, device: str = "cpu", ema: bool = True):
     or one-hot/soft rows (float [N, K]) on G's device; an unconditional model takes no labels."""
     import functools
 
-    from progan.generator.checkpoints import load_generator
+    from progan.generator.loading import load_generator
     from progan.generator.sampling import seeds_to_images
 
     model, info = load_generator(path, device=device, ema=ema)

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_checkpoint.py [--resolution 1024] [--repeats 3]
 
 Builds G, D (paper preset), an EMA copy of G and both Adam optimizers with their moments filled
-(what a training checkpoint holds), then times progan.generator.checkpoints.checksums (run at every save
+(what a training checkpoint holds), then times progan.generator.fileformat.checksums (run at every save
 and every load), the whole save (save_training_checkpoint: checksums, torch.save, fsync, rename)
 and the whole load (load_checkpoint: torch.load and the check). Prints a Markdown table.
 """
@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from progan.generator import checkpoints  # noqa: E402
+from progan.generator import fileformat
 from progan.nets.config import ModelConfig  # noqa: E402
 from progan.nets.networks import Discriminator, Generator  # noqa: E402
 
@@ -56,7 +57,7 @@ def main() -> None:
     args = p.parse_args()
     state = training_state(args.resolution)
     mib = checkpoints.state_nbytes(state) / 2**20
-    crc = best_of(lambda: checkpoints.checksums(state), args.repeats)
+    crc = best_of(lambda: fileformat.checksums(state), args.repeats)
     with tempfile.TemporaryDirectory(dir=".") as folder:
         save = best_of(lambda: checkpoints.save_training_checkpoint(folder, state, keep=1), args.repeats)
         path = checkpoints.find_latest_checkpoint(folder)

@@ -12,12 +12,12 @@ figure just after building the generator, before any sampling. On a GPU, peak me
 `torch.cuda.max_memory_allocated`. Timing is `progan.generator.sampling.seeds_to_images` (latents from
 seeds, forward passes, conversion to uint8) after one warm-up batch, repeated until at least
 `--seconds` and two batches; PNG writing is not included. With `--runtime onnxruntime` the
-generator is first exported with `progan.generator.export.write_onnx` (that time is the "ONNX export"
-figure) and timed through `progan.generator.export.onnx_images` on an onnxruntime CPU session with as
+generator is first exported with `progan.generator.onnx_file.write_onnx` (that time is the "ONNX export"
+figure) and timed through `progan.generator.onnx_file.onnx_images` on an onnxruntime CPU session with as
 many threads as torch uses (same seeds, latents and uint8 conversion).
 
 Export: a paper-size 1024 training checkpoint (G, G_ema, D, both Adam states) is written with
-the real checkpoint writer, exported with `progan.generator.sampling.export`, and the export's size is
+the real checkpoint writer, exported with `progan.generator.export.export_file`, and the export's size is
 compared with the bytes of the EMA weights alone.
 """
 
@@ -63,7 +63,7 @@ def measure(resolution: int, batch: int, device: str, precision: str, min_second
     model_rss = peak_rss_mib()
     autocast_dtype = torch.bfloat16 if precision == "bf16" else None
     if runtime == "onnxruntime":
-        from progan.generator.export import onnx_images
+        from progan.generator.onnx_file import onnx_images
 
         run = lambda first: onnx_images(session, range(first, first + batch), latent_size)  # noqa: E731
     else:
@@ -88,7 +88,7 @@ def measure(resolution: int, batch: int, device: str, precision: str, min_second
 
 def _onnx_session(generator: torch.nn.Module, resolution: int):
     """(onnxruntime session of `generator` at its final stage, seconds the export took)."""
-    from progan.generator.export import onnx_session, write_onnx
+    from progan.generator.onnx_file import onnx_session, write_onnx
 
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
@@ -107,7 +107,7 @@ def measure_in_subprocess(resolution, batch, device, precision, min_seconds, run
 # -- export size -----------------------------------------------------------------------------
 def export_sizes(resolution: int = 1024) -> dict:
     from progan.generator import checkpoints
-    from progan.generator.sampling import export
+    from progan.generator.export import export_file
 
     config = ModelConfig.preset("paper", resolution)
     generator, generator_ema, discriminator = Generator(config), Generator(config), Discriminator(config)
@@ -121,7 +121,7 @@ def export_sizes(resolution: int = 1024) -> dict:
     ema_bytes = sum(t.numel() * t.element_size() for t in generator_ema.state_dict().values())
     with tempfile.TemporaryDirectory() as folder:
         training_file = checkpoints.save_training_checkpoint(folder, state)
-        exported = export(folder, Path(folder) / "generator.pt")
+        exported = export_file(folder, Path(folder) / "generator.pt")
         return {"resolution": resolution, "ema_mib": ema_bytes / MIB,
                 "training_mib": training_file.stat().st_size / MIB, "export_mib": exported.stat().st_size / MIB}
 

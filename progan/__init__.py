@@ -12,7 +12,7 @@ _LAZY = {
     "Generator": "progan.nets.networks",
     "Discriminator": "progan.nets.networks",
     "MultiResolutionDataset": "progan.data.reader",
-    "load_generator": "progan.generator.checkpoints",
+    "load_generator": "progan.generator.loading",
     "seeds_to_images": "progan.generator.sampling",
 }
 

@@ -14,7 +14,7 @@ from conftest import run_cli
 from data_prep.build import BuildConfig, build
 from progan import Discriminator, Generator, ModelConfig
 from progan.generator import checkpoints
-from progan.generator.checkpoints import load_generator
+from progan.generator.loading import load_generator
 from progan.generator.sampling import seeds_to_images
 
 # 16 images per step: 4 stable steps at level 4, 8 fading into level 8, then stable (as test_training).

@@ -11,10 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from progan.generator.checkpoints import export_generator, load_generator
+from progan.generator.export import export_generator
+from progan.generator.loading import load_generator
 from progan.nets.config import ModelConfig
 from progan.train.ema import make_ema
-from progan.generator.export import write_safetensors
+from progan.generator.safetensors_file import write_safetensors
 from progan.train.gradsync import GradientSync, LossScale
 from progan.train.losses import class_loss, discriminator_loss, generator_loss, gradient_penalty
 from progan.nets.networks import Discriminator, Generator, count_parameters

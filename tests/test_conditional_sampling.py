@@ -18,9 +18,11 @@ from test_generate import (ALPHA, CONFIG, REPO, TRAINED_RES, assert_one_line_err
 from progan.generator import checkpoints
 
 from progan.generator import export
+from progan.generator import fileformat
+from progan.generator import onnx_file
 
 from progan.generator import sampling
-from progan.generator.checkpoints import load_generator
+from progan.generator.loading import load_generator
 from progan.nets.config import ModelConfig
 from progan.nets.networks import Discriminator, Generator
 
@@ -238,29 +240,29 @@ def test_one_seed_and_class_give_the_same_image_from_checkpoint_safetensors_and_
     G_st, info_st = load_generator(exports[".safetensors"])
     np.testing.assert_array_equal(sampling.seeds_to_images(G_st, seeds, info_st.resolution, info_st.alpha,
                                                            classes=classes), reference)
-    session = export.onnx_session(exports[".onnx"], threads=1)
+    session = onnx_file.onnx_session(exports[".onnx"], threads=1)
     assert [i.name for i in session.get_inputs()] == ["latents", "labels"]
     assert session.get_inputs()[1].shape[1] == 3
-    assert export.onnx_class_names(session) == CLASSES
-    from_onnx = export.onnx_images(session, seeds, classes=classes)
+    assert onnx_file.onnx_class_names(session) == CLASSES
+    from_onnx = onnx_file.onnx_images(session, seeds, classes=classes)
     assert from_onnx.shape == reference.shape
     assert np.abs(from_onnx.astype(int) - reference.astype(int)).max() <= 1
-    assert not np.array_equal(export.onnx_images(session, seeds, classes="cat"), from_onnx)
+    assert not np.array_equal(onnx_file.onnx_images(session, seeds, classes="cat"), from_onnx)
     # no classes: seed s gets class s mod K, as everywhere
-    assert np.abs(export.onnx_images(session, [4, 5]).astype(int)
+    assert np.abs(onnx_file.onnx_images(session, [4, 5]).astype(int)
                   - images_of(model, [4, 5], [1, 2]).astype(int)).max() <= 1
     meta = {p.key: p.value for p in onnx.load(str(exports[".onnx"])).metadata_props}
     assert json.loads(meta["class_names"]) == list(CLASSES)
-    with pytest.raises(export.ExportError, match="'bird' is not a class"):
-        export.onnx_images(session, seeds, classes="bird")
+    with pytest.raises(fileformat.ExportError, match="'bird' is not a class"):
+        onnx_file.onnx_images(session, seeds, classes="bird")
 
 
 def test_unconditional_onnx_keeps_one_input_and_refuses_classes(plain_run, tmp_path, one_torch_thread):
-    session = export.onnx_session(export.export_file(plain_run, tmp_path / "g.onnx"), threads=1)
+    session = onnx_file.onnx_session(export.export_file(plain_run, tmp_path / "g.onnx"), threads=1)
     assert [i.name for i in session.get_inputs()] == ["latents"]
-    assert export.onnx_class_names(session) == ()
-    with pytest.raises(export.ExportError, match="unconditional"):
-        export.onnx_images(session, [0], classes="cat")
+    assert onnx_file.onnx_class_names(session) == ()
+    with pytest.raises(fileformat.ExportError, match="unconditional"):
+        onnx_file.onnx_images(session, [0], classes="cat")
 
 
 def test_hub_generator_exposes_the_classes_and_samples_them(run_dir, model):
@@ -307,7 +309,7 @@ def test_the_readme_conditional_snippet_runs(exports, tmp_path, monkeypatch, one
     shutil.copy(exports[".pt"], tmp_path / "generator.pt")
     shutil.copy(exports[".onnx"], tmp_path / "generator.onnx")
     readme = (REPO / "README.md").read_text()
-    snippet = re.search(r"```python\n(import progan\nfrom progan.generator.export import onnx_class_names[^`]*)```",
+    snippet = re.search(r"```python\n(import progan\nfrom progan.generator.onnx_file import onnx_class_names[^`]*)```",
                         readme).group(1)
     monkeypatch.chdir(tmp_path)
     scope: dict = {}

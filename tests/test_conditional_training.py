@@ -12,6 +12,7 @@ import torch
 
 from conftest import run_cli
 from progan.generator import checkpoints
+from progan.generator import loading
 from test_training import TINY, assert_same_training_state, sigterm_after_ticks
 
 CLASSES = 3
@@ -181,7 +182,7 @@ def test_samples_of_each_class_are_recognised_as_that_class(labelled_lmdb, tmp_p
     names, labels = read_labels(labelled_lmdb)
     reals = MultiResolutionDataset(labelled_lmdb, 4).get_batch(list(range(len(labels))))
     classify = centroid_classifier(hue_features(reals), labels)
-    G, info = checkpoints.load_generator(out, ema=True)
+    G, info = loading.load_generator(out, ema=True)
     per_class = 64
     z = torch.randn(per_class * CLASSES, G.latent_size, generator=torch.Generator().manual_seed(0))
     wanted = torch.arange(CLASSES).repeat_interleave(per_class)
@@ -225,7 +226,7 @@ def test_a_portrait_labelled_database_trains_a_portrait_conditional_model(tmp_pa
              "--labels", "folders", "--workers", "1"])
     out = tmp_path / "run"
     run_cli(["train.py", "--data", str(db), "--out", str(out), *TINY, "--total-kimg", "0.16", "--log-with", "none"])
-    G, info = checkpoints.load_generator(out, ema=True)
+    G, info = loading.load_generator(out, ema=True)
     assert info.model_config.aspect == "3:4" and info.model_config.label_size == 2
     with torch.no_grad():
         images = G(torch.randn(4, G.latent_size), resolution=info.resolution, alpha=info.alpha,

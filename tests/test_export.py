@@ -13,7 +13,10 @@ from test_generate import ALPHA, CONFIG, TRAINED_RES, assert_one_line_error, cli
 from progan.generator import checkpoints
 
 from progan.generator import export
-from progan.generator.checkpoints import CheckpointError, load_generator
+from progan.generator import fileformat
+from progan.generator import onnx_file
+from progan.generator.fileformat import CheckpointError
+from progan.generator.loading import load_generator
 from progan.generator.sampling import latents_for_seeds, seeds_to_images, synthesize
 
 SEEDS = [0, 1, 2, 7, 42]
@@ -43,8 +46,8 @@ def test_a_seed_gives_the_same_image_from_checkpoint_safetensors_and_onnx(run_di
     reference = seeds_to_images(G, SEEDS, info.resolution, info.alpha)
     np.testing.assert_array_equal(seeds_to_images(G_st, SEEDS, info.resolution, info.alpha), reference)
 
-    session = export.onnx_session(exports[".onnx"], threads=1)
-    from_onnx = export.onnx_images(session, SEEDS, CONFIG.latent_size)
+    session = onnx_file.onnx_session(exports[".onnx"], threads=1)
+    from_onnx = onnx_file.onnx_images(session, SEEDS, CONFIG.latent_size)
     assert from_onnx.shape == reference.shape == (len(SEEDS), TRAINED_RES, TRAINED_RES, 3)
     assert np.abs(from_onnx.astype(int) - reference.astype(int)).max() <= 1
     latents = latents_for_seeds(SEEDS, CONFIG.latent_size)
@@ -57,13 +60,13 @@ def test_a_seed_gives_the_same_image_from_checkpoint_safetensors_and_onnx(run_di
 def test_onnx_batch_is_dynamic_and_the_file_says_what_it_holds(exports):
     import onnx
 
-    session = export.onnx_session(exports[".onnx"], threads=1)
+    session = onnx_file.onnx_session(exports[".onnx"], threads=1)
     for count in (1, 3, 9):
         (images,) = session.run(["images"], {"latents": latents_for_seeds(range(count), CONFIG.latent_size).numpy()})
         assert images.shape == (count, 3, TRAINED_RES, TRAINED_RES)
     model = onnx.load(str(exports[".onnx"]))
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, free batch dimension
-    assert model.opset_import[0].version == export.onnx_opset() >= 21
+    assert model.opset_import[0].version == onnx_file.onnx_opset() >= 21
     meta = {p.key: p.value for p in model.metadata_props}
     assert json.loads(meta["model_config"]) == CONFIG.to_dict()
     assert (meta["resolution"], float(meta["alpha"])) == (str(TRAINED_RES), ALPHA)
@@ -72,11 +75,11 @@ def test_onnx_batch_is_dynamic_and_the_file_says_what_it_holds(exports):
 def test_onnx_images_reads_the_latent_size_from_the_model(exports):
     """Issue 19: the README passed latent_size=512, and a model of another latent size then
     failed inside onnxruntime. The model's input [batch, latent_size] says it."""
-    session = export.onnx_session(exports[".onnx"], threads=1)
-    assert export.onnx_latent_size(session) == CONFIG.latent_size == 32  # not the paper's 512
-    np.testing.assert_array_equal(export.onnx_images(session, SEEDS), export.onnx_images(session, SEEDS, 32))
-    with pytest.raises(export.ExportError, match=r"latent_size 512 does not fit .* latents \[batch, 32\]"):
-        export.onnx_images(session, SEEDS, latent_size=512)
+    session = onnx_file.onnx_session(exports[".onnx"], threads=1)
+    assert onnx_file.onnx_latent_size(session) == CONFIG.latent_size == 32  # not the paper's 512
+    np.testing.assert_array_equal(onnx_file.onnx_images(session, SEEDS), onnx_file.onnx_images(session, SEEDS, 32))
+    with pytest.raises(fileformat.ExportError, match=r"latent_size 512 does not fit .* latents \[batch, 32\]"):
+        onnx_file.onnx_images(session, SEEDS, latent_size=512)
 
 
 def test_the_readme_onnx_snippet_runs_on_a_small_preset_export(tmp_path, monkeypatch, one_torch_thread):
@@ -94,7 +97,7 @@ def test_the_readme_onnx_snippet_runs_on_a_small_preset_export(tmp_path, monkeyp
     checkpoints.save_training_checkpoint(tmp_path, state)
     export.export_file(tmp_path, tmp_path / "generator.onnx")
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    snippet = re.search(r"```python\n(from progan.generator.export import onnx_images[^`]*)```", readme).group(1)
+    snippet = re.search(r"```python\n(from progan.generator.onnx_file import onnx_images[^`]*)```", readme).group(1)
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(snippet, scope)  # noqa: S102 - our own README
@@ -104,7 +107,7 @@ def test_the_readme_onnx_snippet_runs_on_a_small_preset_export(tmp_path, monkeyp
 def test_onnx_of_a_lower_stage_is_its_stable_output(run_dir, tmp_path, one_torch_thread):
     path = export.export_file(run_dir, tmp_path / "g4.onnx", resolution=4)
     G, _ = load_generator(run_dir)
-    (images,) = export.onnx_session(path, threads=1).run(["images"], {"latents": latents_for_seeds([5], 32).numpy()})
+    (images,) = onnx_file.onnx_session(path, threads=1).run(["images"], {"latents": latents_for_seeds([5], 32).numpy()})
     expected = synthesize(G, latents_for_seeds([5], 32), 4, 1.0).clamp(-1, 1).numpy()
     np.testing.assert_allclose(images, expected, atol=ONNX_ATOL, rtol=0)
 
@@ -197,7 +200,7 @@ def test_unusable_inputs_are_one_line_and_write_nothing(name, fragment, bad_file
 
 def test_truncated_onnx_cannot_open_a_session(bad_files):
     with pytest.raises(CheckpointError, match="truncated.onnx is not a readable ONNX model"):
-        export.onnx_session(bad_files / "truncated.onnx")
+        onnx_file.onnx_session(bad_files / "truncated.onnx")
 
 
 @pytest.mark.parametrize("out, args, fragment", [

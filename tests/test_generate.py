@@ -23,9 +23,12 @@ from PIL import Image
 
 import progan
 from progan.generator import checkpoints
+from progan.generator import fileformat
 from progan.generator import sampling
 from progan.generator.animation import write_animation
-from progan.generator.checkpoints import CheckpointError, load_generator
+from progan.generator.fileformat import CheckpointError
+from progan.generator.loading import load_generator
+from progan.generator.export import export_file
 from progan.nets.config import ModelConfig
 from progan.nets.networks import Discriminator, Generator
 
@@ -65,7 +68,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(run_dir, tmp_path_factory) -> Path:
-    return sampling.export(run_dir, tmp_path_factory.mktemp("export") / "generator.pt")
+    return export_file(run_dir, tmp_path_factory.mktemp("export") / "generator.pt")
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
@@ -141,7 +144,7 @@ def test_save_export_load_round_trip_gives_identical_images(run_dir, exported, t
     from_run, info_run = progan.load_generator(run_dir)  # the package's public entry point
     from_export, info_export = load_generator(exported)
     # A second round trip: exporting the export changes nothing.
-    from_reexport, _ = load_generator(sampling.export(exported, tmp_path / "again.pt"))
+    from_reexport, _ = load_generator(export_file(exported, tmp_path / "again.pt"))
     assert (info_export.resolution, info_export.alpha, info_export.images_shown) == (TRAINED_RES, ALPHA, 12_345)
     images = [sampling.seeds_to_images(g, seeds, info_run.resolution, info_run.alpha)
               for g in (from_run, from_export, from_reexport)]
@@ -334,7 +337,7 @@ def pickled_calls(path: Path) -> set[str]:
 @pytest.fixture(params=["torch.save", "pickle.dump"])
 def crafted_checkpoint(request, tmp_path) -> tuple[Path, Path]:
     marker = tmp_path / "code-ran"
-    payload = {"format": checkpoints.FORMAT_NAME, "format_version": checkpoints.FORMAT_VERSION,
+    payload = {"format": fileformat.FORMAT_NAME, "format_version": fileformat.FORMAT_VERSION,
                "kind": "generator", "generator_ema": RunsCodeOnLoad(marker)}
     path = tmp_path / "evil.pt"
     if request.param == "torch.save":

@@ -10,7 +10,8 @@ from test_generate import ALPHA, CONFIG, REPO, TRAINED_RES, training_state
 from progan.generator import checkpoints
 
 from progan.generator import export
-from progan.generator.checkpoints import CheckpointError, load_generator
+from progan.generator.fileformat import CheckpointError
+from progan.generator.loading import load_generator
 from progan.generator.sampling import seeds_to_images
 
 

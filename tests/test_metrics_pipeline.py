@@ -250,14 +250,14 @@ def test_cli_records_how_many_reals_fid_used(lmdb16, fake_checkpoint, tmp_path, 
 
 @pytest.fixture
 def fake_checkpoint(monkeypatch, tmp_path):
-    """load_generator as the checkpoint module provides it, returning a tiny generator in a run folder."""
-    import progan.generator.checkpoints
+    """load_generator as progan.generator.loading provides it, returning a tiny generator in a run folder."""
+    import progan.generator.loading
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     info = SimpleNamespace(model_config=SimpleNamespace(latent_size=8), resolution=32, alpha=1.0,
                            images_shown=12000, run_dir=run_dir, path=run_dir / "checkpoint-0000012000.pt")
-    monkeypatch.setattr(progan.generator.checkpoints, "load_generator", lambda path, device="cpu", ema=True: (TinyGenerator(), info))
+    monkeypatch.setattr(progan.generator.loading, "load_generator", lambda path, device="cpu", ema=True: (TinyGenerator(), info))
     return run_dir
 
 

@@ -26,6 +26,8 @@ import torch
 
 from conftest import REPO, interrupted_at
 from progan.generator import checkpoints
+from progan.generator import export
+from progan.generator import fileformat
 from progan.runtime.errors import EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_USAGE, EXIT_WRITE_FAILED
 from progan.runtime.runlock import LOCK_NAME, RunFolderBusy, acquire
 from progan.runtime.signals import PAUSE_ENV, Interrupted, StopSignals
@@ -243,7 +245,7 @@ def test_a_changed_byte_in_a_checkpoint_is_caught(tmp_path, change):
     assert torch.equal(checkpoints.load_checkpoint(path)["generator"]["w"], state["generator"]["w"])
     overwrite_in_file(path, state["generator"]["w"], change)
     assert torch.load(path, weights_only=True)["images_shown"] == 64  # torch itself loads it silently
-    with pytest.raises(checkpoints.CheckpointError) as damaged:
+    with pytest.raises(fileformat.CheckpointError) as damaged:
         checkpoints.load_checkpoint(path)
     message = str(damaged.value)
     assert message == (f"{path} is damaged: generator/w does not match the checksum written with it "
@@ -252,22 +254,22 @@ def test_a_changed_byte_in_a_checkpoint_is_caught(tmp_path, change):
 
 def test_checksums_cover_every_value_and_old_files_still_load(tmp_path):
     state = tiny_state()
-    sums = checkpoints.checksums(state)
+    sums = fileformat.checksums(state)
     assert set(sums) == {"images_shown", "counters/step", "counters/training_seconds", "generator/w",
                          "generator/b", "optimizer_g/state/0/exp_avg"}
-    assert checkpoints.checksums({**state, "images_shown": 65})["images_shown"] != sums["images_shown"]
+    assert fileformat.checksums({**state, "images_shown": 65})["images_shown"] != sums["images_shown"]
     reshaped = {**state, "generator": {**state["generator"], "w": state["generator"]["w"].reshape(32, 128)}}
-    assert checkpoints.checksums(reshaped)["generator/w"] != sums["generator/w"]  # same bytes, other shape
+    assert fileformat.checksums(reshaped)["generator/w"] != sums["generator/w"]  # same bytes, other shape
     old = tmp_path / "checkpoint-0000000064.pt"  # a file from before checksums: loads, unchecked
-    torch.save({"format": checkpoints.FORMAT_NAME, "format_version": checkpoints.FORMAT_VERSION,
-                "kind": checkpoints.TRAINING_KIND, **state}, old)
-    assert checkpoints.CHECKSUMS not in checkpoints.load_checkpoint(old)
-    export = checkpoints.export_generator(
+    torch.save({"format": fileformat.FORMAT_NAME, "format_version": fileformat.FORMAT_VERSION,
+                "kind": fileformat.TRAINING_KIND, **state}, old)
+    assert fileformat.CHECKSUMS not in checkpoints.load_checkpoint(old)
+    exported = export.export_generator(
         {"model_config": {}, "resolution": 4, "alpha": 1.0, "images_shown": 64,
          "generator_ema": state["generator"]}, tmp_path / "g.pt")
-    overwrite_in_file(export, state["generator"]["w"], flip_one_bit)  # exports are checked too
-    with pytest.raises(checkpoints.CheckpointError, match="generator_ema/w does not match"):
-        checkpoints.load_checkpoint(export)
+    overwrite_in_file(exported, state["generator"]["w"], flip_one_bit)  # exports are checked too
+    with pytest.raises(fileformat.CheckpointError, match="generator_ema/w does not match"):
+        checkpoints.load_checkpoint(exported)
 
 
 @pytest.mark.slow
@@ -327,7 +329,7 @@ def test_resuming_nan_weights_exits_6_and_keeps_the_checkpoints(demo_lmdb, refer
     state = checkpoints.load_checkpoint(out / "checkpoint-0000000256.pt")
     for tensor in state["generator"].values():
         tensor.fill_(float("nan"))
-    for key in (checkpoints.CHECKSUMS, "format", "format_version", "kind"):
+    for key in (fileformat.CHECKSUMS, "format", "format_version", "kind"):
         state.pop(key)
     checkpoints.save_training_checkpoint(out, state)
     before = checkpoint_files(out)

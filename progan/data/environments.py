@@ -8,11 +8,12 @@ import collections
 import contextlib
 import os
 import threading
+
 import lmdb
-from progan.runtime.errors import first_line
+
 from progan.data.format import DatasetError
 from progan.data.lmdbfile import MappedFile, open_readonly
-
+from progan.runtime.errors import first_line
 
 # py-lmdb refuses to open one environment twice in a process, yet a trainer holds several
 # levels (and reads metadata) of the same database at once, and the background check reads it

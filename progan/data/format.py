@@ -8,11 +8,11 @@ import io
 import json
 import zlib
 from typing import NamedTuple
+
 import numpy as np
 from PIL import Image
-from progan.shapes import DEFAULT_ASPECT, level_size
-from progan.shapes import RESOLUTION_RULE, is_valid_resolution
 
+from progan.shapes import DEFAULT_ASPECT, RESOLUTION_RULE, is_valid_resolution, level_size
 
 FORMAT_NAME = "progan-multires-lmdb"
 FORMAT_VERSION = 1

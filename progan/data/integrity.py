@@ -34,12 +34,13 @@ from typing import Callable, NamedTuple
 import lmdb
 import numpy as np
 
-from progan.shapes import DEFAULT_ASPECT, describe_level
-from progan.runtime.errors import first_line
+from progan.data.environments import mapped_file, reading
 from progan.data.format import LABELS_KEY, DatasetError, FileCutShort, image_key
-from progan.data.environments import reading, mapped_file
 from progan.data.lmdbfile import check_data_file
-from progan.data.reader import damaged_record, dataset_aspect, label_table_problem, read_checksum_table, read_metadata, read_record
+from progan.data.reader import (damaged_record, dataset_aspect, label_table_problem, read_checksum_table, read_metadata,
+                                read_record)
+from progan.runtime.errors import first_line
+from progan.shapes import DEFAULT_ASPECT, describe_level
 
 SAMPLE_RECORDS = 16  # per level, checked by the trainer at start
 

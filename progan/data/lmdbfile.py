@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+
 import lmdb
+
 from progan.data.format import DatasetError, FileCutShort
 
 # LMDB reads through a memory map. A page of the map past the end of data.mdb (a file cut short

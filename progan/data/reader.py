@@ -9,14 +9,17 @@ import json
 import operator
 import os
 from typing import Sequence
+
 import lmdb
 import numpy as np
-from progan.shapes import DEFAULT_ASPECT, describe_level, level_size
-from progan.runtime.errors import first_line
-from progan.data.environments import acquire, reading, release, release_from_finalizer
-from progan.data.format import CHANNELS, CHECKSUM, DatasetError, FORMAT_NAME, FORMAT_VERSION, FileCutShort, LABELS_KEY, LABEL_DTYPE, META_KEY, STATE_KEY, checksum_key, decode_image, image_key, record_checksum
-from progan.data.lmdbfile import MappedFile
 
+from progan.data.environments import acquire, reading, release, release_from_finalizer
+from progan.data.format import (CHANNELS, CHECKSUM, FORMAT_NAME, FORMAT_VERSION, LABEL_DTYPE, LABELS_KEY, META_KEY,
+                                STATE_KEY, DatasetError, FileCutShort, checksum_key, decode_image, image_key,
+                                record_checksum)
+from progan.data.lmdbfile import MappedFile
+from progan.runtime.errors import first_line
+from progan.shapes import DEFAULT_ASPECT, describe_level, level_size
 
 DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of RAM one level may take to be served from memory
 

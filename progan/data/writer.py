@@ -8,14 +8,18 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Callable, Sequence
+
 import lmdb
 import numpy as np
-from progan.shapes import DEFAULT_ASPECT, level_size
-from progan.runtime.diskspace import disk_full, shortfall, write_failure
-from progan.data.format import CHANNELS, CHECKSUM, CHECKSUM_PREFIX, DatabaseWriteFailed, DatasetError, ENCODINGS, FORMAT_NAME, FORMAT_VERSION, FileCutShort, ImageRecord, LABELS_KEY, LABEL_DTYPE, META_KEY, PYRAMID_RULE, STATE_KEY, canonical_json, checksum_key, chunk_key, image_key, record_checksum
-from progan.data.lmdbfile import cut_short, lmdb_needed_size
-from progan.data.environments import reading
 
+from progan.data.environments import reading
+from progan.data.format import (CHANNELS, CHECKSUM, CHECKSUM_PREFIX, ENCODINGS, FORMAT_NAME, FORMAT_VERSION,
+                                LABEL_DTYPE, LABELS_KEY, META_KEY, PYRAMID_RULE, STATE_KEY, DatabaseWriteFailed,
+                                DatasetError, FileCutShort, ImageRecord, canonical_json, checksum_key, chunk_key,
+                                image_key, record_checksum)
+from progan.data.lmdbfile import cut_short, lmdb_needed_size
+from progan.runtime.diskspace import disk_full, shortfall, write_failure
+from progan.shapes import DEFAULT_ASPECT, level_size
 
 INITIAL_MAP_SIZE = 256 << 20  # the map starts here and doubles when full
 PAGE_OVERHEAD = 4096  # per value, for the estimate of the room a commit needs

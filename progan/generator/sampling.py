@@ -26,19 +26,17 @@ label moves linearly from each listed class to the next and back to the first, s
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections import Counter
-from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from progan.shapes import describe_level
-from progan.generator.checkpoints import GeneratorInfo
+from progan.generator.loading import GeneratorInfo
 from progan.nets.layers import autocast
 from progan.nets.networks import check_phase
+from progan.shapes import describe_level
 
 MAX_SEED = 2**32 - 1  # the range numpy and most tools accept; keeps file names short
 MAX_SEEDS = 10_000_000  # a typo like 0-4294967295 should fail fast, not fill memory
@@ -391,11 +389,3 @@ def parse_grid(text: str) -> tuple[int, int]:
         raise ValueError(f"bad grid {text!r}: expected ROWSxCOLS with both at least 1, e.g. 8x8")
     return int(match.group(1)), int(match.group(2))
 
-
-# -- exporting ------------------------------------------------------------------------------
-def export(source: str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """Write the generator-only file of `source` (run folder, checkpoint or export) to `out_path`,
-    in the format its extension names (.pt, .safetensors, .onnx): see progan.generator.export.export_file."""
-    from progan.generator.export import export_file
-
-    return export_file(source, out_path)

@@ -47,9 +47,9 @@ class Snapshot:
 
 def find_snapshots(run_dir: str | os.PathLike) -> list[Snapshot]:
     """The run's sample grids in training order, each with the stage it was drawn at."""
-    from progan.train.setup import CONFIG_FILE
     from progan.train.config import TrainConfig
     from progan.train.loop import sample_grid_side
+    from progan.train.setup import CONFIG_FILE
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -22,14 +22,8 @@ from progan.runtime.errors import CommandLineError, first_line
 from progan.runtime.cli import OneLineErrorParser, choose_device, fail
 from progan.runtime.fileio import append_jsonl
 from progan.metrics.common import MetricError
-from progan.metrics.evaluate import (
-    DEFAULT_NUM_IMAGES,
-    METRICS_WITH_REALS,
-    evaluate_metrics,
-    load_inception_once,
-    parse_metric_names,
-    unavailable_reason,
-)
+from progan.metrics.evaluate import (DEFAULT_NUM_IMAGES, METRICS_WITH_REALS, evaluate_metrics, load_inception_once,
+                                     parse_metric_names, unavailable_reason)
 from progan.metrics.sources import DatasetSource, GeneratorSource
 
 PROG = "python -m progan.metrics"
@@ -117,7 +111,7 @@ def _fake_source(args, names: list[str], counts: dict[str, int], device: torch.d
         check_levels(fake_path, [resolution])  # in a child: a damaged index that crashes LMDB is one line here
         source = DatasetSource(dataset, max(counts), seed=args.seed, side="fake", name=str(fake_path))
         return source, resolution, dataset.aspect, {"fake": str(fake_path)}, None
-    from progan.generator.checkpoints import load_generator
+    from progan.generator.loading import load_generator
 
     generator, info = load_generator(fake_path, device=device, ema=True)
     resolution = args.resolution or info.resolution
@@ -264,7 +258,7 @@ def _trained_with_mirror(run_dir: Path | None) -> bool:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input (one line, exit 2); anything else is a bug and keeps its traceback."""
-    from progan.generator.checkpoints import CheckpointError
+    from progan.generator.fileformat import CheckpointError
     from progan.data.format import DatasetError
 
     return MetricError, CommandLineError, DatasetError, CheckpointError, OSError

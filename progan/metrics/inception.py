@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from progan.generator.checkpoints import load_weights_only
+from progan.generator.fileformat import load_weights_only
 from progan.metrics.common import MetricError
 
 WEIGHTS_FILE_NAME = "pt_inception-2015-12-05-6726825d.pth"

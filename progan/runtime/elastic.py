@@ -18,6 +18,7 @@ def init_process_group(cpu: bool) -> bool:
     keys (gloo on CPU, nccl on CUDA); returns False (and leaves it to accelerate) otherwise."""
     import torch
     import torch.distributed as dist
+
     # Its functions take `group=group.WORLD` as a default, evaluated at import: imported after the
     # group starts (torch.optim.Adam imports it, through torch._dynamo and FSDP), they would hold
     # the group for good, and its gloo threads would live until the interpreter's exit (see

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from progan.generator import checkpoints
+from progan.generator import fileformat
 from progan.shapes import describe_level
 from progan.runtime.errors import EXIT_FINISHED, EXIT_PREEMPTED, CommandLineError
 from progan.train.schedule import KIMG, parse_table
@@ -195,7 +196,7 @@ def prepare_run(args: dict) -> RunPlan:
         check_classes(config)
         if resume is not None:
             _check_same_dataset(config, resume)
-    except (DatasetError, TrainingError, checkpoints.CheckpointError) as exc:
+    except (DatasetError, TrainingError, fileformat.CheckpointError) as exc:
         raise CommandLineError(str(exc)) from None
     except (ValueError, TypeError) as exc:
         raise CommandLineError(f"invalid configuration: {exc}") from None
@@ -233,13 +234,13 @@ def _find_resume(args: dict) -> tuple[Path | None, dict | None, list[tuple[Path,
         return path, data, damaged  # (None, None, []): nothing to resume yet, start the run
     try:
         path = checkpoints.resolve_checkpoint_path(which)
-    except checkpoints.CheckpointError as exc:
+    except fileformat.CheckpointError as exc:
         raise CommandLineError(f"--resume: {exc}") from None
     try:
         data = checkpoints.load_checkpoint(path)
-    except checkpoints.CheckpointError as exc:
+    except fileformat.CheckpointError as exc:
         raise CommandLineError(f"--resume: {exc}") from None
-    if data.get("kind") != checkpoints.TRAINING_KIND:
+    if data.get("kind") != fileformat.TRAINING_KIND:
         raise CommandLineError(f"--resume: {path} is an exported generator, not a training checkpoint")
     args.setdefault("out", str(path.parent))
     return path, data, []
