@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from progan.data.writer import DatasetWriter  # noqa: E402
 from progan.data.format import ImageRecord, resolutions_between  # noqa: E402
 from progan.data.reader import MultiResolutionDataset  # noqa: E402
-from progan.data.integrity import BackgroundCheck, check_levels, verify  # noqa: E402
+from progan.data.background_check import BackgroundCheck  # noqa: E402
+from progan.data.integrity import check_levels, verify  # noqa: E402
 
 
 def write_database(path: Path, images: int, resolutions: list[int]) -> None:

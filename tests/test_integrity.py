@@ -326,7 +326,7 @@ def test_a_damaged_index_that_crashes_lmdb_is_one_line_from_every_command(demo_l
         assert proc.returncode == 2 and len(err) == 1 and re.search(one_line, err[0]), (command, proc.stderr)
     assert not (tmp_path / "run").exists() and not (tmp_path / "grid.png").exists()
 
-    from progan.data.integrity import BackgroundCheck
+    from progan.data.background_check import BackgroundCheck
     check = BackgroundCheck(db, [8, 16]).start()
     assert check.join(30) and re.match(one_line, check.failure) and "\n" not in check.failure, check.failure
 
@@ -338,12 +338,12 @@ def test_a_scan_killed_from_outside_is_no_verdict_on_the_database(demo_lmdb, mon
 
     from progan.data import integrity
 
-    scan = integrity._run_scan_child
+    scan = integrity.run_scan_child
 
     def killed_at_start(args, on_event, **options):
         return scan(args, on_event, on_start=lambda child: os.kill(child.pid, signal.SIGKILL))
 
-    monkeypatch.setattr(integrity, "_run_scan_child", killed_at_start)
+    monkeypatch.setattr(integrity, "run_scan_child", killed_at_start)
     for check in (lambda: verify(demo_lmdb), lambda: check_levels(demo_lmdb, [4, 8, 16])):
         with pytest.raises(DatasetError, match=r"of the database did not finish \(killed by SIGKILL\); run it again$"):
             check()
@@ -466,7 +466,7 @@ def test_a_cut_file_is_one_line_from_every_command_at_any_size(demo_lmdb, tmp_pa
 
 # -- the background check during training ---------------------------------------------------
 def test_background_check_finds_a_record_the_start_check_does_not_sample(demo_lmdb, tmp_path):
-    from progan.data.integrity import BackgroundCheck
+    from progan.data.background_check import BackgroundCheck
 
     db = copy_db(demo_lmdb, tmp_path)
     flip_pixel_byte(db, 16, 5)  # not among the start check's 16 samples
@@ -485,7 +485,7 @@ def test_background_check_finds_a_record_the_start_check_does_not_sample(demo_lm
 
 
 def test_background_check_stops_on_a_file_cut_while_it_reads(demo_lmdb, tmp_path):
-    from progan.data.integrity import BackgroundCheck
+    from progan.data.background_check import BackgroundCheck
 
     db = copy_db(demo_lmdb, tmp_path)
     check = BackgroundCheck(db, [16])

@@ -69,7 +69,7 @@ class RunPlan:
         from progan.train import trackers
         from progan.runtime.diskspace import WriteFailed, check_room, write_failed
         from progan.runtime.elastic import init_process_group, leave_process_group
-        from progan.data.integrity import check_during_training, first_failure
+        from progan.data.background_check import check_during_training, first_failure
         from progan.runtime.runlock import lock_run_folder, share_from_main
         from progan.runtime.signals import pause_point
         from progan.train.loop import Trainer
