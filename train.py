@@ -20,8 +20,10 @@ import os
 import signal
 import sys
 
-from progan.runtime.errors import EXIT_DIVERGED, EXIT_LOST_PEER, EXIT_PREEMPTED, EXIT_USAGE, EXIT_WRITE_FAILED, VERBOSE_ENV, CommandLineError, first_line
 from progan.runtime.cli import OneLineErrorParser, fail
+from progan.runtime.errors import (EXIT_DIVERGED, EXIT_LOST_PEER, EXIT_PREEMPTED, EXIT_USAGE, EXIT_WRITE_FAILED, VERBOSE_ENV,
+                                   CommandLineError, first_line)
+from progan.train.config import MIXED_PRECISION_CHOICES  # no torch: the flags are read before torch's import
 
 
 def _max_batch(text: str) -> int | str:
@@ -61,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", help="global batch sizes per resolution, e.g. 4:128,8:128,32:64")
     p.add_argument("--lr", help="learning rates per resolution, e.g. 1024:0.0015")
     p.add_argument("--base-lr", type=float, help="learning rate of resolutions not in --lr")
-    p.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"),
+    p.add_argument("--mixed-precision", choices=MIXED_PRECISION_CHOICES,
                    help="autocast dtype (default auto: bf16 on GPUs that have it, else fp32; README)")
     p.add_argument("--device", help="auto (default: the GPU when there is one) | cpu | cuda")
     p.add_argument("--seed", type=int, help="seed of all randomness (default 0)")

@@ -48,7 +48,7 @@ from progan.data.format import ENCODINGS, DEFAULT_ENCODING, image_key
 from progan.data.writer import INITIAL_MAP_SIZE, write_growing
 from progan.data.reader import MultiResolutionDataset
 from progan.runtime.fileio import atomic_output  # noqa: E402
-from progan.train.loop import BatchReader  # noqa: E402
+from progan.train.reals import BatchReader  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- photos

@@ -73,7 +73,7 @@ def autocast():
 # --- the training iteration ---------------------------------------------------------------
 
 def train_step(s: "Setup", resolution: int, alpha: float, batch_real_fake: bool = True) -> None:
-    """The trainer's own step (progan.train.step.train_step): D step with penalty and drift, G step, EMA,
+    """The trainer's own step (progan.train.step.run_step): D step with penalty and drift, G step, EMA,
     with its random inputs drawn on the device for step s.count, mirroring and fade included.
 
     D_penalty: the critic for the gradient penalty when D is compiled (compiled graphs have no
@@ -91,7 +91,7 @@ def train_step(s: "Setup", resolution: int, alpha: float, batch_real_fake: bool 
     models = StepModels(s.G_fwd, s.D_fwd, s.G_ema, s.opt_g, s.opt_d, LossScale(False), LossScale(False),
                         GradientSync(1), D_penalty=s.D if s.D_fwd is not s.D else None)
     settings = StepSettings(autocast_dtype=AUTOCAST_DTYPE, batch_real_fake=batch_real_fake)
-    progan_step.train_step(models, settings, s.real, inputs, resolution, alpha, [slice(None)], s.stats,
+    progan_step.run_step(models, settings, s.real, inputs, resolution, alpha, [slice(None)], s.stats,
                            real_labels=s.real_labels)
     s.count += 1
 

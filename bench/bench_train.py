@@ -40,12 +40,14 @@ def build_dataset(root: Path, count: int, size: int, max_res: int) -> Path:
 def stable_config(data: Path, out: Path, preset: str, resolution: int, batch: int, workers: int, **extra):
     from progan.train.schedule import ScheduleConfig
     from progan.train.config import TrainConfig, preset_defaults
+    from progan.train.precision import resolve_config
 
     defaults = preset_defaults(preset, resolution)
     schedule = ScheduleConfig(max_resolution=resolution, start_resolution=resolution, fade_kimg=1,
                               stable_kimg=1000, batch={resolution: batch}, lr={}, base_lr=0.001)
-    return TrainConfig(data=str(data), out=str(out), model=defaults["model"], schedule=schedule,
-                       workers=workers, **extra)
+    config = TrainConfig(data=str(data), out=str(out), model=defaults["model"], schedule=schedule,
+                         workers=workers, **extra)
+    return resolve_config(config, "cpu")  # both benchmarks train on the CPU
 
 
 def time_steps(trainer, steps: int, fixed_batch: bool) -> float:

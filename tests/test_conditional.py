@@ -19,7 +19,7 @@ from progan.generator.safetensors_file import write_safetensors
 from progan.train.gradsync import GradientSync, LossScale
 from progan.train.losses import class_loss, discriminator_loss, generator_loss, gradient_penalty
 from progan.nets.networks import Discriminator, Generator, count_parameters
-from progan.train.step import StepModels, StepSettings, StepStats, class_weights, micro_slices, step_inputs, train_step
+from progan.train.step import StepModels, StepSettings, StepStats, class_weights, micro_slices, run_step, step_inputs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -396,7 +396,7 @@ def test_train_step_feeds_the_reals_labels_to_the_critics_fakes_per_micro_batch(
     inputs = step_inputs(0, 0, 8, cfg.latent_size, slice(None), class_frequencies=[1, 1, 1])
     stats = StepStats("cpu")
     micro = micro_slices(8, 4)
-    train_step(m, StepSettings(mirror=True), reals, inputs, 8, 1.0, micro, stats, real_labels=real_labels)
+    run_step(m, StepSettings(mirror=True), reals, inputs, 8, 1.0, micro, stats, real_labels=real_labels)
     assert len(micro) == 2 and len(seen) == 4
     for got, part in zip(seen[:2], micro):  # D step: the reals' labels, strided like the images
         assert torch.equal(got, real_labels[part])
@@ -415,7 +415,7 @@ def test_conditional_steps_read_nothing_to_the_host(monkeypatch, precision):
     weights = class_weights([5, 3, 2])  # checked once, outside the steps
     reals = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)
     real_labels = torch.tensor([0, 1, 2, 0, 1, 2, 2, 2])
-    train_step(m, settings, reals, step_inputs(0, 0, 8, cfg.latent_size, slice(None), class_frequencies=weights),
+    run_step(m, settings, reals, step_inputs(0, 0, 8, cfg.latent_size, slice(None), class_frequencies=weights),
                8, 0.5, micro_slices(8, 4), stats, real_labels=real_labels)  # builds the optimizer state
     for name in ("item", "__bool__", "tolist", "numpy", "__float__", "__int__"):
         def trap(*args, _name=name, **kwargs):
@@ -423,7 +423,7 @@ def test_conditional_steps_read_nothing_to_the_host(monkeypatch, precision):
         monkeypatch.setattr(torch.Tensor, name, trap)
     for step in (1, 2):
         inputs = step_inputs(0, step, 8, cfg.latent_size, slice(None), class_frequencies=weights)
-        train_step(m, settings, reals, inputs, 8, 0.5, micro_slices(8, 4), stats, real_labels=real_labels)
+        run_step(m, settings, reals, inputs, 8, 0.5, micro_slices(8, 4), stats, real_labels=real_labels)
     monkeypatch.undo()
     assert stats.steps == 3 and torch.isfinite(stats.sums).all() and torch.isfinite(stats.class_sums).all()
     assert stats.skipped.sum() == 0 and (stats.class_sums > 0).all()
@@ -435,21 +435,21 @@ def test_train_step_refuses_labels_it_cannot_use():
     reals = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
     plain_inputs = step_inputs(0, 0, 4, cfg.latent_size, slice(None))
     with pytest.raises(ValueError, match=r"inputs\.labels_g is None"):
-        train_step(m, StepSettings(), reals, plain_inputs, 8, 1.0, [slice(None)], StepStats("cpu"),
+        run_step(m, StepSettings(), reals, plain_inputs, 8, 1.0, [slice(None)], StepStats("cpu"),
                    real_labels=torch.zeros(4, dtype=torch.long))
     inputs = step_inputs(0, 0, 4, cfg.latent_size, slice(None), class_frequencies=[1, 1])
     with pytest.raises(ValueError, match=r"real_labels must be class indices \[n\] = \[4\]"):
-        train_step(m, StepSettings(), reals, inputs, 8, 1.0, [slice(None)], StepStats("cpu"),
+        run_step(m, StepSettings(), reals, inputs, 8, 1.0, [slice(None)], StepStats("cpu"),
                    real_labels=torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="this model is class-conditional"):  # no labels for a conditional G
-        train_step(m, StepSettings(), reals, plain_inputs, 8, 1.0, [slice(None)], StepStats("cpu"))
+        run_step(m, StepSettings(), reals, plain_inputs, 8, 1.0, [slice(None)], StepStats("cpu"))
 
 
 def test_unconditional_step_leaves_the_class_sums_at_zero():
     cfg = ModelConfig.preset("small", 8)
     m = step_models(cfg)
     stats = StepStats("cpu")
-    train_step(m, StepSettings(), torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8),
+    run_step(m, StepSettings(), torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8),
                step_inputs(0, 0, 4, cfg.latent_size, slice(None)), 8, 1.0, [slice(None)], stats)
     assert stats.sums.abs().sum() > 0 and torch.equal(stats.class_sums, torch.zeros(2))
     assert StepStats.NAMES == ("loss_d", "wasserstein", "gradient_penalty", "score_real", "score_fake", "loss_g")
@@ -479,7 +479,7 @@ def test_training_steps_teach_the_critic_the_classes_of_reals():
     for step in range(40):
         reals, labels = toy_reals(batch, gen)
         inputs = step_inputs(0, step, batch, cfg.latent_size, slice(None), class_frequencies=[1, 1])
-        train_step(m, settings, reals, inputs, 8, 1.0, [slice(None)], stats, real_labels=labels)
+        run_step(m, settings, reals, inputs, 8, 1.0, [slice(None)], stats, real_labels=labels)
         if step in (29, 39):
             seen.append(accuracy())
     assert torch.isfinite(stats.sums).all() and stats.class_sums[0] > 0

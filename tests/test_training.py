@@ -19,7 +19,9 @@ from conftest import REPO, run_cli
 from progan.generator import checkpoints
 from progan.train.schedule import state_at
 from progan.train.setup import prepare_run
-from progan.train.loop import DataOrder, RealImages, Trainer, _load_adam_state, fade_reals, step_inputs
+from progan.train.loop import Trainer, _load_adam_state
+from progan.train.reals import DataOrder, RealImages, fade_reals
+from progan.train.step import step_inputs
 
 # 16 images per step: 4x4 stable for 4 steps, fade into 8x8 over 8 steps, then stable 8x8.
 TINY = ["--config", "small", "--resolution", "8", "--stable-kimg", "0.064", "--fade-kimg", "0.128",

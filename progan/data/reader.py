@@ -117,6 +117,21 @@ def read_labels(path) -> tuple[tuple[str, ...], np.ndarray | None]:
     return class_names(metadata), _read_label_table(os.fspath(path), metadata)
 
 
+def read_labels_for(path, class_names) -> np.ndarray:
+    """The label table (int64 [N]) of a database that a class-conditional model with `class_names`
+    trains on; DatasetError (one line) unless the database has exactly those classes, in that order.
+    The one check of a database's classes against a model's (the run's set-up and the Trainer)."""
+    names, labels = read_labels(path)
+    want = tuple(class_names)
+    if labels is None:
+        raise DatasetError(f"the model is class-conditional ({len(want)} classes) but {path} has no labels; pass a "
+                           f"labelled database, or train unconditionally (--conditional off for a new run)")
+    if tuple(names) != want:
+        raise DatasetError(f"{path} has the classes {', '.join(names)}; the model was made for {', '.join(want)} "
+                           f"(same names, same order); pass the run's own database")
+    return labels
+
+
 class RecordError(ValueError):
     """What is wrong with one stored record: missing, unreadable, bad checksum, bad encoding."""
 

@@ -27,7 +27,9 @@ def derive_seed(seed: int, *labels: object) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 
-def seeded_generator(seed: int, *labels: object) -> torch.Generator:
+def labelled_generator(seed: int, *labels: object) -> torch.Generator:
+    """A CPU generator seeded from (seed, labels...), e.g. (seed, "swd-directions", level): the
+    metrics' own streams, named by what they draw (training's are progan.train.seeds', by number)."""
     return torch.Generator().manual_seed(derive_seed(seed, *labels))
 
 
@@ -40,9 +42,9 @@ def seeded_rows(
     seeded from (seed, labels, b), so a row does not depend on how the table is sliced.
     """
     if count <= 0:
-        return make_block(seeded_generator(seed, *labels, 0), RANDOM_BLOCK)[:0]
+        return make_block(labelled_generator(seed, *labels, 0), RANDOM_BLOCK)[:0]
     first_block, last_block = start // RANDOM_BLOCK, (start + count - 1) // RANDOM_BLOCK
-    blocks = [make_block(seeded_generator(seed, *labels, b), RANDOM_BLOCK) for b in range(first_block, last_block + 1)]
+    blocks = [make_block(labelled_generator(seed, *labels, b), RANDOM_BLOCK) for b in range(first_block, last_block + 1)]
     table = torch.cat(blocks) if len(blocks) > 1 else blocks[0]
     offset = start - first_block * RANDOM_BLOCK
     return table[offset:offset + count]

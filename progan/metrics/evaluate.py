@@ -145,10 +145,10 @@ class _MirroredHalf:
     random half flipped horizontally (position i of the subset flips or not, on every process)."""
 
     def __init__(self, source: DatasetSource, seed: int) -> None:
-        from progan.metrics.common import seeded_generator
+        from progan.metrics.common import labelled_generator
 
         self.source, self.count = source, source.count
-        self.flip = torch.rand(source.count, generator=seeded_generator(seed, "mirror", "real")) < 0.5
+        self.flip = torch.rand(source.count, generator=labelled_generator(seed, "mirror", "real")) < 0.5
 
     def __call__(self, start: int, count: int) -> torch.Tensor:
         images = self.source(start, count)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from progan.generator.images import quantize
-from progan.metrics.common import MetricError, seeded_generator, seeded_rows
+from progan.metrics.common import MetricError, labelled_generator, seeded_rows
 
 ImageSource = Callable[[int, int], torch.Tensor]
 
@@ -98,7 +98,7 @@ class DatasetSource:
         if self.count < 1:
             raise MetricError(f"{name} has no images")
         self.dataset = dataset
-        order = torch.randperm(available, generator=seeded_generator(seed, "subset", side))
+        order = torch.randperm(available, generator=labelled_generator(seed, "subset", side))
         self.indices = order[:self.count]
 
     def __call__(self, start: int, count: int) -> torch.Tensor:

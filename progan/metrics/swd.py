@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from progan.shapes import DEFAULT_ASPECT, aspect_of, describe_level, level_size
-from progan.metrics.common import MetricError, check_uint8_images, is_power_of_two, seeded_generator, seeded_rows
+from progan.metrics.common import MetricError, check_uint8_images, is_power_of_two, labelled_generator, seeded_rows
 
 PATCH_SIZE = 7
 PATCHES_PER_IMAGE = 128
@@ -140,7 +140,7 @@ def patch_centres(seed: int, level: int, size: int, start: int, count: int,
 def projection_directions(seed: int, level: int, dims: int) -> torch.Tensor:
     """float32 [DIR_REPEATS, dims, DIRS_PER_REPEAT] random unit directions (columns)."""
     dirs = torch.randn(DIR_REPEATS, dims, DIRS_PER_REPEAT, dtype=torch.float64,
-                       generator=seeded_generator(seed, "swd-directions", level))
+                       generator=labelled_generator(seed, "swd-directions", level))
     return (dirs / dirs.norm(dim=1, keepdim=True)).float()
 
 

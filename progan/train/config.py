@@ -17,7 +17,9 @@ from progan.nets.config import ModelConfig
 from progan.train.schedule import (PAPER_BATCH, PAPER_LR, RELEASE_8GPU_BATCH, RELEASE_8GPU_LR, RELEASE_TOTAL_KIMG,
                              ScheduleConfig)
 
-MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")  # auto: progan/train/precision.py
+# The one declaration of --mixed-precision's values; "auto" becomes one of the others in
+# progan.train.precision.resolve_config, once, before a run starts.
+MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
 PRESETS = ("paper", "paper-8gpu", "small")
 
 # Fields that may change when a run is resumed: they change how the run is operated, not what
@@ -41,7 +43,7 @@ class TrainConfig:
     model: ModelConfig                      # networks; model.resolution is the target
     schedule: ScheduleConfig                # phases, batch sizes, learning rates
     seed: int = 0                           # all randomness of a run derives from this
-    mixed_precision: str = "auto"           # auto | no | fp16 | bf16; setup_run resolves auto per device
+    mixed_precision: str = "auto"           # auto | no | fp16 | bf16; resolved per device before training (precision.py)
     mirror: bool = True                     # random horizontal flips of reals (faces)
     gp_weight: float = 10.0                 # WGAN-GP lambda
     gp_target: float = 1.0                  # WGAN-GP gradient-norm target

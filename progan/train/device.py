@@ -11,13 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from progan.nets.networks import (
-    CHANNELS_LAST_MIN_RES,
-    FUSED_MIN_RES,
-    DiscriminatorBlock,
-    FromRGB,
-    GeneratorBlock,
-)
+from progan.nets.networks import CHANNELS_LAST_MIN_RES, FUSED_MIN_RES, DiscriminatorBlock, FromRGB, GeneratorBlock
 
 
 @dataclass(frozen=True)

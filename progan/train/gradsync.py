@@ -8,7 +8,6 @@ GradScaler does), and the loss scale is updated on the device, so a step never w
 
 from __future__ import annotations
 
-import signal
 
 import torch
 
@@ -117,33 +116,6 @@ class GradientSync:
         found_inf = unscale_and_check([flat_grads], _inverse(scale, self.world_size, device))
         torch._foreach_copy_(grads, [chunk.view_as(g) for chunk, g in zip(flat_grads.split([g.numel() for g in grads]), grads)])
         return found_inf, flat[-self.NUM_FLAGS :]
-
-
-class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (a second Ctrl-C aborts)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.signal_name = ""
-        self._previous = {}
-
-    def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. inside some test runners)
-                pass
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.signal_name = signal.Signals(signum).name
 
 
 class LaggedFlags:

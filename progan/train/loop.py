@@ -30,33 +30,31 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from progan.generator import checkpoints
-from progan.shapes import describe_level
-from progan.data.reader import MultiResolutionDataset, dataset_aspect, dataset_fingerprint, read_metadata
-from progan.train.device import apply_kernel_choices, configure_backends, kernel_choices
-from progan.runtime.diskspace import WriteFailed
-from progan.train.ema import make_ema
-from progan.runtime.fileio import append_jsonl, atomic_write_text
-from progan.train.microbatch import cuda_fits, largest_fitting, micro_batch_problem, stddev_group
-from progan.train.gradsync import GradientSync, LaggedFlags, LossScale
-from progan.generator.images import make_grid, save_png, to_uint8
 from progan.data.integrity import check_levels
+from progan.data.reader import (MultiResolutionDataset, dataset_aspect, dataset_fingerprint, read_labels_for,
+                                read_metadata)
+from progan.generator import checkpoints
+from progan.generator.images import make_grid, save_png, to_uint8
 from progan.nets.networks import Discriminator, Generator
-from progan.train.precision import resolve_mixed_precision
+from progan.runtime.diskspace import WriteFailed
+from progan.runtime.fileio import append_jsonl, atomic_write_text
 from progan.runtime.progress import format_duration
-from progan.train.reals import BatchReader, DataOrder, RealImages, fade_reals, memory_budget_per_process  # noqa: F401
 from progan.runtime.runlock import share_from_main
+from progan.runtime.signals import StopSignals, pause_point
+from progan.shapes import describe_level
+from progan.train.config import TrainConfig
+from progan.train.device import apply_kernel_choices, configure_backends, kernel_choices
+from progan.train.ema import make_ema
+from progan.train.gradsync import GradientSync, LaggedFlags, LossScale
+from progan.train.microbatch import cuda_fits, largest_fitting, micro_batch_problem, stddev_group
+from progan.train.reals import DataOrder, RealImages, memory_budget_per_process
 from progan.train.schedule import KIMG, TrainingState, state_at, tick_state
 from progan.train.seeds import STREAM_GRID, derived_seed, seeded_generator
-from progan.runtime.signals import StopSignals, pause_point
-from progan.train.step import StepInputs, StepModels, StepSettings, StepStats, micro_slices, step_inputs  # noqa: F401
-from progan.train.step import train_step as run_step
-from progan.train.config import TrainConfig
+from progan.train.step import StepModels, StepSettings, StepStats, class_weights, micro_slices, run_step, step_inputs
 
 
 class TrainingError(ValueError):
@@ -89,10 +87,10 @@ class Trainer:
         self.accelerator = accelerator
         self.log = log
         self.device = accelerator.device
-        # train.py resolves "auto" before saving config.json; a Trainer built directly (benchmarks)
-        # gets the same choice here instead of silently running fp32.
-        self.config = config = config.replace(
-            mixed_precision=resolve_mixed_precision(config.mixed_precision, self.device))
+        if config.mixed_precision == "auto":  # resolved once, where the run is set up (setup.prepare_run)
+            raise ValueError("Trainer needs a concrete --mixed-precision (no, fp16 or bf16): pass the config "
+                             "through progan.train.precision.resolve_config(config, device) first")
+        self.config = config
         self.rank = accelerator.process_index
         self.world_size = accelerator.num_processes
         self.is_main = accelerator.is_main_process
@@ -117,13 +115,7 @@ class Trainer:
         # image) and the class frequencies the generator step's labels are drawn with.
         self.labels, self.class_frequencies = None, None
         if config.model.conditional:
-            from progan.data.reader import read_labels
-            from progan.train.step import class_weights
-
-            names, labels = read_labels(config.data)
-            if tuple(names) != tuple(config.model.class_names) or labels is None:
-                raise TrainingError(f"{config.data} has the classes {', '.join(names) or 'none'}; the model was "
-                                    f"made for {', '.join(config.model.class_names)}")
+            labels = read_labels_for(config.data, config.model.class_names)
             self.labels = torch.from_numpy(labels.astype("int64"))
             counts = torch.bincount(self.labels, minlength=config.model.label_size)
             self.class_frequencies = class_weights(counts, self.device)
@@ -304,7 +296,7 @@ class Trainer:
 
     # -- one step --------------------------------------------------------------------------
     def train_step(self, flags: list[float]) -> list[float]:
-        """One whole step (D step, G step, EMA) by progan.train.step.train_step; returns the flags summed
+        """One whole step (D step, G step, EMA) by progan.train.step.run_step; returns the flags summed
         over processes (one process: as given; several: the previous step's, see LaggedFlags)."""
         st = self.state
         inputs = step_inputs(self.config.seed, self.step, st.batch_size, self.config.model.latent_size,
@@ -456,7 +448,13 @@ class Trainer:
 
     def evaluate_metrics(self) -> dict | None:
         """The configured metrics of the EMA generator, sharded over processes; logged by the main one."""
-        from progan.metrics import METRICS_WITH_REALS, GeneratorSource, evaluate_metrics, parse_metric_names, unavailable_reason
+        from progan.metrics import (
+            METRICS_WITH_REALS,
+            GeneratorSource,
+            evaluate_metrics,
+            parse_metric_names,
+            unavailable_reason,
+        )
 
         c, st = self.config, self.state
         # The names as validated at setup: lower case, duplicates dropped ("SWD,swd" is swd).

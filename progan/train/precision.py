@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-CHOICES = ("auto", "no", "fp16", "bf16")
+from progan.train.config import MIXED_PRECISION_CHOICES, TrainConfig
 
 
 def native_bf16(device: torch.device | str) -> bool:
@@ -48,8 +48,8 @@ def resolve_mixed_precision(requested: str, device: torch.device | str) -> str:
     """The concrete setting (no | fp16 | bf16) for `requested` on `device`; ValueError (one line)
     when the device cannot run the request."""
     device = torch.device(device)
-    if requested not in CHOICES:
-        raise ValueError(f"--mixed-precision must be one of {', '.join(CHOICES)}, got {requested!r}")
+    if requested not in MIXED_PRECISION_CHOICES:
+        raise ValueError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}, got {requested!r}")
     if requested == "auto":
         return "bf16" if device.type == "cuda" and native_bf16(device) else "no"
     if requested == "bf16" and device.type == "cuda" and not native_bf16(device):
@@ -57,6 +57,13 @@ def resolve_mixed_precision(requested: str, device: torch.device | str) -> str:
         raise ValueError(f"--mixed-precision bf16: {name} has no native bf16 (needs compute capability 8.0+); "
                          f"use --mixed-precision auto, no or fp16")
     return requested
+
+
+def resolve_config(config: TrainConfig, device: torch.device | str) -> TrainConfig:
+    """`config` with --mixed-precision auto resolved to what `device` runs best: the run saves, a
+    resume compares and the Trainer runs the concrete value (ValueError when the device cannot run it).
+    The one place "auto" becomes a setting."""
+    return config.replace(mixed_precision=resolve_mixed_precision(config.mixed_precision, device))
 
 
 def autocast_dtype(setting: str) -> torch.dtype | None:

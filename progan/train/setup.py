@@ -12,12 +12,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from progan.generator import checkpoints
-from progan.generator import fileformat
-from progan.shapes import describe_level
+from progan.data.reader import read_labels_for
+from progan.generator import checkpoints, fileformat
 from progan.runtime.errors import EXIT_FINISHED, EXIT_PREEMPTED, CommandLineError
-from progan.train.schedule import KIMG, parse_table
+from progan.shapes import describe_level
 from progan.train.config import PRESETS, TrainConfig, load_config_file, preset_defaults
+from progan.train.precision import resolve_config
+from progan.train.schedule import KIMG, parse_table
 
 CONFIG_FILE = "config.json"
 
@@ -66,12 +67,12 @@ class RunPlan:
         (EXIT_FINISHED, or EXIT_PREEMPTED when a signal stopped it after saving a checkpoint).
         `stop`: train.py's progan.runtime.signals.StopSignals, installed since its first line (set-up signals
         raise Interrupted; the loop turns later ones into a stop with a checkpoint)."""
-        from progan.train import trackers
+        from progan.data.background_check import check_during_training, first_failure
         from progan.runtime.diskspace import WriteFailed, check_room, write_failed
         from progan.runtime.elastic import init_process_group, leave_process_group
-        from progan.data.background_check import check_during_training, first_failure
         from progan.runtime.runlock import lock_run_folder, share_from_main
         from progan.runtime.signals import pause_point
+        from progan.train import trackers
         from progan.train.loop import Trainer
 
         run_dir = Path(self.config.out)
@@ -173,8 +174,8 @@ def make_accelerator(run_dir: Path, log_with: str = "auto", config: dict | None 
 
 def prepare_run(args: dict) -> RunPlan:
     """Turn parsed flags (only those given) into a RunPlan, or raise CommandLineError."""
-    from progan.train import trackers
     from progan.data.format import DatasetError
+    from progan.train import trackers
     from progan.train.loop import TrainingError, validate_setup
 
     world_size = _world_size()
@@ -182,15 +183,15 @@ def prepare_run(args: dict) -> RunPlan:
     resume_path, resume, damaged = _find_resume(args)
     try:
         if resume is not None:
-            saved = _resolved(TrainConfig.from_dict(resume["config"]), device)
-            config = _resolved(_apply_flags(saved.to_dict(), args), device)
+            saved = resolve_config(TrainConfig.from_dict(resume["config"]), device)
+            config = resolve_config(_apply_flags(saved.to_dict(), args), device)
             diffs = config.semantic_differences(saved)
             if diffs:
                 raise CommandLineError(
                     f"the run at {resume_path} was trained with other values of {', '.join(diffs)}; "
                     f"leave those flags out to resume, or start a new --out")
         else:
-            config = _resolved(_apply_flags(_base_config(args), args), device)
+            config = resolve_config(_apply_flags(_base_config(args), args), device)
             _check_existing_run(config, device)
         validate_setup(config, world_size)
         check_classes(config)
@@ -206,14 +207,6 @@ def prepare_run(args: dict) -> RunPlan:
         raise CommandLineError(str(exc)) from None
     return RunPlan(config=config, resume=resume, resume_path=resume_path, world_size=world_size, damaged=damaged,
                    cpu=device.type == "cpu")
-
-
-def _resolved(config: TrainConfig, device) -> TrainConfig:
-    """`config` with --mixed-precision auto resolved to what `device` runs best (progan/train/precision.py):
-    the run saves, and a resume compares, the concrete value (ValueError when the device cannot run it)."""
-    from progan.train.precision import resolve_mixed_precision
-
-    return config.replace(mixed_precision=resolve_mixed_precision(config.mixed_precision, device))
 
 
 def _find_resume(args: dict) -> tuple[Path | None, dict | None, list[tuple[Path, str]]]:
@@ -318,18 +311,9 @@ def _conditional_classes(choice: str, data: str) -> list[str]:
 
 
 def check_classes(config: TrainConfig) -> None:
-    """A conditional model trains on a database with exactly its classes, in its order."""
-    want = tuple(config.model.class_names)
-    if not want:
-        return
-    have = tuple(_database_classes(config.data))
-    if not have:
-        raise CommandLineError(f"the model is class-conditional ({len(want)} classes) but {config.data} has no "
-                               f"labels; pass a labelled database, or train unconditionally (--conditional off "
-                               f"for a new run)")
-    if have != want:
-        raise CommandLineError(f"{config.data} has the classes {', '.join(have)}; the model was made for "
-                               f"{', '.join(want)} (same names, same order); pass the run's own database")
+    """A conditional model trains on a database with exactly its classes, in its order (DatasetError)."""
+    if config.model.class_names:
+        read_labels_for(config.data, config.model.class_names)
 
 
 def _check_existing_run(config: TrainConfig, device) -> None:
@@ -345,7 +329,7 @@ def _check_existing_run(config: TrainConfig, device) -> None:
     saved_path = run_dir / CONFIG_FILE
     if saved_path.is_file():
         try:
-            saved = _resolved(TrainConfig.from_json(saved_path.read_text()), device)
+            saved = resolve_config(TrainConfig.from_json(saved_path.read_text()), device)
         except (ValueError, KeyError, TypeError, json.JSONDecodeError):
             return  # an unreadable config with no checkpoint: nothing of value to protect
         diffs = config.semantic_differences(saved)

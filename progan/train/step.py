@@ -1,6 +1,6 @@
 """One training step: the critic's WGAN-GP step, the generator's step and the EMA update.
 
-The trainer and every benchmark call `train_step`, so what is measured is what trains.
+The trainer and every benchmark call `run_step`, so what is measured is what trains.
 
 No host synchronisation: the random inputs are drawn on the device from a generator seeded with
 (seed, step); the decision to skip a non-finite update is a device flag the fused optimizers
@@ -143,7 +143,7 @@ class StepStats:
         self.steps = 0
 
 
-def train_step(m: StepModels, s: StepSettings, reals: torch.Tensor, inputs: StepInputs, resolution: int,
+def run_step(m: StepModels, s: StepSettings, reals: torch.Tensor, inputs: StepInputs, resolution: int,
                alpha: float, micro: list[slice], stats: StepStats, flags: list[float] | None = None,
                real_labels: torch.Tensor | None = None):
     """One D step then one G step then the EMA update, on this process's share of the batch.
@@ -160,10 +160,10 @@ def train_step(m: StepModels, s: StepSettings, reals: torch.Tensor, inputs: Step
     conditional = real_labels is not None
     if conditional:
         if inputs.labels_g is None:
-            raise ValueError("train_step: real_labels given but inputs.labels_g is None; draw the step's "
+            raise ValueError("run_step: real_labels given but inputs.labels_g is None; draw the step's "
                              "inputs with step_inputs(..., class_frequencies=...)")
         if tuple(real_labels.shape) != (reals.shape[0],):
-            raise ValueError(f"train_step: real_labels must be class indices [n] = [{reals.shape[0]}], "
+            raise ValueError(f"run_step: real_labels must be class indices [n] = [{reals.shape[0]}], "
                              f"got {list(real_labels.shape)}")
         check_cond_weight(s.cond_weight)
     x = reals.float().div_(127.5).sub_(1.0)
