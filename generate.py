@@ -201,7 +201,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 # -- timelapse ------------------------------------------------------------------------------
 def run_timelapse(args: argparse.Namespace) -> int:
-    from progan.generator.timelapse import write_timelapse
+    from progan.train.timelapse import write_timelapse
 
     with _writing_file(args.out):  # TimelapseError and the animation format checks are ValueErrors
         path, count = write_timelapse(args.run, args.out, fps=args.fps, size=args.size)

@@ -12,7 +12,7 @@ from test_training import TINY, train_cli
 
 from progan.generator.images import save_png
 from progan.train.setup import prepare_run
-from progan.generator.timelapse import find_snapshots
+from progan.train.timelapse import find_snapshots
 
 # TINY: 4x4 stable to 64 images, fade into 8x8 to 192, then 8x8 stable; grids of 8x8 cells.
 STAGES = {32: (4, 1.0), 128: (8, 0.375), 256: (8, 1.0)}  # alpha of the step 112..127: (112 - 64) / 128
@@ -129,7 +129,7 @@ def test_the_caption_fits_small_frames_whole(issue_19_run, size, form):
     every caption, measured with PIL's textbbox in the font it is drawn in, fits the frame."""
     from PIL import ImageDraw
 
-    from progan.generator.timelapse import _font, _pad, caption_lines, caption_right_edge, caption_style, timelapse_frames
+    from progan.train.timelapse import _font, _pad, caption_lines, caption_right_edge, caption_style, timelapse_frames
 
     snaps = find_snapshots(issue_19_run)
     frames = list(timelapse_frames(snaps, size=size))

@@ -51,6 +51,7 @@ from progan.train.device import apply_kernel_choices, configure_backends, kernel
 from progan.train.ema import make_ema
 from progan.train.gradsync import GradientSync, LaggedFlags, LossScale
 from progan.train.microbatch import cuda_fits, largest_fitting, micro_batch_problem, stddev_group
+from progan.train.runfolder import SAMPLES_LATEST, STATS_FILE, sample_grid_side, samples_name
 from progan.train.reals import DataOrder, RealImages, memory_budget_per_process
 from progan.train.schedule import KIMG, TrainingState, state_at, tick_state
 from progan.train.seeds import STREAM_GRID, derived_seed, seeded_generator
@@ -438,7 +439,7 @@ class Trainer:
                 f"D {loss_d:+.3f}  G {loss_g:+.3f}  gp {gp:.3f}  "
                 + (f"cls {class_terms['class_loss_d']:.3f}/{class_terms['class_loss_g']:.3f}  " if class_terms else "")
                 + f"skipped {self.skipped_d}/{self.skipped_g}")
-            self._upkeep_write("stats.jsonl", lambda: append_jsonl(self.run_dir / "stats.jsonl", stats))
+            self._upkeep_write(STATS_FILE, lambda: append_jsonl(self.run_dir / STATS_FILE, stats))
             if getattr(self.accelerator, "trackers", None):  # step in images: ticks may be < 1 kimg
                 self._upkeep_write("the trackers' logs", lambda: self.accelerator.log(
                     {k: v for k, v in stats.items() if isinstance(v, (int, float))}, step=self.images_shown))
@@ -480,7 +481,7 @@ class Trainer:
                       "alpha": round(st.alpha, 5), "num_images": c.metric_images,
                       **({"mirror_reals": c.mirror} if set(names) & set(METRICS_WITH_REALS) else {}),  # reals read
                       "seconds": round(seconds, 1), **results}
-            self._upkeep_write("stats.jsonl", lambda: append_jsonl(self.run_dir / "stats.jsonl", record))
+            self._upkeep_write(STATS_FILE, lambda: append_jsonl(self.run_dir / STATS_FILE, record))
             self.log("metrics " + "  ".join(f"{k} {v:.4g}" for k, v in results.items()) + f"  ({seconds:.0f} s)")
             if getattr(self.accelerator, "trackers", None):
                 self._upkeep_write("the trackers' logs", lambda: self.accelerator.log(
@@ -505,9 +506,9 @@ class Trainer:
             images = [self.G_ema(z, resolution=res, alpha=alpha, labels=y).float().cpu()
                       for z, y in zip(latents.split(chunk), labels.split(chunk))]
         grid = make_grid(to_uint8(torch.cat(images)), rows=side, cols=side)
-        path = self.run_dir / f"samples-{self.images_shown:010d}.png"
+        path = self.run_dir / samples_name(self.images_shown)
         save_png(grid, path)
-        save_png(grid, self.run_dir / "samples-latest.png")
+        save_png(grid, self.run_dir / SAMPLES_LATEST)
         from progan.train.trackers import log_image
 
         log_image(self.accelerator, "samples", grid, step=self.images_shown)
@@ -515,7 +516,7 @@ class Trainer:
 
     def truncate_stats(self) -> None:
         """After a resume, drop log lines from work the checkpoint does not hold."""
-        path = self.run_dir / "stats.jsonl"
+        path = self.run_dir / STATS_FILE
         if not self.is_main or not path.exists():
             return
         kept = []
@@ -578,11 +579,6 @@ class Trainer:
             waited = f" ({repeats} more signal(s) waited for it)" if repeats else ""
             self.log(f"{how} at {self.images_shown / KIMG:.1f} kimg; checkpoint {path}{replicas}{waited}")
         return outcome
-
-
-def sample_grid_side(resolution: int) -> int:
-    """Cells per side of the run's sample grids: 8x8 up to 256, then at most 2048 pixels wide."""
-    return max(2, min(8, 2048 // resolution))
 
 
 # -- checks before any work ------------------------------------------------------------------

@@ -18,9 +18,9 @@ from progan.runtime.errors import EXIT_FINISHED, EXIT_PREEMPTED, CommandLineErro
 from progan.shapes import describe_level
 from progan.train.config import PRESETS, TrainConfig, load_config_file, preset_defaults
 from progan.train.precision import resolve_config
+from progan.train.runfolder import CONFIG_FILE, STATS_FILE
 from progan.train.schedule import KIMG, parse_table
 
-CONFIG_FILE = "config.json"
 
 # flag name -> TrainConfig field, for flags that map one to one
 SIMPLE_FLAGS = (
@@ -100,7 +100,7 @@ class RunPlan:
             try:
                 trainer.truncate_stats()
             except OSError as exc:
-                raise write_failed(exc, run_dir, "stats.jsonl", None) from None
+                raise write_failed(exc, run_dir, STATS_FILE, None) from None
             accelerator.print(f"resumed from {self.resume_path} at {trainer.images_shown / KIMG:.1f} kimg, "
                               f"{describe_level(self.config.model.aspect, trainer.state.resolution)} alpha {trainer.state.alpha:.3f}")
         check = check_during_training(trainer)  # every record the run will read, in a thread

@@ -1,18 +1,18 @@
 """A run's growth as one animation: its fixed-latent sample grids (`samples-<images>.png`) in
 order, every frame upscaled (nearest) to the final grid's size, labelled with its resolution,
-fade weight and kimg. Pillow only (progan/generator/animation.py writes the GIF or WebP).
+fade weight and kimg. Pillow only (progan/generator/animation.py writes the GIF or WebP). It reads
+what the run folder records (runfolder.py: config.json's schedule, the grids' names and shape).
 
     python generate.py timelapse checkpoints/RUN --out growth.webp
 
 The grids keep the same latents all run long, but hold 8x8 cells up to 256x256 and fewer above
-(training.sample_grid_side); each frame shows the cells of the final grid, so every cell is one
+(runfolder.sample_grid_side); each frame shows the cells of the final grid, so every cell is one
 latent growing from 4x4 to the end.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -20,9 +20,10 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from progan.train.config import TrainConfig
+from progan.train.runfolder import CONFIG_FILE, SAMPLES_PATTERN, sample_grid_side
 from progan.train.schedule import KIMG, state_at, tick_state
 
-SNAPSHOT = re.compile(r"^samples-(\d+)\.png$")
 HOLD_LAST_SECONDS = 2.0  # the finished faces stay on screen before the loop starts again
 
 
@@ -47,10 +48,6 @@ class Snapshot:
 
 def find_snapshots(run_dir: str | os.PathLike) -> list[Snapshot]:
     """The run's sample grids in training order, each with the stage it was drawn at."""
-    from progan.train.config import TrainConfig
-    from progan.train.loop import sample_grid_side
-    from progan.train.setup import CONFIG_FILE
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise TimelapseError(f"{run_dir} is not a run folder (give the folder train.py --out wrote)")
@@ -61,7 +58,7 @@ def find_snapshots(run_dir: str | os.PathLike) -> list[Snapshot]:
         raise TimelapseError(f"{run_dir} has no {CONFIG_FILE}; give the folder train.py --out wrote") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise TimelapseError(f"{run_dir / CONFIG_FILE} is not a readable training config ({exc})") from None
-    found = sorted((int(m.group(1)), p) for p in run_dir.iterdir() if (m := SNAPSHOT.match(p.name)))
+    found = sorted((int(m.group(1)), p) for p in run_dir.iterdir() if (m := SAMPLES_PATTERN.match(p.name)))
     if not found:
         raise TimelapseError(f"{run_dir} holds no sample grids (samples-<images>.png); train longer or "
                              f"with fewer --snapshot-ticks")
