@@ -13,8 +13,10 @@
     python generate.py timelapse RUN --out growth.webp                # the run's sample grids as one animation
     python generate.py info CHECKPOINT                                # stage, config and class names of a file
 
+`sample` is the default subcommand: `generate.py CHECKPOINT ...` is `generate.py sample CHECKPOINT ...`.
 CHECKPOINT is a run folder (its latest checkpoint), a training checkpoint or an exported
-generator; the network is rebuilt from the config stored inside it. Run with --help for all flags.
+generator; the network is rebuilt from the config stored inside it. `generate.py --help` lists the
+subcommands; `generate.py SUBCOMMAND --help` tells each one's flags.
 """
 
 from __future__ import annotations
@@ -39,9 +41,28 @@ DEFAULT_NUM_IMAGES = 16
 FROZEN_WALK_FRACTION = 4  # a blur wider than frames/4 leaves under a third of the slowest motion
 
 
+SUBCOMMANDS = ("sample", "export", "timelapse", "info")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineErrorParser(
+    """generate.py's four subcommands. `sample` is the default: `generate.py CHECKPOINT ...` is
+    `generate.py sample CHECKPOINT ...` (main puts the word in)."""
+    parser = OneLineErrorParser(
         prog=PROG,
+        description="Images from a trained ProGAN, and its files. Without a subcommand: sample.",
+        epilog=f"{PROG} SUBCOMMAND --help tells each one's flags.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", parser_class=OneLineErrorParser)
+    add_sample_parser(commands)
+    add_export_parser(commands)
+    add_timelapse_parser(commands)
+    add_info_parser(commands)
+    return parser
+
+
+def add_sample_parser(commands) -> argparse.ArgumentParser:
+    p = commands.add_parser(
+        "sample", prog=f"{PROG} sample", help="PNGs, grids and latent walks from seeds (the default subcommand)",
         description="Sample a trained ProGAN. CHECKPOINT is a run folder (its latest checkpoint), a "
         "training checkpoint or an exported generator. The latent of seed S is drawn on the CPU from S "
         "alone, so a seed gives the same image on any device and batch size. "
@@ -58,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "S mod K (K classes), so a seed always gives the same image and consecutive seeds cycle through "
         "the classes, and the names are as for an unconditional model.",
     )
+    p.set_defaults(handler=run_sampling)
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="run folder, training checkpoint or exported generator")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     which = p.add_mutually_exclusive_group()
@@ -91,9 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_export_parser() -> argparse.ArgumentParser:
-    p = OneLineErrorParser(
-        prog=f"{PROG} export",
+def add_export_parser(commands) -> argparse.ArgumentParser:
+    p = commands.add_parser(
+        "export", prog=f"{PROG} export", help="a generator-only file to share: .pt, .safetensors or .onnx",
         description="Write a generator-only file: the EMA weights, the model config and where training "
         "stood, in the format OUT's extension names. .pt and .safetensors are all `generate.py` and "
         "`progan.load_generator` need and load safely (weights only; safetensors without pickle at all). "
@@ -102,6 +124,7 @@ def build_export_parser() -> argparse.ArgumentParser:
         "output images float32 [batch, C, H, W] in [-1, 1]; it needs pip install -e \".[export]\". "
         "Every format carries the model config, class names included.",
     )
+    p.set_defaults(handler=run_export)
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="run folder, training checkpoint or exported generator")
     p.add_argument("out", metavar="OUT", help="file to write: .pt, .safetensors or .onnx (replaced atomically if it exists)")
     p.add_argument("--resolution", type=int, metavar="R",
@@ -110,13 +133,14 @@ def build_export_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_timelapse_parser() -> argparse.ArgumentParser:
-    p = OneLineErrorParser(
-        prog=f"{PROG} timelapse",
+def add_timelapse_parser(commands) -> argparse.ArgumentParser:
+    p = commands.add_parser(
+        "timelapse", prog=f"{PROG} timelapse", help="a run's sample grids as one animation",
         description="Turn a run's fixed-latent sample grids (samples-<images>.png) into one looping "
         "animation: every frame upscaled (nearest) to the final grid's size and labelled with its "
         "resolution, fade weight and kimg; the last frame is held for 2 s. Pillow only, no ffmpeg.",
     )
+    p.set_defaults(handler=run_timelapse)
     p.add_argument("run", metavar="RUN", help="run folder (what train.py --out wrote)")
     p.add_argument("--out", required=True, metavar="FILE", help="growth.webp or growth.gif (replaced atomically)")
     p.add_argument("--fps", type=float, default=10.0, help="snapshots per second (default 10; GIF at most 50)")
@@ -124,29 +148,26 @@ def build_timelapse_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_info_parser() -> argparse.ArgumentParser:
-    p = OneLineErrorParser(
-        prog=f"{PROG} info",
+def add_info_parser(commands) -> argparse.ArgumentParser:
+    p = commands.add_parser(
+        "info", prog=f"{PROG} info", help="what a model file holds: stage, config, class names",
         description="Print what a generator file holds: its kind, the stage training had reached, the "
         "model config and, for a class-conditional model, the class names (index=name, the labels' order). "
         "Reads run folders, training checkpoints, .pt, .safetensors and .onnx exports; writes nothing.",
     )
+    p.set_defaults(handler=run_info)
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="run folder, training checkpoint or exported generator")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = argv[0] if argv and argv[0] in ("export", "timelapse", "info") else None
-    prog = f"{PROG} {command}" if command else PROG
+    if not (argv and argv[0] in (*SUBCOMMANDS, "-h", "--help")):
+        argv = ["sample", *argv]  # the default subcommand: generate.py CHECKPOINT ... samples
+    prog = f"{PROG} {argv[0]}" if argv[0] in SUBCOMMANDS else PROG
     try:
-        if command == "export":
-            return run_export(build_export_parser().parse_args(argv[1:]))
-        if command == "timelapse":
-            return run_timelapse(build_timelapse_parser().parse_args(argv[1:]))
-        if command == "info":
-            return run_info(build_info_parser().parse_args(argv[1:]))
-        return run_sampling(build_parser().parse_args(argv))
+        args = build_parser().parse_args(argv)
+        return args.handler(args)
     except CommandLineError as exc:
         return fail(str(exc), prog=prog)
     except KeyboardInterrupt:

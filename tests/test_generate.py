@@ -484,7 +484,12 @@ def test_command_line_end_to_end(run_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     assert read_png(tmp_path / "grid.png").shape == (2 * TRAINED_RES, 2 * TRAINED_RES, 3)
     help_text = _run("--help").stdout
-    assert "export" in help_text and "--walk" in help_text
+    assert all(f"    {name} " in help_text or f"    {name}\n" in help_text
+               for name in ("sample", "export", "timelapse", "info")), help_text  # the subcommands, listed
+    assert "--walk" in _run("sample", "--help").stdout
+    explicit = _run("sample", run_dir, "--out", tmp_path / "explicit", "--grid", "2x2")  # the default, named
+    assert explicit.returncode == 0, explicit.stderr
+    assert (tmp_path / "explicit" / "grid.png").read_bytes() == (tmp_path / "grid.png").read_bytes()
 
 
 @pytest.mark.slow
