@@ -28,6 +28,7 @@ def generator(path: str, device: str = "cpu", ema: bool = True):
     or one-hot/soft rows (float [N, K]) on G's device; an unconditional model takes no labels."""
     import functools
 
+    # imported on use: torch.hub reads `dependencies` before anything of progan is imported
     from progan.generator.loading import load_generator
     from progan.generator.sampling import seeds_to_images
 

@@ -21,6 +21,7 @@ import signal
 import sys
 
 from progan.runtime.cli import OneLineErrorParser, fail
+from progan.runtime.elastic import lost_peer, release_process_group  # no torch here
 from progan.runtime.errors import (EXIT_DIVERGED, EXIT_LOST_PEER, EXIT_PREEMPTED, EXIT_USAGE, EXIT_WRITE_FAILED, VERBOSE_ENV,
                                    CommandLineError, first_line)
 from progan.train.config import MIXED_PRECISION_CHOICES  # no torch: the flags are read before torch's import
@@ -119,7 +120,6 @@ def _main(argv: list[str] | None, stop: StopSignals) -> int:
     with stop_signals_held():  # torch's import: a signal acts once it is done (progan.runtime.signals)
         from progan.data.format import DatasetError
         from progan.runtime.diskspace import WriteFailed
-        from progan.runtime.elastic import lost_peer
         from progan.train.loop import TrainingDiverged
         import torch._dynamo  # noqa: F401 - imported by the first optimizer anyway: here, under the deferral
     try:
@@ -144,7 +144,7 @@ def _main(argv: list[str] | None, stop: StopSignals) -> int:
 
 
 def run(args: dict, stop: StopSignals | None = None) -> int:
-    from progan.train.setup import prepare_run
+    from progan.train.setup import prepare_run  # torch and the rest: after the flags, under held signals (_main)
 
     plan = prepare_run(args)
     if args.get("dry_run"):
@@ -168,8 +168,6 @@ def release_distributed(code: int) -> None:
     except AttributeError:  # a half-imported torch
         return
     import threading
-
-    from progan.runtime.elastic import release_process_group
 
     def give_up() -> None:
         sys.stdout.flush()

@@ -167,16 +167,16 @@ def test_cli_class_all_grid_has_a_row_per_class_over_the_same_seeds(run_dir, mod
 
 
 def test_cli_walk_between_classes(run_dir, model, tmp_path, capsys, monkeypatch):
-    import progan.generator.animation
+    import progan.generator.commands
 
     written = {}
-    real_write = progan.generator.animation.write_animation
+    real_write = progan.generator.commands.write_animation
 
     def capture(frames, path, **kwargs):  # the exact frames (GIF/WebP would quantise them)
         written[path.name] = list(frames)
         return real_write(written[path.name], path, **kwargs)
 
-    monkeypatch.setattr(progan.generator.animation, "write_animation", capture)
+    monkeypatch.setattr(progan.generator.commands, "write_animation", capture)
     code, _, err = cli(capsys, run_dir, "--out", tmp_path, "--walk", "--seeds", "2", "--frames", "6",
                        "--fps", "6", "--smoothing", "0.3", "--class", "cat:red fox", "--format", "webp")
     assert code == 0 and "cat -> red fox -> cat" in err, err

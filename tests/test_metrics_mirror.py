@@ -65,11 +65,11 @@ def test_a_training_metric_line_records_mirror_reals_only_when_reals_were_read(d
     """stats.jsonl's metric lines: MS-SSIM alone reads no reals, so its line says nothing about them."""
     import json
 
-    import progan.metrics
+    import progan.train.loop
     from progan.train.schedule import state_at
     from test_training import make_trainer
 
-    monkeypatch.setattr(progan.metrics, "evaluate_metrics", lambda names, *a, **k: {n: 0.5 for n in names})
+    monkeypatch.setattr(progan.train.loop, "evaluate_metrics", lambda names, *a, **k: {n: 0.5 for n in names})
     for metrics, recorded in (("msssim", False), ("swd,msssim", True)):
         out = tmp_path / metrics
         out.mkdir()  # train.py makes it; the trainer alone does not

@@ -250,14 +250,14 @@ def test_cli_records_how_many_reals_fid_used(lmdb16, fake_checkpoint, tmp_path, 
 
 @pytest.fixture
 def fake_checkpoint(monkeypatch, tmp_path):
-    """load_generator as progan.generator.loading provides it, returning a tiny generator in a run folder."""
-    import progan.generator.loading
+    """load_generator as the metrics command calls it, returning a tiny generator in a run folder."""
+    import progan.metrics.cli
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     info = SimpleNamespace(model_config=SimpleNamespace(latent_size=8), resolution=32, alpha=1.0,
                            images_shown=12000, run_dir=run_dir, path=run_dir / "checkpoint-0000012000.pt")
-    monkeypatch.setattr(progan.generator.loading, "load_generator", lambda path, device="cpu", ema=True: (TinyGenerator(), info))
+    monkeypatch.setattr(progan.metrics.cli, "load_generator", lambda path, device="cpu", ema=True: (TinyGenerator(), info))
     return run_dir
 
 
@@ -337,7 +337,7 @@ def test_cli_on_a_real_training_checkpoint(lmdb16, tmp_path, capsys):
     assert record["resolution"] == 16 and record["alpha"] == 0.5 and record["kimg"] == 3.0
     assert json.loads((run_dir / "metrics.jsonl").read_text()) == record
     code, out, err = run_main(capsys, "msssim", "--fake", run_dir, "--resolution", "32", "--device", "cpu")
-    assert_one_line_error(code, out, err, "resolution 32 is above what the generator produces (16x16)")
+    assert_one_line_error(code, out, err, "resolution 32 is above what the generator produces (resolution 16)")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -366,7 +366,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(lmdb16, tmp_path, capsys, args, me
 
 def test_cli_refuses_a_resolution_above_the_generators(lmdb16, fake_checkpoint, capsys):
     code, out, err = run_main(capsys, "msssim", "--fake", fake_checkpoint, "--resolution", "64", "--device", "cpu")
-    assert_one_line_error(code, out, err, "resolution 64 is above what the generator produces (32x32)")
+    assert_one_line_error(code, out, err, "resolution 64 is above what the generator produces (resolution 32)")
     assert not (fake_checkpoint / "metrics.jsonl").exists()
 
 

@@ -146,14 +146,16 @@ def test_ema_over_the_blocks_in_use_equals_the_full_update():
 
 
 def test_micro_batches_smaller_than_the_stddev_group_are_refused():
-    assert micro_batch_problem(4, 4, 4, 1024) is None
-    assert micro_batch_problem(8, 64, 4, 1024) is None
-    problem = micro_batch_problem(2, 4, 4, 1024)  # 1024x1024 at batch 4, --max-batch-per-device 2
+    assert micro_batch_problem(4, 4, 4, "1024x1024") is None
+    assert micro_batch_problem(8, 64, 4, "1024x1024") is None
+    problem = micro_batch_problem(2, 4, 4, "1024x1024")  # 1024x1024 at batch 4, --max-batch-per-device 2
     assert "smaller than the minibatch-stddev group 4" in problem and "\n" not in problem
-    assert micro_batch_problem(1, 2, 4, 512) is not None  # batch 2: groups of 2
-    assert micro_batch_problem(2, 2, 4, 512) is None
-    assert "not divisible" in micro_batch_problem(6, 12, 4, 8)
-    assert micro_batch_problem(3, 12, 1, 8) is None  # no minibatch-stddev layer
+    assert "at 1024x1024" in problem
+    assert micro_batch_problem(1, 2, 4, "512x512") is not None  # batch 2: groups of 2
+    assert micro_batch_problem(2, 2, 4, "512x512") is None
+    assert "not divisible" in micro_batch_problem(6, 12, 4, "8x8")
+    assert micro_batch_problem(3, 12, 1, "8x8") is None  # no minibatch-stddev layer
+    assert "at 6x8 is not divisible" in micro_batch_problem(6, 12, 4, "6x8")  # a 3:4 level names its own shape
 
 
 def test_auto_micro_batch_is_the_largest_that_fits_and_keeps_whole_groups():

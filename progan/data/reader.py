@@ -227,7 +227,7 @@ class MultiResolutionDataset:
         self._env = None
         self._env_pid = None
         self._mapped = None  # the size guard of the open environment
-        self._level = None  # [N, 3, R, R] uint8 once loaded
+        self._level = None  # [N, 3, H, W] uint8 once loaded
         self._metadata_labels = {key: metadata[key] for key in ("count", "classes", "label_table") if key in metadata}
         self.class_names = class_names(metadata)  # () when unlabelled
         self._labels = None  # int64 [N], read with the first use of `labels`

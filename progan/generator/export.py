@@ -23,9 +23,10 @@ import torch
 from progan.generator.checkpoints import load_checkpoint, resolve_checkpoint_path
 from progan.generator.fileformat import (FORMAT_NAME, FORMAT_VERSION, GENERATOR_KIND, ExportError, class_metadata,
                                          with_checksums)
-from progan.generator.loading import build_generator
+from progan.generator.loading import GeneratorInfo, build_generator
 from progan.generator.onnx_file import ONNX_INSTALL_HINT, ONNX_PACKAGES, write_onnx
 from progan.generator.safetensors_file import SAFETENSORS_FORMAT, write_safetensors
+from progan.generator.sampling import sampling_stage
 from progan.runtime.fileio import atomic_output
 
 FORMATS = (".pt", ".safetensors", ".onnx")
@@ -69,9 +70,6 @@ def export_file(source: str | os.PathLike, out_path: str | os.PathLike, resoluti
 
 def _onnx_stage(config, stage: tuple[int, float, int], path: Path, resolution: int | None) -> tuple[int, float]:
     """(resolution, alpha) of the ONNX export: sampling_stage's choice for --resolution."""
-    from progan.generator.loading import GeneratorInfo
-    from progan.generator.sampling import sampling_stage
-
     info = GeneratorInfo(model_config=config, resolution=stage[0], alpha=stage[1], images_shown=stage[2],
                          ema=True, path=path, run_dir=None)
     try:

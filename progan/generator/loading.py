@@ -13,7 +13,9 @@ import torch
 from progan.generator.checkpoints import load_checkpoint, resolve_checkpoint_path
 from progan.generator.fileformat import GENERATOR_KIND, TRAINING_KIND, CheckpointError
 from progan.nets.config import ModelConfig
+from progan.nets.networks import Generator, check_phase
 from progan.runtime.errors import first_line
+from progan.shapes import describe_level
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,6 @@ class GeneratorInfo:
 def build_generator(data: dict[str, Any], key: str, path: Path):
     """(generator, config, (resolution, alpha, images_shown)) from a loaded checkpoint's `key`
     weights; CheckpointError if they do not fit this progan's Generator or the stage is impossible."""
-    from progan.nets.networks import Generator, check_phase
-
     try:
         config = ModelConfig.from_dict(data["model_config"])
         generator = Generator(config)
@@ -40,7 +40,7 @@ def build_generator(data: dict[str, Any], key: str, path: Path):
         try:
             alpha = check_phase(config, resolution, float(data["alpha"]))
         except ValueError as exc:
-            raise ValueError(f"impossible stage {resolution}x{resolution}, alpha {data['alpha']}: {exc}") from None
+            raise ValueError(f"impossible stage {describe_level(config.aspect, resolution)}, alpha {data['alpha']}: {exc}") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         what = "EMA generator" if key == "generator_ema" else "generator"
         raise CheckpointError(f"{path} holds no usable {what} for this progan ({first_line(exc)})") from None

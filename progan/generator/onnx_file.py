@@ -23,6 +23,9 @@ import torch
 from torch import nn
 
 from progan.generator.fileformat import CheckpointError, ExportError
+from progan.generator.images import to_uint8
+from progan.generator.sampling import default_classes, labels_for, latents_for_seeds
+from progan.nets.layers import _Equalized
 from progan.runtime.errors import first_line
 from progan.runtime.fileio import atomic_output
 
@@ -62,8 +65,6 @@ def _fold_equalized_scales(generator: nn.Module) -> None:
     The same function; the graph then has no per-batch choice of which operand to scale
     (layers._Equalized._scaled compares sizes, which a dynamic batch would turn into a guard).
     """
-    from progan.nets.layers import _Equalized
-
     with torch.no_grad():
         for module in generator.modules():
             if isinstance(module, _Equalized):
@@ -183,15 +184,12 @@ def onnx_class_names(session) -> tuple[str, ...]:
 
 
 def onnx_images(session, seeds, latent_size: int | None = None, classes=None) -> "np.ndarray":  # noqa: F821
-    """Seeds -> uint8 images [N, R, R, C] from an ONNX session, with the latents of
+    """Seeds -> uint8 images [N, H, W, C] from an ONNX session, with the latents of
     progan.generator.sampling (the same image for a seed as the PyTorch generator, within float rounding).
     `latent_size` defaults to the model's own (onnx_latent_size); another one is an ExportError.
     `classes` (conditional models): one class name or index for every seed, one per seed, or
     float rows [N, K]; None gives seed s the class s mod K, as progan.generator.sampling does. It becomes
     the model's second input, `labels` float32 [N, K]."""
-    from progan.generator.images import to_uint8
-    from progan.generator.sampling import default_classes, labels_for, latents_for_seeds
-
     expected = onnx_latent_size(session)
     if latent_size is not None and latent_size != expected:
         raise ExportError(f"latent_size {latent_size} does not fit this ONNX generator, which takes latents "

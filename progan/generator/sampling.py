@@ -33,6 +33,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from progan.generator.images import make_grid, to_uint8
 from progan.generator.loading import GeneratorInfo
 from progan.nets.layers import autocast
 from progan.nets.networks import check_phase
@@ -226,7 +227,7 @@ def iter_image_batches(
     autocast_dtype: torch.dtype | None = None,
     labels: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Yield float32 CPU images [B, C, R, R] in [-1, 1] (about), `batch_size` latents at a time.
+    """Yield float32 CPU images [B, C, H, W] in [-1, 1] (about), `batch_size` latents at a time.
 
     Streams, so thousands of images never sit in memory at once. Latents (and `labels`, a
     conditional model's class indices [N] or rows [N, K]) are moved to the generator's device
@@ -250,7 +251,7 @@ def iter_image_batches(
 
 def synthesize(generator, latents, resolution, alpha=1.0, batch_size=32, autocast_dtype=None,
                labels=None) -> torch.Tensor:
-    """All images of `latents` as one float32 CPU tensor [N, C, R, R] (see iter_image_batches)."""
+    """All images of `latents` as one float32 CPU tensor [N, C, H, W] (see iter_image_batches)."""
     return torch.cat(list(iter_image_batches(generator, latents, resolution, alpha, batch_size, autocast_dtype,
                                              labels)))
 
@@ -265,12 +266,10 @@ def seeds_to_images(
     latent_size: int | None = None,
     classes=None,
 ) -> np.ndarray:
-    """Seeds -> uint8 images [N, R, R, C], the same for a seed on any device or batch size.
+    """Seeds -> uint8 images [N, H, W, C], the same for a seed on any device or batch size.
 
     `classes` (conditional models): one class name or index for every seed, one per seed, or
     float rows [N, K]; None gives seed s the class s mod K. Refused for an unconditional model."""
-    from progan.generator.images import to_uint8
-
     if len(seeds) == 0:
         raise ValueError("seeds_to_images needs at least one seed")
     latent_size = latent_size or _latent_size(generator)
@@ -349,8 +348,6 @@ def walk_frames(
     `classes` (conditional models): the classes (names or indices) every cell's label walks
     through, looping (walk_labels); one class holds still. None: cell i keeps seeds[i] mod K.
     """
-    from progan.generator.images import make_grid, to_uint8
-
     latent_size = latent_size or _latent_size(generator)
     # [frames, walks, latent]: every cell's latent for one frame sits together, so a frame's
     # cells run as one batch.

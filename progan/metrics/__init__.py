@@ -8,6 +8,8 @@ Modules: swd (sliced Wasserstein distance), msssim, fid (Frechet distance), ince
 Inception-v3), sources (generator / dataset image sequences), cache (real statistics on disk),
 evaluate (the sharded driver), cli (the command line; __main__ runs it). metrics.jsonl lines are appended
 with progan.runtime.fileio.append_jsonl.
+
+May import: progan.data, progan.generator, progan.nets, progan.runtime, progan.shapes.
 """
 
 import importlib

@@ -17,14 +17,19 @@ from pathlib import Path
 
 import torch
 
-from progan.shapes import DEFAULT_ASPECT
-from progan.runtime.errors import CommandLineError, first_line
-from progan.runtime.cli import OneLineErrorParser, choose_device, fail
-from progan.runtime.fileio import append_jsonl
+from progan.data.format import DatasetError
+from progan.data.integrity import check_levels
+from progan.data.reader import MultiResolutionDataset, dataset_aspect, read_labels, read_metadata
+from progan.generator.fileformat import CheckpointError
+from progan.generator.loading import load_generator
 from progan.metrics.common import MetricError
 from progan.metrics.evaluate import (DEFAULT_NUM_IMAGES, METRICS_WITH_REALS, evaluate_metrics, load_inception_once,
                                      parse_metric_names, unavailable_reason)
 from progan.metrics.sources import DatasetSource, GeneratorSource
+from progan.runtime.cli import OneLineErrorParser, choose_device, fail
+from progan.runtime.errors import CommandLineError, first_line
+from progan.runtime.fileio import append_jsonl
+from progan.shapes import DEFAULT_ASPECT
 
 PROG = "python -m progan.metrics"
 
@@ -101,8 +106,6 @@ def _fake_source(args, names: list[str], counts: dict[str, int], device: torch.d
     fake_path = Path(args.fake)
     counts = [counts[name] for name in names]
     if _is_lmdb(fake_path):
-        from progan.data.reader import MultiResolutionDataset, dataset_aspect, read_metadata
-        from progan.data.integrity import check_levels
 
         metadata = read_metadata(fake_path)
         resolution = args.resolution or max(metadata["resolutions"])
@@ -111,7 +114,6 @@ def _fake_source(args, names: list[str], counts: dict[str, int], device: torch.d
         check_levels(fake_path, [resolution])  # in a child: a damaged index that crashes LMDB is one line here
         source = DatasetSource(dataset, max(counts), seed=args.seed, side="fake", name=str(fake_path))
         return source, resolution, dataset.aspect, {"fake": str(fake_path)}, None
-    from progan.generator.loading import load_generator
 
     generator, info = load_generator(fake_path, device=device, ema=True)
     resolution = args.resolution or info.resolution
@@ -138,7 +140,6 @@ def _classes(args, model_config) -> tuple[list[float] | None, int | None, dict]:
         index = class_index(args.class_, names)
         return None, index, {"class": names[index]}
     if args.real is not None:
-        from progan.data.reader import read_labels
 
         real_names, labels = read_labels(args.real)
         if tuple(real_names) == names and labels is not None:
@@ -173,8 +174,6 @@ class ClassSubset:
 
 def _real_of_class(path: str, resolution: int, class_name: str):
     """--real restricted to one class (MetricError when the database has no such labels)."""
-    from progan.data.reader import MultiResolutionDataset, read_labels
-
     names, labels = read_labels(path)
     if class_name not in names or labels is None:
         raise MetricError(f"--class {class_name}: {path} has no images labelled {class_name!r}")
@@ -196,7 +195,6 @@ def run(argv: list[str]) -> int:
     if "fid" in names:
         _check_available(["fid"], args.resolution or 0, args)  # FID's needs do not depend on the resolution
         _, sha256 = load_inception_once(args.inception, not args.inception_unverified, device)  # fail early
-    from progan.data.reader import read_metadata
 
     uses_reals = any(name in METRICS_WITH_REALS for name in names)
     real_count = None
@@ -212,7 +210,6 @@ def run(argv: list[str]) -> int:
     cache_dir = Path(args.cache_dir) if args.cache_dir else (run_dir / "metric-cache" if run_dir else None)
     real = args.real if uses_reals else None
     if real is not None and resolution in read_metadata(real)["resolutions"]:  # (a missing level: said later)
-        from progan.data.integrity import check_levels
 
         check_levels(real, [resolution])  # in a child: a damaged index that crashes LMDB is one line here
     if "class" in provenance and real is not None:  # one class: its reals only, statistics not cached
@@ -258,9 +255,6 @@ def _trained_with_mirror(run_dir: Path | None) -> bool:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input (one line, exit 2); anything else is a bug and keeps its traceback."""
-    from progan.generator.fileformat import CheckpointError
-    from progan.data.format import DatasetError
-
     return MetricError, CommandLineError, DatasetError, CheckpointError, OSError
 
 

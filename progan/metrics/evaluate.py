@@ -25,11 +25,13 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from progan.shapes import DEFAULT_ASPECT, describe_level, level_size
+from progan.data.reader import MultiResolutionDataset, dataset_fingerprint
 from progan.metrics import cache, fid, msssim, swd
-from progan.metrics.common import MetricError, check_uint8_images
+from progan.metrics.common import MetricError, check_uint8_images, labelled_generator
+from progan.metrics.inception import load_inception
 from progan.metrics.sources import DatasetSource, ImageSource
 from progan.runtime.progress import Progress
+from progan.shapes import DEFAULT_ASPECT, describe_level, level_size
 
 METRICS = ("swd", "msssim", "fid")
 DEFAULT_NUM_IMAGES = {"swd": swd.DEFAULT_NUM_IMAGES, "msssim": msssim.DEFAULT_NUM_IMAGES,
@@ -145,7 +147,6 @@ class _MirroredHalf:
     random half flipped horizontally (position i of the subset flips or not, on every process)."""
 
     def __init__(self, source: DatasetSource, seed: int) -> None:
-        from progan.metrics.common import labelled_generator
 
         self.source, self.count = source, source.count
         self.flip = torch.rand(source.count, generator=labelled_generator(seed, "mirror", "real")) < 0.5
@@ -209,8 +210,6 @@ _INCEPTION_CACHE: dict[tuple, tuple] = {}
 
 def load_inception_once(path: str | Path, verify: bool = True, device: torch.device | str = "cpu"):
     """(model, sha256) of the FID Inception, loaded once per process (training evaluates often)."""
-    from progan.metrics.inception import load_inception
-
     stat = Path(path).stat() if Path(path).is_file() else None
     key = (str(Path(path).resolve()), stat and stat.st_size, stat and stat.st_mtime_ns, verify, str(device))
     if key not in _INCEPTION_CACHE:
@@ -269,11 +268,11 @@ def evaluate_metrics(
 ) -> dict[str, float]:
     """Compute metrics `names` ("swd", "msssim", "fid") of the images `fake` produces.
 
-    fake: `(start, count) -> uint8 [count, C, R, R]`, images start.. of a fixed sequence
+    fake: `(start, count) -> uint8 [count, C, H, W]`, images start.. of a fixed sequence
         (`GeneratorSource` wraps a generator; `DatasetSource` a dataset).
     real: the real images at `resolution`: a `MultiResolutionDataset` (its database is read at
         `resolution` and without mirroring, the caller's object left as it is), an LMDB path, any object with __len__ and
-        get_batch(indices) -> uint8 [N, C, R, R] (cached only if it has a `fingerprint`), or None
+        get_batch(indices) -> uint8 [N, C, H, W] (cached only if it has a `fingerprint`), or None
         (enough for MS-SSIM, which looks at generated images only).
     num_images: images per metric, or a {metric: images} dict; None (or a metric left out of
         the dict) = the paper's counts (SWD 16384, MS-SSIM 20000 = 10k pairs, FID 50000). SWD
@@ -344,7 +343,6 @@ def metric_count(num_images: int | Mapping[str, int] | None, name: str) -> int:
 def _open_real(real, resolution: int) -> tuple[object, str, str | None]:
     """(dataset, its name for messages, its fingerprint or None) for a dataset object or LMDB path."""
     if isinstance(real, (str, Path)) or getattr(real, "path", None) is not None:
-        from progan.data.reader import MultiResolutionDataset, dataset_fingerprint
 
         path = Path(real if isinstance(real, (str, Path)) else real.path)
         # Always a reader of our own, never mirrored (a training dataset flips at random, and metrics

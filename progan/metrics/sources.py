@@ -1,6 +1,6 @@
 """Where metric images come from: a generator or a dataset, addressed by global image index.
 
-A source is any callable `(start, count) -> uint8 tensor [count, C, R, R]` that returns images
+A source is any callable `(start, count) -> uint8 tensor [count, C, H, W]` that returns images
 number start .. start+count-1 of one fixed, seeded sequence. Addressing by index (not "the next
 n images") is what lets several processes each produce their shard and still evaluate exactly
 the images one process would.
@@ -39,7 +39,7 @@ class GeneratorSource:
         generator_resolution = generator_resolution or resolution
         if resolution > generator_resolution:
             raise MetricError(f"resolution {resolution} is above what the generator produces "
-                              f"({generator_resolution}x{generator_resolution})")
+                              f"(resolution {generator_resolution})")
         if generator_resolution % resolution:
             raise MetricError(f"resolution {resolution} does not divide the generator's {generator_resolution}")
         self.generator, self.latent_size = generator, latent_size

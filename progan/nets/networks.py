@@ -218,11 +218,11 @@ class Generator(nn.Module):
             x = self.blocks[str(res)](x)  # [N, C, res, res]
         if resolution == 4:
             return self.to_rgb["4"](x)
-        new = self.to_rgb[str(resolution)](self.blocks[str(resolution)](x))  # [N, 3, R, R]
+        new = self.to_rgb[str(resolution)](self.blocks[str(resolution)](x))  # [N, 3, H, W]
         if alpha == 1.0:
             return new
         # toRGB before upsampling: the same as after (1x1 conv), on 3 channels instead of C.
-        old = upsample2x(self.to_rgb[str(resolution // 2)](x))  # [N, 3, R, R]
+        old = upsample2x(self.to_rgb[str(resolution // 2)](x))  # [N, 3, H, W]
         return fade(old, new, alpha)
 
 
@@ -325,7 +325,7 @@ class Discriminator(nn.Module):
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"Discriminator expects images [N, {', '.join(map(str, expected))}], "
                              f"got {list(x.shape)}")
-        h = self.from_rgb[str(resolution)](x)  # [N, C, R, R]
+        h = self.from_rgb[str(resolution)](x)  # [N, C, H, W]
         if resolution > 4:
             h = self.blocks[str(resolution)](h)  # [N, C', R/2, R/2]
             if alpha != 1.0:

@@ -9,6 +9,7 @@ import os
 import sys
 
 from progan.runtime.errors import CommandLineError
+from progan.runtime.signals import stop_signals_held
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -58,8 +59,6 @@ def run_command(load_main, prog: str) -> None:
     once main has returned a late Ctrl-C during the interpreter's exit changes nothing."""
     import importlib
     import signal
-
-    from progan.runtime.signals import stop_signals_held
 
     try:
         with stop_signals_held():  # a Ctrl-C in torch's import would abort it (progan.runtime.signals)

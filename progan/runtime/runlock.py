@@ -23,6 +23,7 @@ import socket
 import time
 from pathlib import Path
 
+from progan.runtime.elastic import leave_process_group
 from progan.runtime.errors import CommandLineError
 
 LOCK_NAME = "run.lock"
@@ -128,9 +129,7 @@ def lock_run_folder(run_dir: str | os.PathLike, cpu: bool) -> RunLock | None:
     refusal = share_from_main(refusal, state.num_processes)
     if refusal is not None:
         if state.num_processes > 1:  # leave the group together: a rank that exits while its peer still
-            from progan.runtime.elastic import leave_process_group  # holds the group can make gloo abort the peer
-
-            leave_process_group()
+            leave_process_group()  # holds the group can make gloo abort the peer
         raise RunFolderBusy(refusal)
     return lock
 

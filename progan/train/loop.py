@@ -39,8 +39,11 @@ from progan.data.reader import (MultiResolutionDataset, dataset_aspect, dataset_
                                 read_metadata)
 from progan.generator import checkpoints
 from progan.generator.images import make_grid, save_png, to_uint8
+from progan.metrics import (METRICS_WITH_REALS, GeneratorSource, MetricError, evaluate_metrics, parse_metric_names,
+                            unavailable_reason)
+from progan.nets.layers import autocast
 from progan.nets.networks import Discriminator, Generator
-from progan.runtime.diskspace import WriteFailed
+from progan.runtime.diskspace import WriteFailed, low_space_warning, write_failed
 from progan.runtime.fileio import append_jsonl, atomic_write_text
 from progan.runtime.progress import format_duration
 from progan.runtime.runlock import share_from_main
@@ -50,12 +53,14 @@ from progan.train.config import TrainConfig
 from progan.train.device import apply_kernel_choices, configure_backends, kernel_choices
 from progan.train.ema import make_ema
 from progan.train.gradsync import GradientSync, LaggedFlags, LossScale
+from progan.train.losses import discriminator_loss, generator_loss
 from progan.train.microbatch import cuda_fits, largest_fitting, micro_batch_problem, stddev_group
-from progan.train.runfolder import SAMPLES_LATEST, STATS_FILE, sample_grid_side, samples_name
 from progan.train.reals import DataOrder, RealImages, memory_budget_per_process
+from progan.train.runfolder import SAMPLES_LATEST, STATS_FILE, sample_grid_side, samples_name
 from progan.train.schedule import KIMG, TrainingState, state_at, tick_state
 from progan.train.seeds import STREAM_GRID, derived_seed, seeded_generator
 from progan.train.step import StepModels, StepSettings, StepStats, class_weights, micro_slices, run_step, step_inputs
+from progan.train.trackers import log_image
 
 
 class TrainingError(ValueError):
@@ -262,8 +267,6 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint on the main process; a failed write (disk full) stops every process
         with one line (WriteFailed), the previous checkpoints untouched."""
-        from progan.runtime.diskspace import low_space_warning
-
         self.verify_replicas()
         path, error = None, None
         if self.is_main:
@@ -285,8 +288,6 @@ class Trainer:
     def _upkeep_write(self, what: str, write) -> None:
         """Run a main-process upkeep write (stats line, sample grid); if it fails, say so and stop
         the run at the next step (the stop flag reaches every process) with a last checkpoint."""
-        from progan.runtime.diskspace import write_failed
-
         try:
             write()
         except OSError as exc:
@@ -343,9 +344,6 @@ class Trainer:
     def _trial_pass(self, state: TrainingState, micro: int) -> None:
         """Both losses' forward and backward at a micro-batch of `micro` (more memory than a real
         step holds at once), with throwaway inputs; the weights and every RNG are left untouched."""
-        from progan.nets.layers import autocast
-        from progan.train.losses import discriminator_loss, generator_loss
-
         c, s, res, alpha = self.config.model, self.step_settings, state.resolution, state.alpha
         gen = torch.Generator(device=self.device).manual_seed(0)
         z = torch.randn(micro, c.latent_size, generator=gen, device=self.device)
@@ -449,14 +447,6 @@ class Trainer:
 
     def evaluate_metrics(self) -> dict | None:
         """The configured metrics of the EMA generator, sharded over processes; logged by the main one."""
-        from progan.metrics import (
-            METRICS_WITH_REALS,
-            GeneratorSource,
-            evaluate_metrics,
-            parse_metric_names,
-            unavailable_reason,
-        )
-
         c, st = self.config, self.state
         # The names as validated at setup: lower case, duplicates dropped ("SWD,swd" is swd).
         names = [n for n in parse_metric_names(c.metrics)
@@ -509,7 +499,6 @@ class Trainer:
         path = self.run_dir / samples_name(self.images_shown)
         save_png(grid, path)
         save_png(grid, self.run_dir / SAMPLES_LATEST)
-        from progan.train.trackers import log_image
 
         log_image(self.accelerator, "samples", grid, step=self.images_shown)
         return path
@@ -609,7 +598,7 @@ def validate_setup(config: TrainConfig, world_size: int) -> None:
         batch = config.schedule.batch_size(res)
         if batch % world_size:
             raise TrainingError(
-                f"batch size {batch} at {res}x{res} does not divide over {world_size} processes; "
+                f"batch size {batch} at {describe_level(config.model.aspect, res)} does not divide over {world_size} processes; "
                 f"set --batch so every size is a multiple of {world_size}")
         local = batch // world_size
         cap = config.max_batch_per_device if isinstance(config.max_batch_per_device, int) else None
@@ -617,8 +606,8 @@ def validate_setup(config: TrainConfig, world_size: int) -> None:
         if local % micro:
             raise TrainingError(
                 f"--max-batch-per-device {config.max_batch_per_device} does not divide the per-process batch "
-                f"{local} at {res}x{res}; choose a divisor")
-        problem = micro_batch_problem(micro, batch, group, res)  # also on resume with another cap
+                f"{local} at {describe_level(config.model.aspect, res)}; choose a divisor")
+        problem = micro_batch_problem(micro, batch, group, describe_level(config.model.aspect, res))  # also on resume with another cap
         if problem:
             raise TrainingError(problem)
     check_levels(config.data, needed)  # last (it reads): damage found now, not when a phase first reads a level
@@ -627,7 +616,6 @@ def validate_setup(config: TrainConfig, world_size: int) -> None:
 def _validate_metrics(config: TrainConfig, num_images: int) -> None:
     if not config.metrics:
         return
-    from progan.metrics import MetricError, parse_metric_names
 
     try:
         names = parse_metric_names(config.metrics)

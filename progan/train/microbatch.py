@@ -20,16 +20,17 @@ def stddev_group(group_size: int, global_batch: int) -> int:
     return min(group_size, global_batch) if group_size > 1 else 1
 
 
-def micro_batch_problem(micro: int, global_batch: int, group_size: int, resolution: int) -> str | None:
-    """None when micro-batches of `micro` keep D's statistic, else a one-line reason."""
+def micro_batch_problem(micro: int, global_batch: int, group_size: int, level: str) -> str | None:
+    """None when micro-batches of `micro` keep D's statistic, else a one-line reason; `level` names the
+    resolution in it (WxH, progan.shapes.describe_level)."""
     need = stddev_group(group_size, global_batch)
     if micro % need == 0:
         return None
     if micro < need:
-        return (f"the per-device micro-batch {micro} at {resolution}x{resolution} is smaller than the "
+        return (f"the per-device micro-batch {micro} at {level} is smaller than the "
                 f"minibatch-stddev group {need} of the batch {global_batch}, so D would compute another "
                 f"statistic; use --max-batch-per-device {need} or more, or fewer processes")
-    return (f"the per-device batch {micro} at {resolution}x{resolution} is not divisible by the minibatch-stddev "
+    return (f"the per-device batch {micro} at {level} is not divisible by the minibatch-stddev "
             f"group size {need}; use batch sizes (and --max-batch-per-device) that are multiples of {need}")
 
 

@@ -106,7 +106,7 @@ class RealImages:
             ))
 
     def next(self) -> torch.Tensor:
-        """uint8 [n, C, R, R] for the next step."""
+        """uint8 [n, C, H, W] for the next step."""
         try:
             batch = next(self._batches)
         except RuntimeError:  # a loader worker died: of SIGBUS when the file was cut mid-read

@@ -71,10 +71,10 @@ class ScheduleConfig:
             raise ValueError(f"total_kimg must be positive, got {self.total_kimg}")
         for res, size in self.batch.items():
             if size < 1:
-                raise ValueError(f"batch size for {res}x{res} must be at least 1, got {size}")
+                raise ValueError(f"batch size for resolution {res} must be at least 1, got {size}")
         for res, rate in self.lr.items():
             if not (math.isfinite(rate) and rate > 0):
-                raise ValueError(f"learning rate for {res}x{res} must be positive, got {rate}")
+                raise ValueError(f"learning rate for resolution {res} must be positive, got {rate}")
         if self.default_batch < 1 or not (self.base_lr > 0):
             raise ValueError("default_batch and base_lr must be positive")
 

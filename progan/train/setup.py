@@ -12,15 +12,24 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from progan.data.reader import read_labels_for
+from progan.data.background_check import check_during_training, first_failure
+from progan.data.format import DatasetError
+from progan.data.reader import dataset_aspect, dataset_fingerprint, read_labels, read_labels_for, read_metadata
 from progan.generator import checkpoints, fileformat
+from progan.runtime.cli import choose_device
+from progan.runtime.diskspace import WriteFailed, check_room, write_failed
+from progan.runtime.elastic import init_process_group, leave_process_group
 from progan.runtime.errors import EXIT_FINISHED, EXIT_PREEMPTED, CommandLineError
+from progan.runtime.fileio import atomic_write_text
+from progan.runtime.runlock import lock_run_folder, remove_stale_temp_files, share_from_main
+from progan.runtime.signals import pause_point
 from progan.shapes import describe_level
+from progan.train import trackers
 from progan.train.config import PRESETS, TrainConfig, load_config_file, preset_defaults
+from progan.train.loop import Trainer, TrainingError, validate_setup
 from progan.train.precision import resolve_config
 from progan.train.runfolder import CONFIG_FILE, STATS_FILE
-from progan.train.schedule import KIMG, parse_table
-
+from progan.train.schedule import KIMG, parse_table, state_at
 
 # flag name -> TrainConfig field, for flags that map one to one
 SIMPLE_FLAGS = (
@@ -46,7 +55,6 @@ class RunPlan:
     cpu: bool = False           # --device cpu: train on the CPU although an accelerator is there
 
     def describe(self) -> str:
-        from progan.train.schedule import state_at
 
         lines = [self.config.to_json().rstrip(), "", "schedule:"]
         for phase in self.config.schedule.phases():
@@ -67,14 +75,6 @@ class RunPlan:
         (EXIT_FINISHED, or EXIT_PREEMPTED when a signal stopped it after saving a checkpoint).
         `stop`: train.py's progan.runtime.signals.StopSignals, installed since its first line (set-up signals
         raise Interrupted; the loop turns later ones into a stop with a checkpoint)."""
-        from progan.data.background_check import check_during_training, first_failure
-        from progan.runtime.diskspace import WriteFailed, check_room, write_failed
-        from progan.runtime.elastic import init_process_group, leave_process_group
-        from progan.runtime.runlock import lock_run_folder, share_from_main
-        from progan.runtime.signals import pause_point
-        from progan.train import trackers
-        from progan.train.loop import Trainer
-
         run_dir = Path(self.config.out)
         cpu = self.cpu or not _has_accelerator()
         init_process_group(cpu)  # fresh keys after a torchrun restart
@@ -120,10 +120,6 @@ class RunPlan:
 
     def _prepare_folder(self, run_dir: Path, log) -> None:
         """Main process, lock held: clear what killed runs left, set damaged checkpoints aside, save the config."""
-        from progan.runtime.diskspace import write_failed
-        from progan.runtime.fileio import atomic_write_text
-        from progan.runtime.runlock import remove_stale_temp_files
-
         what = "the run folder"
         try:
             removed = remove_stale_temp_files(run_dir)
@@ -149,8 +145,6 @@ def _has_accelerator() -> bool:
 
 def _training_device(name: str | None):
     """--device auto (default) | cpu | cuda as a torch.device; cuda without CUDA is one line."""
-    from progan.runtime.cli import choose_device
-
     if name not in (None, "auto", "cpu", "cuda"):
         raise CommandLineError(f"--device {name}: use auto, cpu or cuda (each process gets its own GPU)")
     return choose_device(name)
@@ -159,8 +153,6 @@ def _training_device(name: str | None):
 def make_accelerator(run_dir: Path, log_with: str = "auto", config: dict | None = None, cpu: bool | None = None):
     """accelerate picks the devices and the process group, and starts the --log-with trackers."""
     from accelerate import Accelerator
-
-    from progan.train import trackers
 
     # accelerate forms a multi-process CPU group (gloo) only when told it is on the CPU; on a
     # machine with no accelerator say so, so `accelerate launch --multi_gpu --num_processes N`
@@ -174,10 +166,6 @@ def make_accelerator(run_dir: Path, log_with: str = "auto", config: dict | None 
 
 def prepare_run(args: dict) -> RunPlan:
     """Turn parsed flags (only those given) into a RunPlan, or raise CommandLineError."""
-    from progan.data.format import DatasetError
-    from progan.train import trackers
-    from progan.train.loop import TrainingError, validate_setup
-
     world_size = _world_size()
     device = _training_device(args.get("device"))
     resume_path, resume, damaged = _find_resume(args)
@@ -241,8 +229,6 @@ def _find_resume(args: dict) -> tuple[Path | None, dict | None, list[tuple[Path,
 
 def _base_config(args: dict) -> dict:
     """The preset's or file's config as a dict, with data/out filled in."""
-    from progan.data.reader import dataset_aspect, read_metadata
-
     for flag in ("data", "out"):
         if flag not in args:
             raise CommandLineError(f"--{flag} is required (see train.py --help)")
@@ -293,8 +279,6 @@ def _apply_flags(base: dict, args: dict) -> TrainConfig:
 
 def _database_classes(data: str) -> list[str]:
     """The database's class names in label order; empty when it has no labels."""
-    from progan.data.reader import read_labels
-
     names, _ = read_labels(data)
     return list(names)
 
@@ -339,7 +323,6 @@ def _check_existing_run(config: TrainConfig, device) -> None:
 
 
 def _check_same_dataset(config: TrainConfig, resume: dict) -> None:
-    from progan.data.reader import dataset_fingerprint
 
     found = dataset_fingerprint(config.data)
     if found != resume["dataset_fingerprint"]:

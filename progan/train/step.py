@@ -148,7 +148,7 @@ def run_step(m: StepModels, s: StepSettings, reals: torch.Tensor, inputs: StepIn
                real_labels: torch.Tensor | None = None):
     """One D step then one G step then the EMA update, on this process's share of the batch.
 
-    reals: uint8 [n, C, R, R] on the device. Returns the flags: as given with one process, else
+    reals: uint8 [n, C, H, W] on the device. Returns the flags: as given with one process, else
     a device tensor of them summed over processes (see GradientSync.reduce).
 
     Conditional models: real_labels, the reals' class indices (int64 [n] on the device), and

@@ -20,6 +20,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from progan.generator.animation import check_animation_options, write_animation
 from progan.train.config import TrainConfig
 from progan.train.runfolder import CONFIG_FILE, SAMPLES_PATTERN, sample_grid_side
 from progan.train.schedule import KIMG, state_at, tick_state
@@ -168,8 +169,6 @@ def _label(frame: Image.Image, lines: list[str], font, pad: int) -> Image.Image:
 def write_timelapse(run_dir: str | os.PathLike, out_path: str | os.PathLike, fps: float = 10.0,
                     size: int | None = None) -> tuple[Path, int]:
     """Write the run's timelapse to `out_path` (.gif or .webp, atomically); (path, snapshots used)."""
-    from progan.generator.animation import check_animation_options, write_animation
-
     out_path = Path(out_path)
     fmt = out_path.suffix.lower().lstrip(".")
     if fmt not in ("gif", "webp"):

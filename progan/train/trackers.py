@@ -20,6 +20,8 @@ import importlib.util
 import threading
 from pathlib import Path
 
+from progan.runtime.diskspace import write_failed
+
 AUTO, NONE = "auto", "none"
 TENSORBOARD = "tensorboard"
 PROJECT_NAME = "tensorboard"  # accelerate's TensorBoard folder under the run (RUN/tensorboard), as before
@@ -79,8 +81,6 @@ def start(accelerator, names: list[str], config: dict | None = None) -> None:
 
 def finish(accelerator, run_dir: Path) -> None:
     """end_training: flush and close the trackers; a failed write is WriteFailed (one line, exit 4)."""
-    from progan.runtime.diskspace import write_failed
-
     try:
         accelerator.end_training()
     except OSError as exc:
