@@ -279,7 +279,7 @@ def test_hub_generator_exposes_the_classes_and_samples_them(run_dir, model):
 
 
 def test_readme_tells_the_conditional_commands():
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "class-labels.md").read_text()
     for fragment in ("--class all", "--class cat:dog", "class_names", "onnx_images(session, seeds=[0, 1, 2], classes="):
         assert fragment in readme, fragment
 
@@ -308,7 +308,7 @@ def test_the_readme_conditional_snippet_runs(exports, tmp_path, monkeypatch, one
 
     shutil.copy(exports[".pt"], tmp_path / "generator.pt")
     shutil.copy(exports[".onnx"], tmp_path / "generator.onnx")
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "class-labels.md").read_text()
     snippet = re.search(r"```python\n(import progan\nfrom progan.generator.onnx_file import onnx_class_names[^`]*)```",
                         readme).group(1)
     monkeypatch.chdir(tmp_path)

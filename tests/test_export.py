@@ -96,7 +96,7 @@ def test_the_readme_onnx_snippet_runs_on_a_small_preset_export(tmp_path, monkeyp
     state["generator"] = state["generator_ema"] = Generator(config).state_dict()
     checkpoints.save_training_checkpoint(tmp_path, state)
     export.export_file(tmp_path, tmp_path / "generator.onnx")
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "sampling.md").read_text()
     snippet = re.search(r"```python\n(from progan.generator.onnx_file import onnx_images[^`]*)```", readme).group(1)
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
