@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", help="learning rates per resolution, e.g. 1024:0.0015")
     p.add_argument("--base-lr", type=float, help="learning rate of resolutions not in --lr")
     p.add_argument("--mixed-precision", choices=MIXED_PRECISION_CHOICES,
-                   help="autocast dtype (default auto: bf16 on GPUs that have it, else fp32; README)")
+                   help="autocast dtype (default auto: bf16 on GPUs that have it, else fp32; docs/gpus.md)")
     p.add_argument("--device", help="auto (default: the GPU when there is one) | cpu | cuda")
     p.add_argument("--seed", type=int, help="seed of all randomness (default 0)")
     p.add_argument("--resume", type=_path, help="auto (the run folder's latest checkpoint, if any) | PATH to a checkpoint")

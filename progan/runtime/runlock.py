@@ -66,7 +66,7 @@ def acquire(run_dir: str | os.PathLike) -> RunLock:
         if not _flock(lock_fd, run_dir, path):
             os.close(lock_fd)
             raise RunFolderBusy(f"cannot lock the run folder {run_dir}: its file system supports no flock "
-                                f"(README, 'One run per folder')") from None
+                                f"(docs/reliability.md, 'One run per folder')") from None
     # The holder's record: written in place, never renamed (it may be the lock itself, above).
     record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     with contextlib.suppress(OSError):  # a full disk: the lock holds all the same, the run's first write reports it
