@@ -201,7 +201,8 @@ def make_trainer(data: Path, out: Path, preset: str, res: int, batch: int, preci
     """A Trainer whose schedule is at `res`'s stable phase with global batch `batch`."""
     from accelerate import Accelerator
 
-    from progan.train.loop import Trainer, validate_setup
+    from progan.train.loop import Trainer
+    from progan.train.setup import validate_setup
 
     defaults = preset_defaults(preset, res)
     sched = defaults["schedule"]

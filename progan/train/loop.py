@@ -34,13 +34,10 @@ from pathlib import Path
 
 import torch
 
-from progan.data.integrity import check_levels
-from progan.data.reader import (MultiResolutionDataset, dataset_aspect, dataset_fingerprint, read_labels_for,
-                                read_metadata)
+from progan.data.reader import MultiResolutionDataset, dataset_fingerprint, read_labels_for, read_metadata
 from progan.generator import checkpoints
 from progan.generator.images import make_grid, save_png, to_uint8
-from progan.metrics import (METRICS_WITH_REALS, GeneratorSource, MetricError, evaluate_metrics, parse_metric_names,
-                            unavailable_reason)
+from progan.metrics import METRICS_WITH_REALS, GeneratorSource, evaluate_metrics, parse_metric_names, unavailable_reason
 from progan.nets.layers import autocast
 from progan.nets.networks import Discriminator, Generator
 from progan.runtime.diskspace import WriteFailed, low_space_warning, write_failed
@@ -54,17 +51,13 @@ from progan.train.device import apply_kernel_choices, configure_backends, kernel
 from progan.train.ema import make_ema
 from progan.train.gradsync import GradientSync, LaggedFlags, LossScale
 from progan.train.losses import discriminator_loss, generator_loss
-from progan.train.microbatch import cuda_fits, largest_fitting, micro_batch_problem, stddev_group
+from progan.train.microbatch import cuda_fits, largest_fitting, stddev_group
 from progan.train.reals import DataOrder, RealImages, memory_budget_per_process
 from progan.train.runfolder import SAMPLES_LATEST, STATS_FILE, sample_grid_side, samples_name
 from progan.train.schedule import KIMG, TrainingState, state_at, tick_state
 from progan.train.seeds import STREAM_GRID, derived_seed, seeded_generator
 from progan.train.step import StepModels, StepSettings, StepStats, class_weights, micro_slices, run_step, step_inputs
 from progan.train.trackers import log_image
-
-
-class TrainingError(ValueError):
-    """A problem with the run's setup; the message is one line for the user."""
 
 
 class TrainingDiverged(Exception):
@@ -568,67 +561,3 @@ class Trainer:
             waited = f" ({repeats} more signal(s) waited for it)" if repeats else ""
             self.log(f"{how} at {self.images_shown / KIMG:.1f} kimg; checkpoint {path}{replicas}{waited}")
         return outcome
-
-
-# -- checks before any work ------------------------------------------------------------------
-def validate_setup(config: TrainConfig, world_size: int) -> None:
-    """Raise TrainingError (one line) for any setup problem before training starts."""
-    metadata = read_metadata(config.data)
-    aspect = dataset_aspect(metadata)
-    if aspect != config.model.aspect:
-        raise TrainingError(
-            f"--data {config.data} holds {aspect} images (width:height) but this run's model is "
-            f"{config.model.aspect}; pass a {config.model.aspect} database (data_prep build --aspect "
-            f"{config.model.aspect}) or start a new run on this one")
-    available = sorted(int(r) for r in metadata["resolutions"])
-    needed = config.schedule.resolutions
-    top = max(available)
-    if config.model.resolution > top:
-        raise TrainingError(
-            f"--resolution {config.model.resolution} is above the database's largest level {describe_level(aspect, top)}; "
-            f"train at {top} or rebuild {config.data} with --max-res {config.model.resolution}")
-    missing = [r for r in needed if r not in available]
-    if missing:
-        raise TrainingError(
-            f"{config.data} lacks the resolution(s) {', '.join(map(str, missing))} the schedule needs "
-            f"(it has {', '.join(map(str, available))}); rebuild it with --min-res {min(needed)}")
-    _validate_metrics(config, int(metadata["count"]))
-    group = config.model.mbstd_group_size
-    for res in needed:
-        batch = config.schedule.batch_size(res)
-        if batch % world_size:
-            raise TrainingError(
-                f"batch size {batch} at {describe_level(config.model.aspect, res)} does not divide over {world_size} processes; "
-                f"set --batch so every size is a multiple of {world_size}")
-        local = batch // world_size
-        cap = config.max_batch_per_device if isinstance(config.max_batch_per_device, int) else None
-        micro = min(local, cap or local)  # auto: chosen at run time among sizes that pass here
-        if local % micro:
-            raise TrainingError(
-                f"--max-batch-per-device {config.max_batch_per_device} does not divide the per-process batch "
-                f"{local} at {describe_level(config.model.aspect, res)}; choose a divisor")
-        problem = micro_batch_problem(micro, batch, group, describe_level(config.model.aspect, res))  # also on resume with another cap
-        if problem:
-            raise TrainingError(problem)
-    check_levels(config.data, needed)  # last (it reads): damage found now, not when a phase first reads a level
-
-
-def _validate_metrics(config: TrainConfig, num_images: int) -> None:
-    if not config.metrics:
-        return
-
-    try:
-        names = parse_metric_names(config.metrics)
-    except MetricError as exc:
-        raise TrainingError(f"--metrics: {exc}") from None
-    if config.metric_kimg <= 0:
-        raise TrainingError("--metrics needs --metric-kimg K (evaluate every K thousand images)")
-    if "fid" in names:
-        if config.inception is None:
-            raise TrainingError("--metrics fid needs --inception PATH (pt_inception-2015-12-05-6726825d.pth)")
-        if not Path(config.inception).is_file():
-            raise TrainingError(f"--inception: {config.inception} does not exist")
-    if "swd" in names and config.metric_images > num_images:
-        raise TrainingError(
-            f"--metrics swd compares {config.metric_images} generated images with as many reals, but "
-            f"{config.data} holds {num_images}; lower --metric-images")

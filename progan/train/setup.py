@@ -14,8 +14,10 @@ from pathlib import Path
 
 from progan.data.background_check import check_during_training, first_failure
 from progan.data.format import DatasetError
+from progan.data.integrity import check_levels
 from progan.data.reader import dataset_aspect, dataset_fingerprint, read_labels, read_labels_for, read_metadata
 from progan.generator import checkpoints, fileformat
+from progan.metrics import MetricError, parse_metric_names
 from progan.runtime.cli import choose_device
 from progan.runtime.diskspace import WriteFailed, check_room, write_failed
 from progan.runtime.elastic import init_process_group, leave_process_group
@@ -26,7 +28,8 @@ from progan.runtime.signals import pause_point
 from progan.shapes import describe_level
 from progan.train import trackers
 from progan.train.config import PRESETS, TrainConfig, load_config_file, preset_defaults
-from progan.train.loop import Trainer, TrainingError, validate_setup
+from progan.train.loop import Trainer
+from progan.train.microbatch import micro_batch_problem
 from progan.train.precision import resolve_config
 from progan.train.runfolder import CONFIG_FILE, STATS_FILE
 from progan.train.schedule import KIMG, parse_table, state_at
@@ -38,6 +41,10 @@ SIMPLE_FLAGS = (
     "metric_kimg", "metric_images", "inception", "log_with", "tf32",
 )
 SCHEDULE_FLAGS = ("fade_kimg", "stable_kimg", "total_kimg", "base_lr")
+
+
+class TrainingError(ValueError):
+    """A problem with the run's setup; the message is one line for the user."""
 
 
 def _world_size() -> int:
@@ -329,3 +336,66 @@ def _check_same_dataset(config: TrainConfig, resume: dict) -> None:
         raise CommandLineError(
             f"{config.data} is not the database this run was trained on (fingerprint {found}, "
             f"the run's {resume['dataset_fingerprint']}); pass --data with the original database")
+
+
+def validate_setup(config: TrainConfig, world_size: int) -> None:
+    """Raise TrainingError (one line) for any setup problem before training starts."""
+    metadata = read_metadata(config.data)
+    aspect = dataset_aspect(metadata)
+    if aspect != config.model.aspect:
+        raise TrainingError(
+            f"--data {config.data} holds {aspect} images (width:height) but this run's model is "
+            f"{config.model.aspect}; pass a {config.model.aspect} database (data_prep build --aspect "
+            f"{config.model.aspect}) or start a new run on this one")
+    available = sorted(int(r) for r in metadata["resolutions"])
+    needed = config.schedule.resolutions
+    top = max(available)
+    if config.model.resolution > top:
+        raise TrainingError(
+            f"--resolution {config.model.resolution} is above the database's largest level {describe_level(aspect, top)}; "
+            f"train at {top} or rebuild {config.data} with --max-res {config.model.resolution}")
+    missing = [r for r in needed if r not in available]
+    if missing:
+        raise TrainingError(
+            f"{config.data} lacks the resolution(s) {', '.join(map(str, missing))} the schedule needs "
+            f"(it has {', '.join(map(str, available))}); rebuild it with --min-res {min(needed)}")
+    _validate_metrics(config, int(metadata["count"]))
+    group = config.model.mbstd_group_size
+    for res in needed:
+        batch = config.schedule.batch_size(res)
+        if batch % world_size:
+            raise TrainingError(
+                f"batch size {batch} at {describe_level(config.model.aspect, res)} does not divide over {world_size} processes; "
+                f"set --batch so every size is a multiple of {world_size}")
+        local = batch // world_size
+        cap = config.max_batch_per_device if isinstance(config.max_batch_per_device, int) else None
+        micro = min(local, cap or local)  # auto: chosen at run time among sizes that pass here
+        if local % micro:
+            raise TrainingError(
+                f"--max-batch-per-device {config.max_batch_per_device} does not divide the per-process batch "
+                f"{local} at {describe_level(config.model.aspect, res)}; choose a divisor")
+        problem = micro_batch_problem(micro, batch, group, describe_level(config.model.aspect, res))  # also on resume with another cap
+        if problem:
+            raise TrainingError(problem)
+    check_levels(config.data, needed)  # last (it reads): damage found now, not when a phase first reads a level
+
+
+def _validate_metrics(config: TrainConfig, num_images: int) -> None:
+    if not config.metrics:
+        return
+
+    try:
+        names = parse_metric_names(config.metrics)
+    except MetricError as exc:
+        raise TrainingError(f"--metrics: {exc}") from None
+    if config.metric_kimg <= 0:
+        raise TrainingError("--metrics needs --metric-kimg K (evaluate every K thousand images)")
+    if "fid" in names:
+        if config.inception is None:
+            raise TrainingError("--metrics fid needs --inception PATH (pt_inception-2015-12-05-6726825d.pth)")
+        if not Path(config.inception).is_file():
+            raise TrainingError(f"--inception: {config.inception} does not exist")
+    if "swd" in names and config.metric_images > num_images:
+        raise TrainingError(
+            f"--metrics swd compares {config.metric_images} generated images with as many reals, but "
+            f"{config.data} holds {num_images}; lower --metric-images")
