@@ -23,6 +23,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from progan.data.format import MAX_CLASSES
+
 NO_LABEL = "no label"
 FORMS = ('{"path/relative/to/SOURCE.png": "class name" or index, ...} or '
          '{"labels": [["path.png", index], ...]}')
@@ -57,6 +59,9 @@ def skip_reason(spec: str) -> str:
 
 def _from_folders(source_paths: list[str]) -> Labels:
     classes = sorted({path.split("/", 1)[0] for path in source_paths if "/" in path})
+    if len(classes) > MAX_CLASSES:
+        raise LabelError(f"--labels folders: SOURCE has {len(classes)} subfolders, more than the limit of "
+                         f"{MAX_CLASSES} classes")
     if not classes:
         raise LabelError("--labels folders: SOURCE has no subfolders of images; the class of an image is the "
                          "first folder under SOURCE (SOURCE/cat/1.png is a cat): put each class in its own folder")
@@ -101,6 +106,13 @@ def _from_file(path: Path, source_paths: list[str]) -> Labels:
         raise bad(f"has the wrong shape; expected {FORMS}")
     if not pairs:
         raise bad("holds no labels")
+    too_large = next(((name, label) for name, label in pairs if _is_index(label) and label >= MAX_CLASSES), None)
+    if too_large:  # before anything is sized by it: range(4294967298) would fill the memory
+        raise bad(f"{json.dumps(too_large[0])} has class index {too_large[1]}, above the limit of {MAX_CLASSES} "
+                  f"classes (indices 0..{MAX_CLASSES - 1})")
+    names = {label for _, label in pairs if isinstance(label, str)} if declared is None else set(declared)
+    if len(names) > MAX_CLASSES:
+        raise bad(f"names {len(names)} classes, more than the limit of {MAX_CLASSES}")
 
     if all(isinstance(label, str) for _, label in pairs):
         classes = sorted({label for _, label in pairs})

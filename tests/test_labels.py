@@ -215,6 +215,12 @@ def test_stylegan2_ada_form_with_and_without_class_names(flat_source, tmp_path, 
     ('{"labels": [["a.png", 0]], "classes": ["x", "x"]}', '"classes" must be a list of distinct'),
     ('{"labels": [["a.png", 0], ["a.png", 1]]}', '"a.png" is given two different classes'),
     ('{"nothing/here.png": "cat"}', "none of its 1 paths names an image under SOURCE"),
+    # a label that would size a class list of 4 billion names (it filled 24 GB before the OOM killer)
+    ('{"a.png": 4294967297}', '"a.png" has class index 4294967297, above the limit of 65536 classes'),
+    ('{"a.png": 100000000000000000000}', 'has class index 100000000000000000000, above the limit of 65536'),
+    ('{"labels": [["a.png", 65536]]}', '"a.png" has class index 65536, above the limit of 65536 classes'),
+    ('{"labels": [["a.png", 0]], "classes": %s}' % json.dumps([f"c{i}" for i in range(65537)]),
+     "names 65537 classes, more than the limit of 65536"),
 ])
 def test_bad_label_files_are_one_line_exit_2_nothing_written(flat_source, tmp_path, capsys, content, message):
     labels = tmp_path / "labels.json"

@@ -27,6 +27,9 @@ CHECKSUM = "crc32"
 CHECKSUM_PREFIX = b"crc32/"
 LABELS_KEY = b"labels"
 LABEL_DTYPE = "<u4"  # one class index per image
+# The most classes a database may name: a conditional model grows a weight row per class, and a
+# label file naming class 4294967297 must be one line, not a 4-billion-name list.
+MAX_CLASSES = 1 << 16
 
 
 # name -> lossless. Numbers behind the default: bench/RESULTS.md, "Dataset build and reading".

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from progan.generator.fileformat import (FORMAT_NAME, FORMAT_VERSION, TRAINING_KIND, CheckpointError, load_weights_only,
-                                         verify_checksums, with_checksums)
+from progan.generator.fileformat import (FORMAT_NAME, FORMAT_VERSION, TRAINING_KIND, CheckpointError, check_finite,
+                                         load_weights_only, verify_checksums, with_checksums)
 from progan.generator.safetensors_file import read_safetensors
 from progan.runtime.diskspace import free_bytes, state_nbytes, write_failed
 from progan.runtime.fileio import atomic_output, atomic_write_text
@@ -133,7 +133,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path} is an ONNX model: run it with onnxruntime (progan.generator.onnx_file.onnx_session); "
                               "progan samples .pt and .safetensors files")
     if path.suffix.lower() == ".safetensors":
-        return read_safetensors(path, map_location)
+        data = read_safetensors(path, map_location)
+        check_finite(data, path)
+        return data
     data = load_weights_only(path, "checkpoint", CheckpointError, map_location)
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path} is not a progan checkpoint")
@@ -144,6 +146,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{FORMAT_VERSION} (use the progan release that wrote it)"
         )
     verify_checksums(data, path)
+    check_finite(data, path)
     return data
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any
@@ -102,13 +103,30 @@ def verify_checksums(data: dict, path: Path) -> None:
                               f"(a flipped bit, a bad disk or an edit)")
 
 
+MODEL_KEYS = ("generator", "discriminator", "generator_ema")  # the networks' state dicts in a file
+
+
+def check_finite(data: dict, path: Path) -> None:
+    """CheckpointError naming the first network tensor that holds a NaN or an infinity: such a file
+    would sample black images and resume a run that can only stay broken (its checksums may match:
+    a diverged write, or an edit with them recomputed)."""
+    for key in MODEL_KEYS:
+        state = data.get(key)
+        for name, tensor in state.items() if isinstance(state, dict) else ():
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise CheckpointError(f"{path} is damaged: {key}/{name} holds non-finite values (NaN or infinity); "
+                                      f"use an earlier checkpoint or export")
+
+
 def load_weights_only(path: Path, what: str, error: type[Exception],
                       map_location: str | torch.device = "cpu") -> Any:
     """torch.load(path, weights_only=True): tensors and plain data only, so a crafted file cannot
     run code. Any failure raises `error` with one line naming `path` and `what` it should be:
     refused (it pickles other objects) or not readable (truncated, corrupt, not a torch file)."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's own two lines about a foreign file ("Detected pickle
+            warnings.simplefilter("ignore")  # protocol 4 ..."): the one-line refusal below says it all
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch wraps every refusal in UnpicklingError: a pickled class or function ("Unsupported
         # global") is refused, never run; foreign bytes ("Unsupported operand") are just unreadable.

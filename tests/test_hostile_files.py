@@ -1,0 +1,99 @@
+"""Files a hostile week hands the product (issue 25): each is refused on open in one line naming
+the file and the damage, before anything is written or trained on."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+
+from legacy_fixture import FIXTURES
+from progan.generator import checkpoints
+from progan.generator.fileformat import CheckpointError
+from progan.generator.loading import load_generator
+from progan.generator.safetensors_file import write_safetensors
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args, cwd=REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def a_run_with(tmp_path: Path, change) -> tuple[Path, dict]:
+    """A run folder whose one checkpoint is the fixture's, changed by `change(state)` and saved by
+    the real writer (so its checksums match the change: an edit, not a flipped bit)."""
+    state = checkpoints.load_checkpoint(FIXTURES / "training.pt")
+    state = {k: v for k, v in state.items() if k not in ("format", "format_version", "kind", "checksums")}
+    change(state)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    checkpoints.save_training_checkpoint(run_dir, state)
+    return run_dir, state
+
+
+def first_tensor(state: dict, key: str) -> tuple[str, torch.Tensor]:
+    name = next(n for n, t in state[key].items() if t.is_floating_point() and t.numel() > 1)
+    return name, state[key][name]
+
+
+# -- 8: non-finite weights -------------------------------------------------------------------
+@pytest.mark.parametrize("key, value", [("generator_ema", float("nan")), ("generator", float("inf")),
+                                        ("discriminator", float("nan"))])
+def test_a_checkpoint_with_non_finite_weights_is_refused_by_name(tmp_path, key, value):
+    def poison(state):
+        name, tensor = first_tensor(state, key)
+        tensor.view(-1)[3] = value
+
+    run_dir, state = a_run_with(tmp_path, poison)
+    name, _ = first_tensor(state, key)
+    with pytest.raises(CheckpointError, match=rf"is damaged: {key}/{name} holds non-finite values"):
+        checkpoints.load_checkpoint(run_dir)
+    path, data, skipped = checkpoints.load_newest_readable(run_dir)  # --resume auto: not resumed from
+    assert data is None and "non-finite" in skipped[0][1]
+
+
+def test_generate_refuses_a_nan_generator_instead_of_drawing_black_images(tmp_path):
+    run_dir, _ = a_run_with(tmp_path, lambda s: first_tensor(s, "generator_ema")[1].view(-1).__setitem__(0, float("nan")))
+    done = run(REPO / "generate.py", run_dir, "--out", tmp_path / "samples", "--seeds", "0-3")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "holds non-finite values" in done.stderr and "generator_ema/" in done.stderr
+    assert not (tmp_path / "samples").exists() or not any((tmp_path / "samples").iterdir())
+
+
+def test_a_safetensors_export_with_a_nan_is_refused(tmp_path):
+    data = checkpoints.load_checkpoint(FIXTURES / "generator.safetensors")
+    name, tensor = first_tensor(data, "generator_ema")
+    tensor.view(-1)[0] = float("nan")
+    write_safetensors(data, tmp_path / "g.safetensors")
+    with pytest.raises(CheckpointError, match=f"generator_ema/{name} holds non-finite values"):
+        load_generator(tmp_path / "g.safetensors")
+
+
+def test_finite_files_still_load(tmp_path):
+    for name in ("training.pt", "generator.pt", "generator.safetensors"):
+        load_generator(FIXTURES / name)
+
+
+# -- 11: a raw pickle is one line ------------------------------------------------------------
+def test_a_raw_pickle_in_place_of_a_checkpoint_is_one_line_and_never_run(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    marker = tmp_path / "ran"
+    # protocol 4 and an OrderedDict: torch's loader warns (two lines) before it refuses
+    (run_dir / "checkpoint-0000000064.pt").write_bytes(pickle.dumps(OrderedDict(a=1), protocol=4))
+    done = run(REPO / "generate.py", "info", run_dir)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "not a readable checkpoint" in done.stderr and "Warning" not in done.stderr
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.")  # os.system("touch ...")
+    done = run(REPO / "generate.py", "info", evil)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "was refused" in done.stderr and not marker.exists()
