@@ -97,3 +97,17 @@ def test_a_raw_pickle_in_place_of_a_checkpoint_is_one_line_and_never_run(tmp_pat
     done = run(REPO / "generate.py", "info", evil)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "was refused" in done.stderr and not marker.exists()
+
+
+# -- the manual's Python example on a CPU-only install ---------------------------------------
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU this machine does not have")
+def test_asking_for_a_gpu_without_one_is_one_line_and_auto_takes_the_cpu():
+    from progan.runtime.errors import CommandLineError
+
+    with pytest.raises(CommandLineError, match=r"^device='cuda': no CUDA device is available to this torch; "
+                                               r"use device='cpu' or device='auto'$"):
+        load_generator(FIXTURES / "generator.pt", device="cuda")  # was torch's AssertionError
+    G, _ = load_generator(FIXTURES / "generator.pt", device="auto")
+    assert next(G.parameters()).device.type == "cpu"
+    with pytest.raises(CommandLineError, match="device='gpu0': not a device name"):
+        load_generator(FIXTURES / "generator.pt", device="gpu0")

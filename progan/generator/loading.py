@@ -14,6 +14,7 @@ from progan.generator.checkpoints import load_checkpoint, resolve_checkpoint_pat
 from progan.generator.fileformat import GENERATOR_KIND, TRAINING_KIND, CheckpointError
 from progan.nets.config import ModelConfig
 from progan.nets.networks import Generator, check_phase
+from progan.runtime.cli import choose_device
 from progan.runtime.errors import first_line
 from progan.shapes import describe_level
 
@@ -50,7 +51,10 @@ def build_generator(data: dict[str, Any], key: str, path: Path):
 def load_generator(
     path: str | Path, device: str | torch.device = "cpu", ema: bool = True
 ) -> tuple[torch.nn.Module, GeneratorInfo]:
-    """A ready (eval-mode) generator and its info from a run folder, checkpoint or export."""
+    """A ready (eval-mode) generator and its info from a run folder, checkpoint or export, on
+    `device` ("cpu", "cuda", "cuda:N", or "auto": the GPU when there is one). A device this torch
+    cannot use is a CommandLineError (one line) before anything is read."""
+    device = choose_device(device, flag="device")
     resolved = resolve_checkpoint_path(path)
     data = load_checkpoint(resolved)
     if data.get("kind") == GENERATOR_KIND and not ema:

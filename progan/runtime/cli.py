@@ -19,24 +19,29 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def choose_device(name: str | None):
-    """A --device value as a torch.device; None or "auto": cuda when available, else cpu.
-    A malformed name or a device this torch cannot use is a CommandLineError (one line)."""
-    import torch
+def choose_device(name, flag: str = "--device"):
+    """A --device value (or a torch.device) as a torch.device; None or "auto": cuda when available,
+    else cpu. A malformed name or a device this torch cannot use is a CommandLineError (one line)
+    naming `flag`: "--device" on a command line, a keyword such as "device" in the Python API."""
+    import torch  # here, not at the top: the parsers import this module before torch
+
+    def said(value) -> str:
+        return f"{flag} {value}" if flag.startswith("--") else f"{flag}={str(value)!r}"
 
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise CommandLineError(f"--device {name}: not a device name (cpu, cuda or cuda:N)") from None
+    except (RuntimeError, TypeError):
+        raise CommandLineError(f"{said(name)}: not a device name (cpu, cuda or cuda:N)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise CommandLineError(f"--device {name}: no CUDA device is available to this torch; use --device cpu")
+            raise CommandLineError(f"{said(name)}: no CUDA device is available to this torch; use {said('cpu')} "
+                                   f"or {said('auto')}")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise CommandLineError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+            raise CommandLineError(f"{said(name)}: only {torch.cuda.device_count()} CUDA device(s) here")
     elif device.type != "cpu":
-        raise CommandLineError(f"--device {name}: only cpu and cuda are supported")
+        raise CommandLineError(f"{said(name)}: only cpu and cuda are supported")
     return device
 
 
