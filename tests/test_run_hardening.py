@@ -389,6 +389,25 @@ def test_mixed_precision_on_resume_is_refused_by_name(demo_lmdb, reference_run, 
     assert code == EXIT_USAGE and "other values of mixed_precision" in err
 
 
+@pytest.mark.slow
+def test_config_on_resume_names_the_runs_own_config_or_is_refused(demo_lmdb, reference_run, tmp_path, capsys):
+    """--config on a resume was ignored without a word (issue 25, row 7): another preset or file is
+    refused by name, the run's own config (a preset with the same flags, its config.json) resumes."""
+    base = ["--data", demo_lmdb, "--out", reference_run, "--resume", "auto", "--device", "cpu", "--dry-run"]
+    code, err = run_main(capsys, *base, "--config", "paper")
+    assert code == EXIT_USAGE and len(err.splitlines()) == 1, err
+    assert err.startswith("train.py: error: --config paper: the run at ") and "was trained with another config (" in err
+    assert "leave --config out to resume, or start a new --out" in err
+    other = json.loads((reference_run / "config.json").read_text())
+    other["schedule"]["fade_kimg"] *= 2
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    code, err = run_main(capsys, *base, "--config", tmp_path / "other.json")
+    assert code == EXIT_USAGE and "(schedule.fade_kimg differ)" in err, err
+    for same in (["--config", reference_run / "config.json"], TINY):  # its own file; the preset and flags it had
+        code, err = run_main(capsys, *base, *same)
+        assert code == 0, err
+
+
 # -- the run lock ----------------------------------------------------------------------------
 def test_deleting_run_lock_does_not_defeat_the_lock(tmp_path):
     run_dir = tmp_path / "run"

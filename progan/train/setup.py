@@ -185,6 +185,7 @@ def prepare_run(args: dict) -> RunPlan:
                 raise CommandLineError(
                     f"the run at {resume_path} was trained with other values of {', '.join(diffs)}; "
                     f"leave those flags out to resume, or start a new --out")
+            _check_config_flag(args, saved, resume_path, device)
         else:
             config = resolve_config(_apply_flags(_base_config(args), args), device)
             _check_existing_run(config, device)
@@ -232,6 +233,19 @@ def _find_resume(args: dict) -> tuple[Path | None, dict | None, list[tuple[Path,
         raise CommandLineError(f"--resume: {path} is an exported generator, not a training checkpoint")
     args.setdefault("out", str(path.parent))
     return path, data, []
+
+
+def _check_config_flag(args: dict, saved: TrainConfig, resume_path: Path, device) -> None:
+    """--config on a resume names what the run was trained with, or is refused: the run's own
+    config.json always decides, and a preset or file that says otherwise would be silently ignored."""
+    if "config" not in args:
+        return
+    named = resolve_config(_apply_flags(_base_config({**args, "data": saved.data, "out": saved.out}), args), device)
+    diffs = named.semantic_differences(saved)
+    if diffs:
+        shown = ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+        raise CommandLineError(f"--config {args['config']}: the run at {resume_path} was trained with another "
+                               f"config ({shown} differ); leave --config out to resume, or start a new --out")
 
 
 def _base_config(args: dict) -> dict:
