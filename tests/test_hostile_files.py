@@ -111,3 +111,70 @@ def test_asking_for_a_gpu_without_one_is_one_line_and_auto_takes_the_cpu():
     assert next(G.parameters()).device.type == "cpu"
     with pytest.raises(CommandLineError, match="device='gpu0': not a device name"):
         load_generator(FIXTURES / "generator.pt", device="gpu0")
+
+
+# -- 6: damaged metadata, everywhere ---------------------------------------------------------
+def with_metadata(demo_lmdb: Path, tmp_path: Path, change) -> Path:
+    """A copy of the demo database whose metadata record is `change(metadata)` (a hand edit)."""
+    import lmdb
+
+    db = tmp_path / "edited.lmdb"
+    shutil.copytree(demo_lmdb, db)
+    env = lmdb.open(str(db), map_size=64 << 20)
+    with env.begin(write=True) as txn:
+        metadata = json.loads(txn.get(b"meta"))
+        change(metadata)
+        txn.put(b"meta", json.dumps(metadata).encode())
+    env.close()
+    return db
+
+
+def flipped_key(demo_lmdb: Path, tmp_path: Path) -> Path:
+    """One bit of the metadata's "resolutions" key flipped in data.mdb itself (in every copy on its pages)."""
+    db = tmp_path / "flipped.lmdb"
+    shutil.copytree(demo_lmdb, db)
+    raw = (db / "data.mdb").read_bytes()
+    key = b'"resolutions"'
+    assert key in raw
+    (db / "data.mdb").write_bytes(raw.replace(key, b'"resolutionr"'))  # s ^ 0x01 = r, in every copy on the pages
+    return db
+
+
+DAMAGE = {
+    "count a string": (lambda m: m.update(count="64"), "'count' is \"64\", not a number of images"),
+    "an unknown aspect": (lambda m: m.update(aspect="5:7"), "'aspect' is \"5:7\", not one of 1:1"),
+    "resolutions gone": (lambda m: m.pop("resolutions"), "'resolutions' is missing, not a list of resolutions"),
+    "a resolution of 12": (lambda m: m.update(resolutions=[4, 8, 12]), "'resolutions' is [4, 8, 12], not a list"),
+    "no checksum table": (lambda m: m["checksums"]["tables"].pop("8"), "'checksums' is "),
+    "an unknown encoding": (lambda m: m.update(encoding="bmp"), "'encoding' is \"bmp\", not one of raw"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_metadata_is_one_line_on_open(demo_lmdb, tmp_path, damage):
+    from progan.data.format import DatasetError
+    from progan.data.reader import MultiResolutionDataset, read_metadata
+
+    change, message = DAMAGE[damage]
+    db = with_metadata(demo_lmdb, tmp_path, change)
+    for open_it in (read_metadata, lambda p: MultiResolutionDataset(p, 4)):
+        with pytest.raises(DatasetError) as caught:
+            open_it(db)
+        assert str(caught.value).startswith(f"{db}: metadata damaged: {message}"), str(caught.value)
+
+
+@pytest.mark.slow
+def test_every_command_says_the_metadata_is_damaged_in_one_line(demo_lmdb, tmp_path):
+    """verify, info, preview, train.py and metrics: exit 2 and one line (were KeyError and
+    TypeError tracebacks, exit 1, and `info` said nothing at all)."""
+    dbs = {"flipped": flipped_key(demo_lmdb, tmp_path), "edited": with_metadata(demo_lmdb, tmp_path, DAMAGE["count a string"][0])}
+    for db in dbs.values():
+        commands = [("-m", "data_prep", "verify", db), ("-m", "data_prep", "info", db),
+                    ("-m", "data_prep", "preview", db, "--res", "8", "--out", tmp_path / "p.png"),
+                    (REPO / "train.py", "--data", db, "--out", tmp_path / "run", "--config", "small", "--dry-run"),
+                    ("-m", "progan.metrics", "swd", "--real", db, "--fake", FIXTURES / "generator.pt", "--num", "16")]
+        for command in commands:
+            done = run(*command)
+            assert done.returncode == 2, (command, done.stdout, done.stderr)
+            assert len(done.stderr.strip().splitlines()) == 1 and "metadata damaged: " in done.stderr, (command, done.stderr)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "p.png").exists()

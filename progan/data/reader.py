@@ -14,12 +14,12 @@ import lmdb
 import numpy as np
 
 from progan.data.environments import acquire, reading, release, release_from_finalizer
-from progan.data.format import (CHANNELS, CHECKSUM, FORMAT_NAME, FORMAT_VERSION, LABEL_DTYPE, LABELS_KEY, META_KEY,
-                                STATE_KEY, DatasetError, FileCutShort, checksum_key, decode_image, image_key,
-                                record_checksum)
+from progan.data.format import (CHANNELS, CHECKSUM, ENCODINGS, FORMAT_NAME, FORMAT_VERSION, LABEL_DTYPE, LABELS_KEY,
+                                MAX_CLASSES, META_KEY, STATE_KEY, DatasetError, FileCutShort, checksum_key,
+                                decode_image, image_key, record_checksum)
 from progan.data.lmdbfile import MappedFile
 from progan.runtime.errors import first_line
-from progan.shapes import DEFAULT_ASPECT, describe_level, level_size
+from progan.shapes import ASPECTS, DEFAULT_ASPECT, RESOLUTION_RULE, describe_level, is_valid_resolution, level_size
 
 DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of RAM one level may take to be served from memory
 
@@ -42,7 +42,57 @@ def _parse_metadata(path, record: bytes | None, unfinished: bool) -> dict:
         raise DatasetError(
             f"{path}: dataset format version {version}; this progan reads version {FORMAT_VERSION}"
         )
+    problem = metadata_problem(metadata)
+    if problem:
+        raise DatasetError(f"{path}: metadata damaged: {problem}; build the database again")
     return metadata
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def metadata_problem(metadata: dict) -> str | None:
+    """What a metadata record lacks or holds wrong, against what every reader relies on; None when
+    it is whole. Keys added in later versions of the format (aspect, level_sizes, checksums,
+    classes) are checked when present, so older databases still open."""
+    resolutions = metadata.get("resolutions")
+    if not (isinstance(resolutions, list) and resolutions and all(_is_count(r) and is_valid_resolution(r)
+                                                                   for r in resolutions)):
+        return f"'resolutions' is {_shown(resolutions)}, not a list of resolutions ({RESOLUTION_RULE})"
+    if resolutions != sorted(set(resolutions)):
+        return f"'resolutions' {resolutions} is not in increasing order without repeats"
+    if not _is_count(metadata.get("count")):
+        return f"'count' is {_shown(metadata.get('count'))}, not a number of images"
+    if metadata.get("encoding") not in ENCODINGS:
+        return f"'encoding' is {_shown(metadata.get('encoding'))}, not one of {', '.join(ENCODINGS)}"
+    aspect = metadata.get("aspect", DEFAULT_ASPECT)
+    if aspect not in ASPECTS:
+        return f"'aspect' is {_shown(aspect)}, not one of {', '.join(ASPECTS)}"
+    if "level_sizes" in metadata and metadata["level_sizes"] != [list(level_size(aspect, r)) for r in resolutions]:
+        return f"'level_sizes' {_shown(metadata['level_sizes'])} do not match aspect {aspect} at {resolutions}"
+    if "checksums" in metadata:
+        record = metadata["checksums"]
+        tables = record.get("tables") if isinstance(record, dict) else None
+        if not (isinstance(record, dict) and record.get("algorithm") == CHECKSUM and isinstance(tables, dict)
+                and all(_is_count(tables.get(str(r))) for r in resolutions)):
+            return f"'checksums' is {_shown(record)}, not a {CHECKSUM} table per resolution"
+    if "classes" in metadata:
+        classes = metadata["classes"]
+        if not (isinstance(classes, list) and 0 < len(classes) <= MAX_CLASSES
+                and all(isinstance(c, str) and c for c in classes) and len(set(classes)) == len(classes)):
+            return f"'classes' is {_shown(classes)}, not a list of distinct class names (at most {MAX_CLASSES})"
+        if not (isinstance(metadata.get("label_table"), dict) and _is_count(metadata["label_table"].get(CHECKSUM))):
+            return f"'label_table' is {_shown(metadata.get('label_table'))}, not the label table's {CHECKSUM}"
+    for key in ("sources", "skipped"):
+        if key in metadata and not isinstance(metadata[key], list):
+            return f"'{key}' is {_shown(metadata[key])}, not a list"
+    return None
+
+
+def _shown(value) -> str:
+    text = "missing" if value is None else json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _read_metadata_record(path) -> tuple[bytes, dict]:
