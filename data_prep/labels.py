@@ -49,7 +49,9 @@ def resolve_labels(spec: str, source_paths: list[str]) -> Labels:
     """The labels of a build's files (`source_paths`, relative, sorted). LabelError (one line)."""
     if spec == "folders":
         return _from_folders(source_paths)
-    return _from_file(Path(spec), source_paths)
+    if not spec.strip():
+        raise LabelError(f"--labels {spec!r}: empty; give `folders` or a JSON file")
+    return _from_file(Path(spec), source_paths, spec)
 
 
 def skip_reason(spec: str) -> str:
@@ -70,9 +72,9 @@ def _from_folders(source_paths: list[str]) -> Labels:
     return Labels(classes, by_path, {"from": "folders", "classes": classes})
 
 
-def _from_file(path: Path, source_paths: list[str]) -> Labels:
-    def bad(what: str) -> LabelError:
-        return LabelError(f"--labels {path}: {what}")
+def _from_file(path: Path, source_paths: list[str], spec: str | None = None) -> Labels:
+    def bad(what: str) -> LabelError:  # the flag as typed: Path("") would say "."
+        return LabelError(f"--labels {spec if spec is not None else path}: {what}")
 
     try:
         raw = path.read_bytes()

@@ -178,3 +178,30 @@ def test_every_command_says_the_metadata_is_damaged_in_one_line(demo_lmdb, tmp_p
             assert done.returncode == 2, (command, done.stdout, done.stderr)
             assert len(done.stderr.strip().splitlines()) == 1 and "metadata damaged: " in done.stderr, (command, done.stderr)
     assert not (tmp_path / "run").exists() and not (tmp_path / "p.png").exists()
+
+
+# -- 15: small things said wrong -------------------------------------------------------------
+def test_a_stray_file_as_a_database_is_not_an_lmdb_database(tmp_path, capsys):
+    from data_prep.cli import main as data_prep
+    from progan.data.format import DatasetError
+    from progan.data.reader import read_metadata
+
+    stray = tmp_path / "notlmdb.txt"
+    stray.write_bytes(b"hello!")  # was: "data.mdb is cut short (6 of the 8,192 bytes ...)"
+    with pytest.raises(DatasetError, match=r"notlmdb.txt: not an LMDB database \(a progan database is the folder"):
+        read_metadata(stray)
+    assert data_prep(["verify", str(stray)]) == 2
+    assert "not an LMDB database" in capsys.readouterr().err
+
+
+def test_an_empty_labels_flag_is_named_as_typed(tmp_path, capsys):
+    from data_prep.cli import main as data_prep
+
+    assert data_prep(["synth", str(tmp_path / "src"), "--count", "4", "--size", "16"]) == 0
+    capsys.readouterr()
+    for spec, said in (("", "--labels '': empty"), ("./missing.json", "--labels ./missing.json: cannot read it")):
+        assert data_prep(["build", str(tmp_path / "src"), str(tmp_path / "out.lmdb"), "--max-res", "8",
+                          "--labels", spec]) == 2
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1, err  # Path("") printed as "--labels ."
+    assert not (tmp_path / "out.lmdb").exists()

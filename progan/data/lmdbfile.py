@@ -111,6 +111,17 @@ class MappedFile:
         self._handle.close()
 
 
+def _shows_lmdb_magic(path: str) -> bool:
+    """True when the file's first meta page carries LMDB's magic number (or is too short to tell
+    only because the file is empty: an empty file is a database cut to nothing)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_META_MAGIC + 4)
+    except OSError:
+        return True  # let the open report it
+    return not head or head[_META_MAGIC:_META_MAGIC + 4] == struct.pack("<I", LMDB_MAGIC)
+
+
 def _data_file(path: str) -> str:
     return os.path.join(path, "data.mdb") if os.path.isdir(path) else path
 
@@ -134,6 +145,9 @@ def open_readonly(path) -> tuple[lmdb.Environment, MappedFile]:
     is_folder = os.path.isdir(path)
     if is_folder and not os.path.exists(os.path.join(path, "data.mdb")):
         raise DatasetError(f"{path}: not an LMDB database (no data.mdb inside)")
+    if not is_folder and not _shows_lmdb_magic(path):  # a stray file, not a database cut short
+        raise DatasetError(f"{path}: not an LMDB database (a progan database is the folder that "
+                           f"`python -m data_prep build` writes)")
     try:
         mapped = MappedFile(path, _data_file(path))  # before the map exists
     except OSError as error:
