@@ -205,3 +205,33 @@ def test_an_empty_labels_flag_is_named_as_typed(tmp_path, capsys):
         err = capsys.readouterr().err
         assert said in err and err.count("\n") == 1, err  # Path("") printed as "--labels ."
     assert not (tmp_path / "out.lmdb").exists()
+
+
+# -- 13: the database replaced under a running trainer ----------------------------------------
+@pytest.mark.slow
+def test_a_database_rebuilt_under_a_run_is_named_as_replaced(demo_lmdb, tmp_path):
+    import os
+    import time
+
+    from progan.runtime.signals import PAUSE_ENV
+
+    db, paused = tmp_path / "db.lmdb", tmp_path / "paused"
+    shutil.copytree(demo_lmdb, db)
+    tiny = ["--config", "small", "--resolution", "8", "--stable-kimg", "0.032", "--fade-kimg", "0.032",
+            "--batch", "4:16,8:16", "--tick-kimg", "0.032", "--workers", "0", "--log-with", "none"]
+    proc = subprocess.Popen([sys.executable, REPO / "train.py", "--data", db, "--out", tmp_path / "run", *tiny],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, PAUSE_ENV: f"phase:{paused}"})
+    deadline = time.monotonic() + 120
+    while not paused.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert paused.exists(), proc.communicate()
+    shutil.rmtree(db)  # deleted and built again, with more images, while the trainer waits at a phase change
+    done = run("-m", "data_prep", "synth", tmp_path / "more", "--count", "80", "--size", "16", "--seed", "5")
+    assert done.returncode == 0, done.stderr
+    assert run("-m", "data_prep", "build", tmp_path / "more", db, "--max-res", "8").returncode == 0
+    paused.unlink()  # go on
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, out + err
+    assert len(err.strip().splitlines()) == 1 and "the database was replaced during the run (fingerprint " in err, err
+    # was: "checksum table crc32/16 is missing or damaged; run verify" (and verify then said ok)

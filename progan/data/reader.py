@@ -8,15 +8,32 @@ import hashlib
 import json
 import operator
 import os
+import subprocess
+import sys
 from typing import Sequence
 
 import lmdb
 import numpy as np
 
 from progan.data.environments import acquire, reading, release, release_from_finalizer
-from progan.data.format import (CHANNELS, CHECKSUM, ENCODINGS, FORMAT_NAME, FORMAT_VERSION, LABEL_DTYPE, LABELS_KEY,
-                                MAX_CLASSES, META_KEY, STATE_KEY, DatasetError, FileCutShort, checksum_key,
-                                decode_image, image_key, record_checksum)
+from progan.data.format import (
+    CHANNELS,
+    CHECKSUM,
+    ENCODINGS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    LABEL_DTYPE,
+    LABELS_KEY,
+    MAX_CLASSES,
+    META_KEY,
+    STATE_KEY,
+    DatasetError,
+    FileCutShort,
+    checksum_key,
+    decode_image,
+    image_key,
+    record_checksum,
+)
 from progan.data.lmdbfile import MappedFile
 from progan.runtime.errors import first_line
 from progan.shapes import ASPECTS, DEFAULT_ASPECT, RESOLUTION_RULE, describe_level, is_valid_resolution, level_size
@@ -121,6 +138,37 @@ def dataset_fingerprint(path) -> str:
     """
     record, _ = _read_metadata_record(path)
     return hashlib.sha256(record).hexdigest()[:16]
+
+
+def database_identity(path) -> tuple[int, int] | None:
+    """(device, inode) of a database's data file: a database deleted and built again at the same
+    path is another file, even when this process still maps the old one. None when it is gone."""
+    path = os.fspath(path)
+    try:
+        info = os.stat(os.path.join(path, "data.mdb") if os.path.isdir(path) else path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def fresh_fingerprint(path) -> str | None:
+    """The fingerprint of the database at `path` now, read by a child process (this process may
+    still map a file that was deleted, and LMDB opens a path once per process); None if unreadable."""
+    code = "import sys; from progan.data.reader import dataset_fingerprint; print(dataset_fingerprint(sys.argv[1]))"
+    try:
+        done = subprocess.run([sys.executable, "-c", code, os.fspath(path)], capture_output=True, text=True,
+                              timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else None
+
+
+def replaced_message(path, fingerprint: str) -> str:
+    """One line for a database that was replaced under a run that started on `fingerprint`."""
+    now = fresh_fingerprint(path)
+    return (f"{path}: the database was replaced during the run (fingerprint {fingerprint} at the start, "
+            f"{now or 'none readable'} now); put the run's own database back and rerun with --resume auto, "
+            f"or train on the new one in a new --out")
 
 
 def class_names(metadata: dict) -> tuple[str, ...]:

@@ -105,15 +105,16 @@ def stop_signals_held():
 
 def pause_point(stage: str, seconds: float = 60.0, until=None) -> None:
     """For tests of signals: with PROGAN_TEST_PAUSE=STAGE:FILE, write FILE (this PID) and wait here
-    up to `seconds` (or until `until()` is true), so a test can signal the process at a known
-    point. A no-op otherwise. A stop signal held pending (hold_stop_signals) ends the wait too: it
-    is answered where it is released."""
+    up to `seconds` (or until `until()` is true, or the test deletes FILE), so a test can signal the
+    process or change its files at a known point. A no-op otherwise. A stop signal held pending
+    (hold_stop_signals) ends the wait too: it is answered where it is released."""
     name, _, path = os.environ.get(PAUSE_ENV, "").partition(":")
     if name != stage or not path:
         return
     Path(path).write_text(f"{os.getpid()}\n")
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and not (until is not None and until()) and not _stop_signal_pending():
+    while (time.monotonic() < deadline and not (until is not None and until()) and not _stop_signal_pending()
+           and os.path.exists(path)):
         time.sleep(0.02)
 
 

@@ -34,7 +34,9 @@ from pathlib import Path
 
 import torch
 
-from progan.data.reader import MultiResolutionDataset, dataset_fingerprint, read_labels_for, read_metadata
+from progan.data.format import DatasetError
+from progan.data.reader import (MultiResolutionDataset, database_identity, dataset_fingerprint, read_labels_for,
+                                read_metadata, replaced_message)
 from progan.generator import checkpoints
 from progan.generator.images import make_grid, save_png, to_uint8
 from progan.metrics import METRICS_WITH_REALS, GeneratorSource, evaluate_metrics, parse_metric_names, unavailable_reason
@@ -109,6 +111,7 @@ class Trainer:
         self.num_images = int(metadata["count"]) if "count" in metadata else len(
             MultiResolutionDataset(config.data, config.schedule.start_resolution))
         self.fingerprint = dataset_fingerprint(config.data)
+        self.data_identity = database_identity(config.data)  # a database built again in its place is another file
         self.order = DataOrder(config.seed, self.num_images)
         # Conditional models: the reals' labels (all of them, on the CPU: one small integer per
         # image) and the class frequencies the generator step's labels are drawn with.
@@ -360,6 +363,8 @@ class Trainer:
         self.state = new_state
         if new_state.phase.index == old.phase.index:
             return
+        pause_point("phase")  # tests: the database is replaced here
+        self.check_same_database()  # before a level of another database is read
         self._new_optimizers(new_state)
         self.micro_batch = self._micro_batch(new_state)
         if new_state.resolution != old.resolution or new_state.batch_size != old.batch_size:
@@ -368,6 +373,18 @@ class Trainer:
             p = new_state.phase
             self.log(f"phase {p.index}: {p.kind} {describe_level(self.config.model.aspect, p.resolution)} from {p.start_images / KIMG:.1f} kimg, "
                      f"batch {new_state.batch_size}, lr {new_state.learning_rate:g}")
+
+    def database_replaced(self) -> str | None:
+        """One line when the run's database was deleted or built again in its place since the start
+        (a damaged read is then no damage of the run's own database); None when it is the same file."""
+        if database_identity(self.config.data) == self.data_identity:
+            return None
+        return replaced_message(self.config.data, self.fingerprint)
+
+    def check_same_database(self) -> None:
+        replaced = self.database_replaced()
+        if replaced:
+            raise DatasetError(replaced)
 
     # -- upkeep ----------------------------------------------------------------------------
     def _reset_tick_stats(self) -> None:
@@ -548,6 +565,8 @@ class Trainer:
                 pause_point("stopping", until=lambda: getattr(self.stop, "repeats", 0) > 0)
             self._upkeep_write("a sample grid", self.save_sample_grid)
             path = self.save_checkpoint()
+        except DatasetError as exc:  # a record read from a database replaced under the run: say that
+            raise DatasetError(self.database_replaced() or str(exc)) from None
         finally:
             if installed:
                 self.stop.uninstall()

@@ -116,6 +116,7 @@ class RunPlan:
         finally:
             check.stop()
         damage = first_failure(check.failure, self.world_size)  # on whichever process found it
+        damage = damage and (trainer.database_replaced() or damage)
         if lock is not None:
             lock.release()
         leave_process_group()  # every process has its checkpoint written: leave together
