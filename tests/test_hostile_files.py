@@ -4,6 +4,7 @@ the file and the damage, before anything is written or trained on."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 import subprocess
@@ -210,7 +211,6 @@ def test_an_empty_labels_flag_is_named_as_typed(tmp_path, capsys):
 # -- 13: the database replaced under a running trainer ----------------------------------------
 @pytest.mark.slow
 def test_a_database_rebuilt_under_a_run_is_named_as_replaced(demo_lmdb, tmp_path):
-    import os
     import time
 
     from progan.runtime.signals import PAUSE_ENV
@@ -235,3 +235,29 @@ def test_a_database_rebuilt_under_a_run_is_named_as_replaced(demo_lmdb, tmp_path
     assert proc.returncode == 2, out + err
     assert len(err.strip().splitlines()) == 1 and "the database was replaced during the run (fingerprint " in err, err
     # was: "checksum table crc32/16 is missing or damaged; run verify" (and verify then said ok)
+
+
+# -- 14: --out on a read-only file system ----------------------------------------------------
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """A real read-only tmpfs holding one folder, `existing` (root only)."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    (mount / "existing").mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_a_read_only_out_is_exit_4_whether_the_folder_exists_or_not(demo_lmdb, read_only_mount):
+    from progan.runtime.errors import EXIT_WRITE_FAILED
+
+    for out in (read_only_mount / "new" / "run", read_only_mount / "existing"):
+        done = run(REPO / "train.py", "--data", demo_lmdb, "--out", out, "--config", "small", "--resolution", "8",
+                   "--total-kimg", "0.032", "--log-with", "none")
+        assert done.returncode == EXIT_WRITE_FAILED, (out, done.stderr)  # a new folder was 2, "cannot lock"
+        assert len(done.stderr.strip().splitlines()) == 1 and "Read-only file system" in done.stderr, done.stderr
