@@ -137,6 +137,12 @@ def test_a_labelled_database_trains_conditionally_and_resumes_exactly(labelled_l
     proc = run_cli(["-m", "progan.metrics", "swd", "--real", str(labelled_lmdb), "--fake", str(reference), "--num", "64",
                     "--class", names[1], "--no-log"], check=False)  # 32 reals of that class: too few
     assert proc.returncode != 0 and "lower --num" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    # With --num left out, the class is used whole, as a small database is (was refused: issue 25, row 10).
+    proc = run_cli(["-m", "progan.metrics", "swd", "--real", str(labelled_lmdb), "--fake", str(reference),
+                    "--class", names[1], "--no-log"])
+    record = json.loads(proc.stdout)
+    assert record["num_images"] == {"swd": 32} and record["class"] == names[1] and record["swd_x1e3_avg"] > 0
+    assert f"note: swd on 32 images, all of class {names[1]} in {labelled_lmdb}" in proc.stderr
     proc = run_cli(["-m", "progan.metrics", "swd", "--real", str(labelled_lmdb), "--fake", str(reference), "--num", "30",
                     "--class", "zebra", "--no-log"], check=False)
     assert proc.returncode != 0 and "not one of the model's classes" in proc.stderr

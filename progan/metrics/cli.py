@@ -212,8 +212,15 @@ def run(argv: list[str]) -> int:
     if real is not None and resolution in read_metadata(real)["resolutions"]:  # (a missing level: said later)
 
         check_levels(real, [resolution])  # in a child: a damaged index that crashes LMDB is one line here
+    real_available = real_count
     if "class" in provenance and real is not None:  # one class: its reals only, statistics not cached
         real, cache_dir = _real_of_class(args.real, resolution, provenance["class"]), None
+        real_available = len(real)
+        if args.num is None and "swd" in names and real_available < counts["swd"]:  # as a small database is
+            counts["swd"] = real_available
+            notes.append(f"note: swd on {real_available} images, all of class {provenance['class']} in {args.real} "
+                         f"(the paper's count is {DEFAULT_NUM_IMAGES['swd']}; numbers on other counts are not "
+                         f"comparable; --num sets it)")
     mirror_reals = args.mirror_reals == "yes" or (args.mirror_reals == "auto" and _trained_with_mirror(run_dir))
     started = time.perf_counter()
     results = evaluate_metrics(
@@ -235,7 +242,7 @@ def run(argv: list[str]) -> int:
     }
     if "fid" in names:
         # FID's statistics use the whole database when it holds fewer images than asked for.
-        record["fid_real_images"] = min(counts["fid"], real_count)
+        record["fid_real_images"] = min(counts["fid"], real_available)
         record["inception_sha256"] = sha256
     for note in notes:  # after the work: a failure stays one line
         print(note, file=sys.stderr)
