@@ -29,7 +29,8 @@ if __name__ == "__main__":
 import argparse
 import sys
 
-from progan.runtime.errors import CommandLineError
+from progan.runtime.diskspace import WriteFailed
+from progan.runtime.errors import EXIT_WRITE_FAILED, CommandLineError
 from progan.runtime.cli import OneLineErrorParser, fail, run_command
 
 PROG = "generate.py"
@@ -172,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(commands, f"run_{args.handler}")(args)
     except CommandLineError as exc:
         return fail(str(exc), prog=prog)
+    except WriteFailed as exc:
+        return fail(str(exc), prog=prog, code=EXIT_WRITE_FAILED)
     except KeyboardInterrupt:
         return fail("interrupted (files already written are complete; none is half-written)", prog=prog, code=130)
 

@@ -261,3 +261,61 @@ def test_a_read_only_out_is_exit_4_whether_the_folder_exists_or_not(demo_lmdb, r
                    "--total-kimg", "0.032", "--log-with", "none")
         assert done.returncode == EXIT_WRITE_FAILED, (out, done.stderr)  # a new folder was 2, "cannot lock"
         assert len(done.stderr.strip().splitlines()) == 1 and "Read-only file system" in done.stderr, done.stderr
+
+
+# -- 12: generate.py, exports and metrics on a disk that takes no writes ---------------------------
+@pytest.fixture
+def read_only_run(tmp_path):
+    """A run folder (the fixture's checkpoint) on a real tmpfs remounted read-only (root only)."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    run_dir = mount / "run"
+    run_dir.mkdir()
+    shutil.copy(FIXTURES / "training.pt", run_dir / "checkpoint-0000000200.pt")
+    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+    yield run_dir
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_outputs_that_cannot_be_written_are_exit_4_naming_the_place(demo_lmdb, read_only_run):
+    from progan.runtime.errors import EXIT_WRITE_FAILED
+
+    mount = read_only_run.parent
+    commands = {
+        "samples": (REPO / "generate.py", read_only_run, "--out", mount / "samples", "--seeds", "0-3"),
+        "export": (REPO / "generate.py", "export", read_only_run, mount / "g.safetensors"),
+        "metrics.jsonl": ("-m", "progan.metrics", "swd", "--real", demo_lmdb, "--fake", read_only_run,
+                          "--resolution", "8", "--num", "16"),
+    }
+    for what, command in commands.items():
+        done = run(*command)
+        assert done.returncode == EXIT_WRITE_FAILED, (what, done.stderr)  # were 2, and metrics' said no path
+        last = done.stderr.strip().splitlines()[-1]  # after metrics' progress lines
+        assert done.stderr.count("error:") == 1 and "error: could not write" in last, done.stderr
+        assert "Read-only file system" in last and str(mount) in last and last.endswith("then rerun it"), last
+    assert json.loads(done.stdout)["metric"] == "swd"  # the result is printed before the log's write fails
+    assert sorted(p.name for p in mount.iterdir()) == ["run"] and not (read_only_run / "metrics.jsonl").exists()
+
+
+def test_a_failed_log_line_leaves_the_log_as_it_was(tmp_path, monkeypatch):
+    import os as os_module
+
+    from progan.runtime import fileio
+
+    log = tmp_path / "metrics.jsonl"
+    fileio.append_jsonl(log, {"a": 1})
+    before = log.read_bytes()
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fileio.os, "fsync", full_disk)
+    for path in (log, tmp_path / "new.jsonl"):
+        with pytest.raises(OSError):
+            fileio.append_jsonl(path, {"b": 2})
+    monkeypatch.setattr(fileio.os, "fsync", os_module.fsync)
+    assert log.read_bytes() == before and not (tmp_path / "new.jsonl").exists()  # was: a new empty file left

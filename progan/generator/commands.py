@@ -20,10 +20,20 @@ from progan.generator.fileformat import CheckpointError
 from progan.generator.images import label_rows, make_grid, save_png
 from progan.generator.loading import load_generator
 from progan.generator.onnx_file import onnx_session
-from progan.generator.sampling import (ALL_CLASSES, class_tag, parse_classes, parse_grid, parse_seeds, sampling_stage,
-                                       seed_range, seeds_to_images, walk_frames)
+from progan.generator.sampling import (
+    ALL_CLASSES,
+    class_tag,
+    parse_classes,
+    parse_grid,
+    parse_seeds,
+    sampling_stage,
+    seed_range,
+    seeds_to_images,
+    walk_frames,
+)
 from progan.nets.config import ModelConfig
 from progan.runtime.cli import choose_device
+from progan.runtime.diskspace import UNWRITABLE, write_failed
 from progan.runtime.errors import CommandLineError
 from progan.runtime.progress import Progress
 from progan.shapes import describe_level
@@ -79,6 +89,8 @@ def writing_file(out: str):
     except (FileExistsError, NotADirectoryError):
         raise CommandLineError(f"cannot write {out}: part of its folder path is a file") from None
     except OSError as exc:
+        if exc.errno in UNWRITABLE:
+            raise write_failed(exc, Path(out).parent, Path(out).name, None, retry="rerun it") from None
         raise CommandLineError(f"cannot write {out}: {exc.strerror or exc}") from None
 
 
@@ -115,6 +127,8 @@ def run_sample(args: argparse.Namespace) -> int:
         else:
             written = _write_images(out_dir, tag=tag, classes=classes and classes[0], **job)
     except OSError as exc:
+        if exc.errno in UNWRITABLE:
+            raise write_failed(exc, out_dir, "the images", None, retry="rerun it") from None
         raise CommandLineError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
     print(_summary(written, out_dir))
     return 0
@@ -234,6 +248,9 @@ def _prepare_out_dir(out_dir: Path) -> Path:
     except FileExistsError:
         raise CommandLineError(f"--out {out_dir} is a file, not a folder") from None
     except OSError as exc:
+        if exc.errno in UNWRITABLE:
+            raise write_failed(exc, out_dir if out_dir.is_dir() else out_dir.parent, f"--out {out_dir}", None,
+                               retry="rerun it") from None
         raise CommandLineError(f"--out {out_dir} is not writable: {exc.strerror or exc}") from None
     return out_dir
 

@@ -27,7 +27,8 @@ from progan.metrics.evaluate import (DEFAULT_NUM_IMAGES, METRICS_WITH_REALS, eva
                                      parse_metric_names, unavailable_reason)
 from progan.metrics.sources import DatasetSource, GeneratorSource
 from progan.runtime.cli import OneLineErrorParser, choose_device, fail
-from progan.runtime.errors import CommandLineError, first_line
+from progan.runtime.diskspace import WriteFailed, write_failed
+from progan.runtime.errors import EXIT_WRITE_FAILED, CommandLineError, first_line
 from progan.runtime.fileio import append_jsonl
 from progan.shapes import DEFAULT_ASPECT
 
@@ -248,7 +249,10 @@ def run(argv: list[str]) -> int:
         print(note, file=sys.stderr)
     print(json.dumps(record), flush=True)
     if run_dir is not None and not args.no_log:
-        append_jsonl(run_dir / "metrics.jsonl", record)
+        try:
+            append_jsonl(run_dir / "metrics.jsonl", record)
+        except OSError as exc:  # the result is printed above; the log is left as it was
+            raise write_failed(exc, run_dir, "metrics.jsonl", len(json.dumps(record)) + 1, retry="rerun it") from None
     return 0
 
 
@@ -270,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(sys.argv[1:] if argv is None else argv)
     except KeyboardInterrupt:
         return fail("interrupted", PROG, code=130)
+    except WriteFailed as exc:
+        return fail(str(exc), PROG, code=EXIT_WRITE_FAILED)
     except _user_errors() as exc:
         return fail(first_line(exc, limit=None), PROG)
 

@@ -21,8 +21,14 @@ _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _DISK_FULL_WORDS = ("no space left", "disk quota", "file too large")
 
 
+# The errors of a place that takes no writes (read-only or full file system, no permission, an
+# I/O error): exit 4 for every command, unlike a path that cannot be a folder (bad input, exit 2).
+UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EIO}
+
+
 class WriteFailed(Exception):
-    """The run folder could not be written (train.py exits 4); the message is one line."""
+    """The run folder (or another output) could not be written: exit 4 for every command; the
+    message is one line naming the folder."""
 
 
 def format_bytes(n: float | None) -> str:
@@ -67,18 +73,18 @@ def is_disk_full(exc: BaseException, needed: int | None = None, free: int | None
 
 
 def write_failed(exc: BaseException, folder: str | os.PathLike, what: str, needed: int | None,
-                 free: int | None = None) -> WriteFailed:
+                 free: int | None = None, retry: str = "rerun with --resume auto") -> WriteFailed:
     """The one-line error for a failed write of `what` (about `needed` bytes) into `folder`, which
-    had `free` bytes before the write (measured now when not given)."""
+    had `free` bytes before the write (measured now when not given); `retry` says what to do after."""
     folder = Path(folder)
     free = free_bytes(folder) if free is None else free
     amounts = f"{format_bytes(free)} free" if needed is None else f"needs about {format_bytes(needed)}, {format_bytes(free)} free"
     if is_disk_full(exc, needed, free):
         return WriteFailed(f"no space left in {folder} for {what} ({amounts}); free some space "
-                           f"(or move the run), then rerun with --resume auto")
+                           f"(or move the run), then {retry}")
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
     return WriteFailed(f"could not write {what} in {folder} ({reason}; {amounts}); "
-                       f"fix the folder, then rerun with --resume auto")
+                       f"fix the folder, then {retry}")
 
 
 def low_space_warning(folder: str | os.PathLike, expected: int, saves: int = 2) -> str | None:

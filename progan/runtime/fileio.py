@@ -62,10 +62,20 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     reader or a crash from seeing half a record.
     """
     line = json.dumps(record, sort_keys=False) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+    path = Path(path)
+    size = path.stat().st_size if path.exists() else None
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:  # a full disk: no part of the line stays, nor an empty file that was not there
+        with contextlib.suppress(OSError):
+            if size is None:
+                path.unlink(missing_ok=True)
+            else:
+                os.truncate(path, size)
+        raise
 
 
 def _fsync_file(path: Path) -> None:

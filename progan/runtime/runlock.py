@@ -23,7 +23,7 @@ import socket
 import time
 from pathlib import Path
 
-from progan.runtime.diskspace import WriteFailed, write_failed
+from progan.runtime.diskspace import UNWRITABLE, WriteFailed, write_failed
 from progan.runtime.elastic import leave_process_group
 from progan.runtime.errors import CommandLineError
 
@@ -49,11 +49,6 @@ class RunLock:
     __del__ = release  # a run that raised inside a longer-lived process (a notebook, tests) lets go too
 
 
-# A run folder that cannot be made is a folder that cannot be written (read-only or full file
-# system, no permission, I/O error): the same exit code as an existing one whose writes fail.
-UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EIO}
-
-
 def _existing_parent(path: Path) -> Path:
     while not path.exists() and path.parent != path:
         path = path.parent
@@ -68,7 +63,7 @@ def acquire(run_dir: str | os.PathLike) -> RunLock:
         run_dir.mkdir(parents=True, exist_ok=True)
         lock_fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
-        if exc.errno in UNWRITABLE:  # as for an existing folder that cannot be written: exit 4, not "busy"
+        if exc.errno in UNWRITABLE:  # as an existing folder that cannot be written: exit 4, not "busy"
             raise write_failed(exc, _existing_parent(run_dir), f"the run folder {run_dir}", None) from None
         raise RunFolderBusy(f"cannot lock the run folder {run_dir}: {exc.strerror or exc}") from None
     if not _flock(lock_fd, run_dir, path):  # this file system cannot lock a directory: lock run.lock
