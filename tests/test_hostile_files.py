@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -319,3 +320,49 @@ def test_a_failed_log_line_leaves_the_log_as_it_was(tmp_path, monkeypatch):
             fileio.append_jsonl(path, {"b": 2})
     monkeypatch.setattr(fileio.os, "fsync", os_module.fsync)
     assert log.read_bytes() == before and not (tmp_path / "new.jsonl").exists()  # was: a new empty file left
+
+
+# -- 9: exports carry checksums --------------------------------------------------------------
+def flip_in_file(path: Path, data: bytes, offset: int, bit: int) -> None:
+    raw = path.read_bytes()
+    at = raw.index(data) + offset
+    path.write_bytes(raw[:at] + bytes([raw[at] ^ bit]) + raw[at + 1:])
+
+
+def test_a_flipped_bit_in_a_safetensors_export_is_refused(tmp_path, capsys):
+    from progan.generator.export import export_file
+
+    path = export_file(FIXTURES / "training.pt", tmp_path / "g.safetensors")
+    G, info = load_generator(path)
+    assert info.checked
+    name, tensor = first_tensor(dict(generator_ema=G.state_dict()), "generator_ema")
+    flip_in_file(path, tensor.numpy().tobytes(), 3, 0x40)  # an exponent bit of the first float
+    with pytest.raises(CheckpointError, match=rf"is damaged: generator_ema/{re.escape(name)} does not match the checksum"):
+        load_generator(path)
+    done = run(REPO / "generate.py", path, "--out", tmp_path / "samples", "--seeds", "0")
+    assert done.returncode == 2 and "does not match the checksum" in done.stderr, done.stderr
+
+
+def test_a_flipped_bit_in_an_onnx_export_is_refused(tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import numpy_helper
+
+    from progan.generator.export import export_file
+    from progan.generator.onnx_file import onnx_session, verify_onnx
+    import onnx
+
+    path = export_file(FIXTURES / "training.pt", tmp_path / "g.onnx")
+    assert verify_onnx(path)
+    weight = max(onnx.load(str(path)).graph.initializer, key=lambda i: numpy_helper.to_array(i).size)
+    flip_in_file(path, numpy_helper.to_array(weight).tobytes(), 7, 0x40)
+    with pytest.raises(CheckpointError, match=rf"initializers/{re.escape(weight.name)} does not match the checksum"):
+        onnx_session(path)
+
+
+def test_an_export_from_before_checksums_loads_with_a_note(tmp_path):
+    _, info = load_generator(FIXTURES / "generator.safetensors")  # written at dd09d66: no checksums
+    assert not info.checked
+    done = run(REPO / "generate.py", FIXTURES / "generator.safetensors", "--out", tmp_path / "s", "--seeds", "0")
+    assert done.returncode == 0, done.stderr
+    assert "note: " in done.stderr and "carries no checksums" in done.stderr and "loaded unchecked" in done.stderr

@@ -19,7 +19,7 @@ from progan.generator.export import export_file
 from progan.generator.fileformat import CheckpointError
 from progan.generator.images import label_rows, make_grid, save_png
 from progan.generator.loading import load_generator
-from progan.generator.onnx_file import onnx_session
+from progan.generator.onnx_file import onnx_session, verify_onnx
 from progan.generator.sampling import (
     ALL_CLASSES,
     class_tag,
@@ -38,6 +38,7 @@ from progan.runtime.errors import CommandLineError
 from progan.runtime.progress import Progress
 from progan.shapes import describe_level
 
+UNCHECKED_NOTE = "carries no checksums (written before progan wrote them); loaded unchecked"
 FROZEN_WALK_FRACTION = 4  # a blur wider than frames/4 leaves under a third of the slowest motion
 
 
@@ -60,12 +61,14 @@ def run_info(args: argparse.Namespace) -> int:
             kind = f"ONNX model, one stage; inputs {', '.join(f'{i.name} {i.shape}' for i in session.get_inputs())}"
             stage = (int(meta["resolution"]), float(meta["alpha"]), int(meta["images_shown"]))
             path = Path(args.checkpoint)
+            checked = verify_onnx(path)
         else:
             _, info = load_generator(args.checkpoint)
             config, path = info.model_config, info.path
             kind = ("training checkpoint (EMA and raw generators)" if info.run_dir
                     else "exported generator (EMA weights)")
             stage = (info.resolution, info.alpha, info.images_shown)
+            checked = info.checked
     except (CheckpointError, KeyError, ValueError) as exc:
         raise CommandLineError(str(exc) if not isinstance(exc, KeyError) else
                                f"{args.checkpoint} has no progan metadata ({exc}); export it again") from None
@@ -74,6 +77,7 @@ def run_info(args: argparse.Namespace) -> int:
                else "none (unconditional)")
     print(f"file: {path}\nkind: {kind}\nstage: {describe_level(config.aspect, stage[0])}, alpha {stage[1]:.3f}, "
           f"{stage[2] / 1000:.1f} kimg\nclasses: {classes}\n"
+          f"checksums: {'checked' if checked else 'none (written before progan wrote them; loaded unchecked)'}\n"
           f"model config: {json.dumps(config.to_dict(), sort_keys=True)}")
     return 0
 
@@ -112,6 +116,8 @@ def run_sample(args: argparse.Namespace) -> int:
     autocast_dtype = torch.bfloat16 if args.precision == "bf16" else None
     print(f"{args.prog}: {info.path} ({'EMA' if info.ema else 'raw'} generator, {info.images_shown / 1000:.1f} kimg) "
           f"at {describe_level(info.model_config.aspect, resolution)}, alpha {alpha:.3f}, on {device}", file=sys.stderr)
+    if not info.checked:
+        print(f"{args.prog}: note: {info.path} {UNCHECKED_NOTE}", file=sys.stderr)
     if class_names:
         print(f"{args.prog}: {_describe_classes(args, classes, class_names)}", file=sys.stderr)
     job = dict(generator=generator, seeds=seeds, resolution=resolution, alpha=alpha, batch_size=args.batch,

@@ -84,11 +84,16 @@ def _to_cpu(obj):
     return obj
 
 
+UNCHECKED = "unchecked"  # set (True) on what load_checkpoint read from a file that carries no checksums
+
+
 def verify_checksums(data: dict, path: Path) -> None:
-    """CheckpointError unless every value matches the checksum written with it (none: not checked)."""
+    """CheckpointError unless every value matches the checksum written with it. A file written
+    before checksums existed is loaded unchecked and marked so (data[UNCHECKED]), for a note."""
     record = data.get(CHECKSUMS)
     if record is None:
-        return  # written before checksums existed
+        data[UNCHECKED] = True
+        return
     try:
         if record["algorithm"] != CHECKSUM_ALGORITHM:
             raise CheckpointError(f"{path} has checksums of an unknown kind ({record['algorithm']!r})")

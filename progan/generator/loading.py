@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from progan.generator.checkpoints import load_checkpoint, resolve_checkpoint_path
-from progan.generator.fileformat import GENERATOR_KIND, TRAINING_KIND, CheckpointError
+from progan.generator.fileformat import GENERATOR_KIND, TRAINING_KIND, UNCHECKED, CheckpointError
 from progan.nets.config import ModelConfig
 from progan.nets.networks import Generator, check_phase
 from progan.runtime.cli import choose_device
@@ -28,6 +28,7 @@ class GeneratorInfo:
     ema: bool               # True when the weights are the EMA generator's
     path: Path              # the file that was loaded
     run_dir: Path | None    # the run folder, for a training checkpoint
+    checked: bool = True    # False: the file carries no checksums (written before they existed)
 
 
 def build_generator(data: dict[str, Any], key: str, path: Path):
@@ -69,5 +70,6 @@ def load_generator(
         ema=ema,
         path=resolved,
         run_dir=resolved.parent if data.get("kind") == TRAINING_KIND else None,
+        checked=not data.get(UNCHECKED),
     )
     return generator, info

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from progan.generator.fileformat import CheckpointError, ExportError
+from progan.generator.fileformat import CHECKSUMS, CheckpointError, ExportError, verify_checksums, with_checksums
 from progan.generator.images import to_uint8
 from progan.generator.sampling import default_classes, labels_for, latents_for_seeds
 from progan.nets.layers import _Equalized
@@ -115,6 +115,10 @@ def write_onnx(generator: nn.Module, resolution: int, alpha: float, out_path: Pa
                                         dynamic_shapes={name: {0: batch} for name in names})
             program.model.metadata_props.update(metadata or {})
             program.save(tmp, external_data=False)
+            model = onnx.load(str(tmp))  # the weights' checksums, as every progan file carries them
+            entry = model.metadata_props.add()
+            entry.key, entry.value = CHECKSUMS, json.dumps(_initializer_checksums(model), sort_keys=True)
+            onnx.save(model, str(tmp))
             onnx.checker.check_model(str(tmp))
         except Exception as exc:  # noqa: BLE001 - the exporter's and checker's many error types
             raise ExportError(f"{out_path}: the ONNX export failed, nothing was written "
@@ -135,9 +139,44 @@ def _quiet_loggers(*names: str):
             logger.setLevel(level)
 
 
+def _initializer_checksums(model) -> dict:
+    """{"algorithm": "crc32", "values": {"initializers/NAME": crc}}: every weight's dtype, shape and bytes."""
+    from onnx import numpy_helper
+
+    weights = {init.name: torch.from_numpy(numpy_helper.to_array(init).copy()) for init in model.graph.initializer}
+    return with_checksums({"initializers": weights})[CHECKSUMS]
+
+
+def verify_onnx(path: Path) -> bool:
+    """CheckpointError unless the file's weights match the checksums written with them; False
+    (loaded unchecked) for a file from before checksums existed, or when onnx is not installed
+    (onnxruntime alone runs the file but cannot read its weights)."""
+    if importlib.util.find_spec("onnx") is None:
+        return False
+    import onnx
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - DecodeError, OSError, ...: all mean "unusable"
+        raise CheckpointError(f"{path} is not a readable ONNX model (truncated or corrupt: {first_line(exc)})") from None
+    props = {p.key: p.value for p in model.metadata_props}
+    if CHECKSUMS not in props:
+        return False
+    try:
+        record = json.loads(props[CHECKSUMS])
+    except ValueError:
+        raise CheckpointError(f"{path} is damaged: its checksum record is unreadable") from None
+    from onnx import numpy_helper
+
+    weights = {init.name: torch.from_numpy(numpy_helper.to_array(init).copy()) for init in model.graph.initializer}
+    verify_checksums({"initializers": weights, CHECKSUMS: record}, path)
+    return True
+
+
 def onnx_session(path: str | os.PathLike, threads: int | None = None):
     """An onnxruntime CPU session for an exported `.onnx` generator; CheckpointError (one line)
-    for a file that is missing, truncated or not an ONNX model."""
+    for a file that is missing, truncated, not an ONNX model, or whose weights do not match their
+    checksums."""
     path = Path(path)
     missing = [name for name in ("onnxruntime",) if importlib.util.find_spec(name) is None]
     if missing:
@@ -146,6 +185,7 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None):
 
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
+    verify_onnx(path)
     options = onnxruntime.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
