@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import queue
@@ -18,7 +19,6 @@ import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TextIO
@@ -37,12 +37,20 @@ from data_prep.decode import (
 from data_prep.labels import LabelError, Labels, resolve_labels, skip_reason
 from data_prep.sources import IMAGE_EXTENSIONS, find_image_files, listing_digest
 from data_prep.transfer import TransferRing
-from progan.shapes import DEFAULT_ASPECT, parse_aspect
-from progan.data.format import DEFAULT_ENCODING, ENCODINGS, DatabaseWriteFailed, DatasetError, ImageRecord, resolutions_between
-from progan.data.writer import DatasetWriter
-from progan.data.writer import read_build_records
+from progan.data.format import (
+    DEFAULT_ENCODING,
+    ENCODINGS,
+    DatabaseWriteFailed,
+    DatasetError,
+    ImageRecord,
+    resolutions_between,
+)
+from progan.data.writer import DatasetWriter, read_build_records
 from progan.runtime.diskspace import format_bytes, shortfall
 from progan.runtime.progress import Progress
+from progan.runtime.signals import raise_if_stopped, stop_signals_held
+from progan.runtime.workers import stop_pool
+from progan.shapes import DEFAULT_ASPECT, parse_aspect
 
 CHUNK_BYTES = 64 << 20  # ~raw bytes of images per transaction: bounds memory and redo work
 MAX_CHUNK_FILES = 1024
@@ -415,6 +423,7 @@ def _in_order(pool: ProcessPoolExecutor, ring: TransferRing | None, in_flight: i
     pending = collections.deque()
 
     def next_result():
+        raise_if_stopped()  # a Ctrl-C swallowed in a fork hook ("Exception ignored in ...") stops here
         position, slot, future = pending.popleft()
         try:
             position, levels, lengths, reason, digest = future.result()
@@ -463,15 +472,14 @@ def _worker_pool(workers: int, in_flight: int, max_pixels: int, slot_bytes: int)
         ring, context = None, multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker, initargs=(max_pixels, ring))
     try:
-        pool.submit(int).result()  # start the workers now
+        # The first task forks every worker. A signal raised inside fork's hooks is printed as
+        # "Exception ignored" and lost (1 in 200 Ctrl-Cs): held, it is answered right after.
+        with stop_signals_held():
+            started = pool.submit(int)
+        started.result()
         yield pool, ring
     except BaseException:
-        processes = list((getattr(pool, "_processes", None) or {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:  # don't wait for in-flight work on Ctrl-C or errors
-            process.terminate()
-        for process in processes:
-            process.join(timeout=5)
+        stop_pool(pool)  # don't wait for in-flight work on Ctrl-C or errors
         raise
     else:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -14,17 +14,15 @@ from data_prep.build import BuildConfig, BuildError, build, default_workers, ski
 from data_prep.decode import DEFAULT_MAX_PIXELS
 from data_prep.synth import FORMATS, MAX_CLASSES, synth
 from progan.data.format import DEFAULT_ENCODING, ENCODINGS, DatabaseWriteFailed, DatasetError
-from progan.data.reader import MultiResolutionDataset, dataset_aspect, read_labels, read_metadata
-from progan.shapes import ASPECT_RULE, DEFAULT_ASPECT, describe_level
-from progan.runtime.errors import EXIT_USAGE, EXIT_WRITE_FAILED
-from progan.runtime.cli import OneLineErrorParser, fail
 from progan.data.integrity import check_levels, verify
-from progan.shapes import RESOLUTION_RULE, is_valid_resolution
-from progan.runtime.diskspace import format_bytes
+from progan.data.reader import MultiResolutionDataset, dataset_aspect, read_labels, read_metadata
 from progan.generator.images import make_grid, save_png
+from progan.runtime.cli import OneLineErrorParser, fail
+from progan.runtime.diskspace import format_bytes
+from progan.runtime.errors import EXIT_INTERRUPTED, EXIT_USAGE, EXIT_WRITE_FAILED
 from progan.runtime.progress import Progress
+from progan.shapes import ASPECT_RULE, DEFAULT_ASPECT, RESOLUTION_RULE, describe_level, is_valid_resolution
 
-EXIT_INTERRUPTED = 130  # Ctrl-C: the shell's 128 + SIGINT; a build resumes when rerun
 
 
 def main(argv: list[str] | None = None) -> int:

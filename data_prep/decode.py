@@ -11,17 +11,16 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import signal
 import stat
-import sys
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from progan.shapes import ASPECTS, DEFAULT_ASPECT, level_size
 from progan.data.format import build_pyramid, encode_image
+from progan.runtime.signals import quiet_worker
+from progan.shapes import ASPECTS, DEFAULT_ASPECT, level_size
 
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels become white
 DEFAULT_MAX_PIXELS = 150_000_000  # a decompression-bomb cap, ~12000x12000
@@ -60,10 +59,9 @@ _RING = None  # this worker's view of the parent's TransferRing, when there is o
 
 
 def init_worker(max_pixels: int, ring=None) -> None:
-    """Worker process set-up: Ctrl-C is the parent's to handle; die with the parent."""
+    """Worker process set-up: stop signals are the parent's to handle; die with the parent."""
     global _RING
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
+    quiet_worker()
     _RING = ring
     Image.MAX_IMAGE_PIXELS = max_pixels  # PIL's own check, behind ours in `open_checked`
     warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -214,16 +212,3 @@ def crop_and_resize(image: Image.Image, resolution: int, aspect: str = DEFAULT_A
     if (crop_width, crop_height) == target:
         return image if (width, height) == target else image.crop(box)
     return image.resize(target, Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
-
-
-def _die_with_parent() -> None:
-    # Without this, `kill -9` of the build would leave workers blocked on their task queue.
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass

@@ -25,6 +25,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from progan.runtime.fileio import atomic_output
+from progan.runtime.signals import quiet_worker, raise_if_stopped, stop_signals_held
+from progan.runtime.workers import stop_pool
 
 SKIN_TONES = [(255, 224, 196), (241, 194, 150), (224, 172, 105), (198, 134, 66), (141, 85, 36), (92, 58, 38)]
 HAIR_COLOURS = [(20, 16, 16), (55, 35, 22), (105, 65, 35), (215, 180, 105), (160, 70, 30), (175, 175, 170)]
@@ -211,9 +213,17 @@ def synth(
             if progress is not None:
                 progress.update(stop - start)
         return
-    with ProcessPoolExecutor(min(workers, len(ranges))) as pool:
-        futures = [pool.submit(_write_range, out_dir, start, stop, size, seed, file_format, classes) for start, stop in ranges]
+    pool = ProcessPoolExecutor(min(workers, len(ranges)), initializer=quiet_worker)
+    try:
+        with stop_signals_held():  # the first submit forks the workers: a signal in fork's hooks would be lost
+            futures = [pool.submit(_write_range, out_dir, start, stop, size, seed, file_format, classes)
+                       for start, stop in ranges]
         for future in futures:
+            raise_if_stopped()
             done = future.result()
             if progress is not None:
                 progress.update(done)
+    except BaseException:  # Ctrl-C, SIGTERM or an error: end the workers now, not after their work
+        stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)

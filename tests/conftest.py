@@ -24,10 +24,11 @@ def run_cli(args: list[str], timeout: float = 300, env: dict | None = None, chec
     return proc
 
 
-def interrupted_at(args: list[str], delay: float, timeout: float = 120) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `python ARGS...` sent SIGINT `delay` seconds after its first
-    line blocked the stop signals (progan.runtime.signals.hold_stop_signals; read from /proc). Before that
-    line only Python's own start-up runs (tens of ms), where no program can answer a Ctrl-C."""
+def interrupted_at(args: list[str], delay: float, timeout: float = 120, sig=None) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `python ARGS...` sent SIGINT (or `sig`) `delay` seconds after
+    its first line blocked the stop signals (progan.runtime.signals.hold_stop_signals; read from
+    /proc). Before that line only Python's own start-up runs (tens of ms), where no program can
+    answer a Ctrl-C."""
     import signal
     import time
 
@@ -39,7 +40,7 @@ def interrupted_at(args: list[str], delay: float, timeout: float = 120) -> tuple
             raise AssertionError(f"{args}: never blocked SIGINT (exit {proc.returncode})\n{err}")
         time.sleep(0.001)
     time.sleep(delay)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT if sig is None else sig)
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
 

@@ -9,7 +9,7 @@ import os
 import sys
 
 from progan.runtime.errors import CommandLineError
-from progan.runtime.signals import stop_signals_held
+from progan.runtime.signals import install_command_handlers, stop_received, stop_signals_held, stopped_exit_code
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -58,19 +58,41 @@ def fail(message: str, prog: str, code: int = 2, every_process: bool = False) ->
 
 def run_command(load_main, prog: str) -> None:
     """`sys.exit(main())` for a command whose imports take a while (torch, numpy, Pillow):
-    `load_main` is the module holding `main`, or a function that imports and returns it. A Ctrl-C
-    during those imports (or before: the entry script's first lines call
-    progan.runtime.signals.hold_stop_signals) is one line and exit 130 (nothing was written yet), and
-    once main has returned a late Ctrl-C during the interpreter's exit changes nothing."""
+    `load_main` is the module holding `main`, or a function that imports and returns it.
+
+    One exit path for SIGINT and SIGTERM at any moment (progan.runtime.signals): during the
+    imports (or before: the entry script's first lines call hold_stop_signals) it is one line and
+    nothing was written; during main, main's own handling says its line and cleans up (a stop
+    that escapes it, such as one during argument parsing, gets the line here); a stop that a
+    command finished despite (its signal swallowed where Python ignores exceptions) still exits
+    as stopped. Exit 130 for SIGINT, 143 for SIGTERM; once stopped, the process leaves at once
+    (os._exit after flushing), so the interpreter's exit never waits on a terminated worker's
+    queue. After a completed main, late signals are ignored."""
     import importlib
     import signal
 
     try:
         with stop_signals_held():  # a Ctrl-C in torch's import would abort it (progan.runtime.signals)
+            install_command_handlers()
             main = importlib.import_module(load_main).main if isinstance(load_main, str) else load_main()
     except KeyboardInterrupt:
         print(f"{prog}: interrupted (nothing was written)", file=sys.stderr)
-        sys.exit(130)
-    code = main()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _leave(stopped_exit_code())
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        code = stopped_exit_code()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    if stop_received() is not None:
+        if code not in (130, 143):  # finished all the same: say that it was asked to stop
+            print(f"{prog}: interrupted (after its work was done)", file=sys.stderr)
+        _leave(stopped_exit_code())
     sys.exit(code)
+
+
+def _leave(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -17,6 +17,8 @@ EXIT_PREEMPTED = 3    # stopped by SIGTERM/SIGINT after saving a checkpoint: rer
 EXIT_WRITE_FAILED = 4 # the run folder could not be written (disk full, I/O error); the last checkpoint is intact
 EXIT_LOST_PEER = 5    # another process of a multi-process run died; restart the group with --resume auto
 EXIT_DIVERGED = 6     # every step of a whole tick was non-finite; stopped unsaved, the last good checkpoint kept
+EXIT_INTERRUPTED = 130  # data_prep, generate.py, metrics: Ctrl-C (128 + SIGINT); a build resumes when rerun
+EXIT_TERMINATED = 143   # the same commands stopped by SIGTERM (128 + SIGTERM), as by Ctrl-C
 
 VERBOSE_ENV = "PROGAN_VERBOSE"  # set (train.py --verbose does) to never shorten messages
 SHORTENED = f" ... [shortened; {VERBOSE_ENV}=1 shows all]"

@@ -12,6 +12,12 @@ Before all that, every command's first lines block SIGINT and SIGTERM at the OS 
 imports are done (hold_stop_signals / release_stop_signals): a signal then waits, pending, and
 goes to the right handler right after, instead of raising inside torch's import (a traceback,
 or an abort from C++).
+
+The other commands (data_prep, generate.py, metrics) stop on either signal as on Ctrl-C
+(install_command_handlers, through progan.runtime.cli.run_command): SIGTERM raises Terminated, a
+KeyboardInterrupt, so the same cleanup runs (temporary files removed, worker processes ended) and
+the same one line is said; the exit code is 130 for SIGINT, 143 for SIGTERM. Their worker
+processes ignore both (quiet_worker): the parent decides, and a worker dies with its parent.
 """
 
 from __future__ import annotations
@@ -73,6 +79,61 @@ class StopSignals:
         self.signal_name = signal.Signals(signum).name
         if self._raise:
             raise Interrupted(self.signal_name)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM in a command that stops as on Ctrl-C: every `except KeyboardInterrupt` path runs."""
+
+
+_RECEIVED: list[int] = []  # the stop signals a command's handler has seen, in order
+
+
+def _command_handler(signum, frame) -> None:
+    _RECEIVED.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def install_command_handlers() -> None:
+    """SIGINT raises KeyboardInterrupt, SIGTERM Terminated, and both are remembered: a signal that
+    lands where Python ignores exceptions (a fork hook, a finalizer: "Exception ignored in ...")
+    is raised again at the command's next raise_if_stopped()."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _command_handler)
+
+
+def stop_received() -> int | None:
+    """The first stop signal a command's handler saw, or None."""
+    return _RECEIVED[0] if _RECEIVED else None
+
+
+def raise_if_stopped() -> None:
+    """For a command's long loops: raise the stop a swallowed signal asked for."""
+    if _RECEIVED:
+        raise Terminated() if _RECEIVED[0] == signal.SIGTERM else KeyboardInterrupt()
+
+
+def stopped_exit_code() -> int:
+    """EXIT_INTERRUPTED (130) after SIGINT (Ctrl-C), EXIT_TERMINATED (143) after SIGTERM: 128 +
+    the signal's number, as a shell says."""
+    return 128 + (stop_received() or signal.SIGINT)
+
+
+def quiet_worker() -> None:
+    """Worker process set-up: stop signals are the parent's to handle (a Ctrl-C or a SIGTERM sent
+    to the process group must not kill a worker mid-task, nor print its traceback), and the
+    worker dies with its parent (kill -9 of the parent would leave it blocked on its queue)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a forked worker inherits the hold
+    if not os.uname().sysname == "Linux":
+        return
+    try:
+        import ctypes  # here: only worker processes on Linux need it
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def hold_stop_signals() -> None:
