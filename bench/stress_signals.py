@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import _blocks_sigint  # noqa: E402
+from conftest import _blocks_sigint, processes_naming  # noqa: E402
 
 
 def outcome(code: int | None, err: str, sig: int, leftovers: list[str]) -> str:
@@ -43,19 +43,6 @@ def outcome(code: int | None, err: str, sig: int, leftovers: list[str]) -> str:
     if code == 128 + sig and len(lines) == 1 and "interrupted" in lines[0]:
         return f"clean stop (exit {code})"
     return f"exit {code}, {len(lines)} message lines"
-
-
-def alive_naming(text: str) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if text in cmdline:
-                found.append(cmdline)
-    return found
 
 
 def main() -> int:
@@ -99,7 +86,7 @@ def main() -> int:
                 _, err = proc.communicate()
                 code = None
             time.sleep(0.05)
-            result = outcome(code, err, sig, alive_naming(str(out)))
+            result = outcome(code, err, sig, processes_naming(str(out)))
             counts[result] += 1
             if not result.startswith(("clean stop", "finished first")):
                 bad.append((trial, round(delay, 3), result, err.strip()[-400:]))

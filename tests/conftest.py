@@ -3,7 +3,9 @@ CLI, running the CLI, one torch thread, small synthetic image sets."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +45,38 @@ def interrupted_at(args: list[str], delay: float, timeout: float = 120, sig=None
     proc.send_signal(signal.SIGINT if sig is None else sig)
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str, prepare=None, read_only: bool = False):
+    """A real tmpfs of `size` at `mount` (root only: else the test is skipped); `prepare(mount)`
+    fills it, then it is remounted read-only if asked; unmounted after."""
+    mount.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        if prepare is not None:
+            prepare(mount)
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def processes_naming(text: str) -> list[str]:
+    """Command lines of live processes that mention `text` (a test's own folder): orphans."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(cmdline)
+    return found
 
 
 def _blocks_sigint(pid: int) -> bool:

@@ -14,24 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, interrupted_at, run_cli
+from conftest import REPO, interrupted_at, processes_naming, run_cli
 from legacy_fixture import FIXTURES
 
 CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-def processes_naming(text: str) -> list[str]:
-    """Command lines of live processes that mention `text` (a test's own folder): orphans."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if text in cmdline:
-                found.append(cmdline)
-    return found
 
 
 def assert_stopped(code: int, err: str, sig) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tmpfs
 from legacy_fixture import FIXTURES
 from progan.generator import checkpoints
 from progan.generator.fileformat import CheckpointError
@@ -242,15 +243,8 @@ def test_a_database_rebuilt_under_a_run_is_named_as_replaced(demo_lmdb, tmp_path
 @pytest.fixture
 def read_only_mount(tmp_path):
     """A real read-only tmpfs holding one folder, `existing` (root only)."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("mounting a tmpfs needs root")
-    (mount / "existing").mkdir()
-    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with tmpfs(tmp_path / "ro", "4m", prepare=lambda mount: (mount / "existing").mkdir(), read_only=True) as mount:
+        yield mount
 
 
 @pytest.mark.slow
@@ -268,17 +262,12 @@ def test_a_read_only_out_is_exit_4_whether_the_folder_exists_or_not(demo_lmdb, r
 @pytest.fixture
 def read_only_run(tmp_path):
     """A run folder (the fixture's checkpoint) on a real tmpfs remounted read-only (root only)."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("mounting a tmpfs needs root")
-    run_dir = mount / "run"
-    run_dir.mkdir()
-    shutil.copy(FIXTURES / "training.pt", run_dir / "checkpoint-0000000200.pt")
-    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
-    yield run_dir
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    def prepare(mount: Path) -> None:
+        (mount / "run").mkdir()
+        shutil.copy(FIXTURES / "training.pt", mount / "run" / "checkpoint-0000000200.pt")
+
+    with tmpfs(tmp_path / "ro", "4m", prepare=prepare, read_only=True) as mount:
+        yield mount / "run"
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, tmpfs
 from progan.generator import checkpoints
 from progan.runtime.errors import EXIT_PREEMPTED, EXIT_USAGE, EXIT_WRITE_FAILED, SHORTENED, VERBOSE_ENV, first_line, shorten
 from progan.runtime.diskspace import WriteFailed
@@ -199,13 +199,8 @@ def test_low_space_warning_counts_checkpoints_that_still_fit(tmp_path, monkeypat
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A real 8 MiB file system (room for one checkpoint of the tiny run); root only."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("mounting a small tmpfs needs root")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with tmpfs(tmp_path / "small", "8m") as mount:
+        yield mount
 
 
 @pytest.mark.slow
