@@ -322,23 +322,28 @@ def test_with_fp16_a_falling_loss_scale_explains_skips_until_it_reaches_1(demo_l
 
 
 @pytest.mark.slow
-def test_resuming_nan_weights_exits_6_and_keeps_the_checkpoints(demo_lmdb, reference_run, tmp_path):
+def test_a_checkpoint_with_nan_weights_is_set_aside_and_the_run_resumes_from_the_last_good_one(
+        demo_lmdb, reference_run, tmp_path):
     """The hostile tester's case: a NaN in the weights (here written by a run, so its checksum is
-    right) used to train on with 'skipped 5/5' every tick and end 'finished' with exit 0."""
+    right) used to be trained on ('skipped 5/5' every tick, then exit 6 at best). Such weights are
+    refused on load (issue 25, row 8), naming the tensor: --resume auto sets the file aside, as a
+    damaged one, and resumes from the last good checkpoint; --resume PATH to it is one line, exit 2."""
     out = copy_run(reference_run, tmp_path / "run")
     state = checkpoints.load_checkpoint(out / "checkpoint-0000000256.pt")
     for tensor in state["generator"].values():
         tensor.fill_(float("nan"))
-    for key in (fileformat.CHECKSUMS, "format", "format_version", "kind"):
-        state.pop(key)
+    for key in (fileformat.CHECKSUMS, fileformat.UNCHECKED, "format", "format_version", "kind"):
+        state.pop(key, None)
     checkpoints.save_training_checkpoint(out, state)
-    before = checkpoint_files(out)
+    poisoned = (out / "checkpoint-0000000256.pt").read_bytes()
+    proc = train_cli(demo_lmdb, out, "--total-kimg", "0.256", "--resume", out / "checkpoint-0000000256.pt", check=False)
+    assert proc.returncode == EXIT_USAGE and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "generator/" in proc.stderr and "holds non-finite values" in proc.stderr
     proc = train_cli(demo_lmdb, out, "--total-kimg", "0.512", "--resume", "auto", check=False)
-    assert proc.returncode == EXIT_DIVERGED, proc.stdout + proc.stderr
-    err = proc.stderr.strip()
-    assert len(err.splitlines()) == 1 and "every D and G step of tick 9" in err
-    assert "the last good checkpoint checkpoint-0000000256.pt is kept" in err and "finished" not in proc.stdout
-    assert checkpoint_files(out) == before and len(before) == 4  # no checkpoint written, none pruned
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "holds non-finite values" in proc.stdout + proc.stderr and "resuming from checkpoint-0000000192.pt" in proc.stdout + proc.stderr
+    assert (out / "checkpoint-0000000256.pt.damaged").read_bytes() == poisoned  # kept, never deleted
+    assert final_state(out)["images_shown"] == 512
 
 
 def checkpoint_files(run_dir: Path) -> dict:
