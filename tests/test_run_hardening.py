@@ -28,7 +28,7 @@ from conftest import REPO, interrupted_at
 from progan.generator import checkpoints
 from progan.generator import export
 from progan.generator import fileformat
-from progan.runtime.errors import EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_USAGE, EXIT_WRITE_FAILED
+from progan.runtime.errors import EXIT_PREEMPTED, EXIT_USAGE, EXIT_WRITE_FAILED
 from progan.runtime.runlock import LOCK_NAME, RunFolderBusy, acquire
 from progan.runtime.signals import PAUSE_ENV, Interrupted, StopSignals
 from test_reliability import copy_run, hold_lock, small_tmpfs  # noqa: F401 (a fixture)
