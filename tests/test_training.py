@@ -185,7 +185,9 @@ def test_resume_mid_fade_continues_exactly(demo_lmdb, reference_run, tmp_path):
     out = tmp_path / "run"
     train_cli(demo_lmdb, out, "--total-kimg", "0.128")  # stops 4 steps into the 8-step fade
     midway = final_state(out)
-    assert state_at_checkpoint(midway) == (8, 0.5)
+    # The stage of the step that ended at 128 (the 4th fade step, alpha 3/8), as a periodic
+    # checkpoint and the grid samples-128 record it; it was the next step's (alpha 1/2).
+    assert state_at_checkpoint(midway) == (8, 0.375)
     train_cli(demo_lmdb, out, "--total-kimg", "0.256", "--resume", "auto")
     assert_same_training_state(final_state(out), final_state(reference_run))
     stats = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]

@@ -560,7 +560,9 @@ class Trainer:
                     break
                 if save_now:
                     self.save_checkpoint()
-            self.state = state_at(c.schedule, self.images_shown)
+            # The last checkpoint records the stage of the step that ended here, as every periodic
+            # checkpoint and grid does (schedule.tick_state): one alpha per image count.
+            self.state = tick_state(c.schedule, self.images_shown) if self.images_shown else self.state
             if outcome == "stopped":  # tests: a second signal lands here, before the last checkpoint
                 pause_point("stopping", until=lambda: getattr(self.stop, "repeats", 0) > 0)
             self._upkeep_write("a sample grid", self.save_sample_grid)
