@@ -80,9 +80,10 @@ def test_a_safetensors_export_with_a_nan_is_refused(tmp_path):
         load_generator(tmp_path / "g.safetensors")
 
 
-def test_finite_files_still_load(tmp_path):
+def test_finite_files_still_load():
     for name in ("training.pt", "generator.pt", "generator.safetensors"):
-        load_generator(FIXTURES / name)
+        G, _ = load_generator(FIXTURES / name)
+        assert all(bool(torch.isfinite(p).all()) for p in G.parameters())
 
 
 # -- 11: a raw pickle is one line ------------------------------------------------------------
@@ -355,3 +356,20 @@ def test_an_export_from_before_checksums_loads_with_a_note(tmp_path):
     done = run(REPO / "generate.py", FIXTURES / "generator.safetensors", "--out", tmp_path / "s", "--seeds", "0")
     assert done.returncode == 0, done.stderr
     assert "note: " in done.stderr and "carries no checksums" in done.stderr and "loaded unchecked" in done.stderr
+
+
+def test_a_failed_log_line_never_cuts_a_line_another_process_appended(tmp_path, monkeypatch):
+    from progan.runtime import fileio
+
+    log = tmp_path / "metrics.jsonl"
+    fileio.append_jsonl(log, {"a": 1})
+
+    def other_process_appends_then_disk_full(fd):
+        with open(log, "a") as other:  # a second metrics run's line lands between our write and its sync
+            other.write(json.dumps({"other": 2}) + "\n")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fileio.os, "fsync", other_process_appends_then_disk_full)
+    with pytest.raises(OSError):
+        fileio.append_jsonl(log, {"b": 3})
+    assert '{"other": 2}' in log.read_text() and log.read_text().startswith('{"a": 1}\n')

@@ -71,10 +71,13 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
             os.fsync(f.fileno())
     except OSError:  # a full disk: no part of the line stays, nor an empty file that was not there
         with contextlib.suppress(OSError):
-            if size is None:
-                path.unlink(missing_ok=True)
-            else:
-                os.truncate(path, size)
+            now = path.stat().st_size
+            # Only what this write can have added: a line another process appended meanwhile stays.
+            if now <= (size or 0) + len(line.encode()):
+                if size is None:
+                    path.unlink()
+                else:
+                    os.truncate(path, size)
         raise
 
 
